@@ -1,0 +1,30 @@
+# tern's daily commands. `just` lists them.
+
+# List the recipes.
+default:
+    @just --list
+
+# Serve the bundled model on 127.0.0.1:8080.
+serve *ARGS:
+    cargo run --release --package tern -- serve {{ARGS}}
+
+# Generate from the command line, e.g. `just generate --prompt "To be"`.
+generate *ARGS:
+    cargo run --release --package tern -- generate {{ARGS}}
+
+# Run every test (Rust crates, the handler natively, end-to-end with real clients).
+test:
+    tests/run
+
+# Build the handler component alone (target/wasm32-wasip2/release/tern_handler.wasm).
+handler:
+    cargo build --release --package tern-handler --target wasm32-wasip2
+
+# Regenerate the small GGUF test fixtures and their golden logits.
+fixtures:
+    python3 tests/fixtures/make_fixtures.py
+
+# Format and lint everything.
+lint:
+    cargo fmt --all
+    cargo clippy --workspace --all-targets

@@ -1,0 +1,443 @@
+//! `POST /v1/chat/completions`: OpenAI's chat completions, whole or streamed
+//! as server-sent events.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::backend::{
+    Backend, Error, Event, FinishReason, Finished, GenerationStream, Message, Prompt, SamplingParams, Usage,
+};
+use crate::error::{error_response, ApiError};
+use crate::http::{Body, Request, Response};
+use crate::json::{self, Fields};
+
+/// Field holding the prompt, named by context-overflow errors.
+const PROMPT_PARAM: &str = "messages";
+/// OpenAI accepts at most this many stop sequences.
+const MAX_STOP_SEQUENCES: usize = 4;
+/// Recent tokens the repeat penalty looks at unless `repeat_last_n` says
+/// otherwise (llama.cpp's default).
+const DEFAULT_REPEAT_LAST_N: u32 = 64;
+
+/// A validated chat completion request.
+#[derive(Debug)]
+pub struct ChatRequest {
+    /// The requested model id.
+    pub model: String,
+    /// The conversation so far.
+    pub messages: Vec<Message>,
+    /// Sampling settings for the engine.
+    pub params: SamplingParams,
+    /// Answer with server-sent events.
+    pub stream: bool,
+    /// Send a final usage chunk when streaming.
+    pub include_usage: bool,
+}
+
+/// Validates a chat completion request body.
+///
+/// `presence_penalty` and `frequency_penalty` are checked and then ignored:
+/// they subtract a constant from logits (once, or once per occurrence), while
+/// the engine's repeat penalty divides them over a window, and no rescaling of
+/// one into the other holds across models. Clients that want a penalty send
+/// the `repeat_penalty` extension. `logit_bias` and `user` are checked and
+/// ignored likewise; the engine has no per-token bias.
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let map = json::parse_object(body)?;
+    let f = Fields::new(&map);
+
+    let messages = parse_messages(&f)?;
+    let model = f.required_string("model")?.to_string();
+
+    // Both spellings are validated; the newer one wins when both are given.
+    let max_tokens = f.integer_at_least("max_tokens", 1)?;
+    let max_completion_tokens = f.integer_at_least("max_completion_tokens", 1)?;
+    let max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(0);
+
+    let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(1.0);
+    let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(1.0);
+
+    if let Some(n) = f.integer("n")? {
+        if n != 1 {
+            return Err(ApiError::param("n", format!("Only n=1 is supported, but got {n}.")));
+        }
+    }
+
+    let stop = parse_stop(&f)?;
+    let stream = f.boolean("stream")?.unwrap_or(false);
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(options)) => {
+            Fields::nested(options, "stream_options").boolean("include_usage")?.unwrap_or(false)
+        }
+        Some(other) => return Err(f.wrong_type("stream_options", "an object", other)),
+    };
+
+    // Seeds are 64 random bits to the sampler: a negative seed keeps its bits.
+    let seed = f.integer("seed")?.map(|s| s as u64);
+
+    f.number_in("presence_penalty", -2.0, false, 2.0)?;
+    f.number_in("frequency_penalty", -2.0, false, 2.0)?;
+    check_logit_bias(&f)?;
+    check_response_format(&f)?;
+    f.string("user")?;
+
+    // Extensions shared with llama.cpp and Ollama.
+    let top_k = f.integer_at_least("top_k", 0)?.unwrap_or(0);
+    let min_p = f.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(0.0);
+    let repeat_penalty = f.number_above("repeat_penalty", 0.0)?.unwrap_or(1.0);
+    let repeat_last_n = f.integer_at_least("repeat_last_n", 0)?.unwrap_or(DEFAULT_REPEAT_LAST_N);
+    let timeout_ms = f.integer_at_least("timeout_ms", 1)?;
+
+    Ok(ChatRequest {
+        model,
+        messages,
+        params: SamplingParams {
+            max_tokens,
+            temperature: temperature as f32,
+            top_k,
+            top_p: top_p as f32,
+            min_p: min_p as f32,
+            repeat_penalty: repeat_penalty as f32,
+            repeat_last_n,
+            seed,
+            stop,
+            timeout_ms,
+        },
+        stream,
+        include_usage,
+    })
+}
+
+fn parse_messages(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
+    let list = match f.get("messages") {
+        None => return Err(f.missing("messages")),
+        Some(Value::Array(list)) => list,
+        Some(other) => return Err(f.wrong_type("messages", "an array", other)),
+    };
+    if list.is_empty() {
+        return Err(ApiError::param("messages", "'messages' must contain at least one message."));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let path = format!("messages[{i}]");
+            match value {
+                Value::Object(map) => parse_message(&Fields::nested(map, &path)),
+                other => Err(ApiError::param(
+                    path.clone(),
+                    format!("Invalid type for '{path}': expected an object, but got {} instead.", json::kind(other)),
+                )),
+            }
+        })
+        .collect()
+}
+
+fn parse_message(f: &Fields<'_>) -> Result<Message, ApiError> {
+    let role = match f.required_string("role")? {
+        // OpenAI's newer name for the system role.
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        other => {
+            return Err(ApiError::param(
+                f.name("role"),
+                format!(
+                    "Unsupported role '{other}' in '{}': expected 'system', 'user' or 'assistant'.",
+                    f.name("role")
+                ),
+            ))
+        }
+    };
+    let content = match f.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => text_of_parts(f, parts)?,
+        // An assistant turn that only called tools has no content.
+        None if role == "assistant" => String::new(),
+        None => return Err(f.missing("content")),
+        Some(other) => return Err(f.wrong_type("content", "a string or an array of parts", other)),
+    };
+    Ok(Message { role: role.to_string(), content })
+}
+
+/// The text of a content list (`[{"type": "text", "text": ".."}, ..]`), parts
+/// joined by newlines.
+fn text_of_parts(f: &Fields<'_>, parts: &[Value]) -> Result<String, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let path = format!("{}[{j}]", f.name("content"));
+        let map = match part {
+            Value::Object(map) => map,
+            other => {
+                return Err(ApiError::param(
+                    path.clone(),
+                    format!("Invalid type for '{path}': expected an object, but got {} instead.", json::kind(other)),
+                ))
+            }
+        };
+        let part = Fields::nested(map, &path);
+        match part.required_string("type")? {
+            "text" => texts.push(part.required_string("text")?),
+            other => {
+                return Err(ApiError::param(
+                    part.name("type"),
+                    format!("Unsupported content part type '{other}': only 'text' is supported."),
+                ))
+            }
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+fn parse_stop(f: &Fields<'_>) -> Result<Vec<String>, ApiError> {
+    let stop = match f.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => {
+            if list.len() > MAX_STOP_SEQUENCES {
+                return Err(ApiError::param(
+                    "stop",
+                    format!("'stop' may hold at most {MAX_STOP_SEQUENCES} sequences, but got {}.", list.len()),
+                ));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, item) in list.iter().enumerate() {
+                match item {
+                    Value::String(s) => out.push(s.clone()),
+                    other => {
+                        return Err(f.wrong_type(&format!("stop[{i}]"), "a string", other));
+                    }
+                }
+            }
+            out
+        }
+        Some(other) => return Err(f.wrong_type("stop", "a string or an array of strings", other)),
+    };
+    // An empty stop string would end every generation before it starts.
+    Ok(stop.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+fn check_logit_bias(f: &Fields<'_>) -> Result<(), ApiError> {
+    let map = match f.get("logit_bias") {
+        None => return Ok(()),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(f.wrong_type("logit_bias", "an object", other)),
+    };
+    for (token, bias) in map {
+        if token.parse::<u32>().is_err() {
+            return Err(ApiError::param(
+                "logit_bias",
+                format!("Invalid 'logit_bias': key '{token}' is not a token id."),
+            ));
+        }
+        match bias.as_f64() {
+            Some(b) if (-100.0..=100.0).contains(&b) => {}
+            _ => {
+                return Err(ApiError::param(
+                    "logit_bias",
+                    format!("Invalid 'logit_bias': the bias for token {token} must be a number between -100 and 100."),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_response_format(f: &Fields<'_>) -> Result<(), ApiError> {
+    let map = match f.get("response_format") {
+        None => return Ok(()),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(f.wrong_type("response_format", "an object", other)),
+    };
+    let format = Fields::nested(map, "response_format");
+    match format.required_string("type")? {
+        "text" => Ok(()),
+        kind @ ("json_object" | "json_schema") => Err(ApiError::param(
+            "response_format",
+            format!("response_format type '{kind}' is not supported; only 'text' is."),
+        )),
+        other => Err(ApiError::param(
+            "response_format.type",
+            format!("Invalid 'response_format.type': '{other}'; only 'text' is supported."),
+        )),
+    }
+}
+
+/// Serves one chat completion request.
+pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let chat = parse_request(&req.body)?;
+    let prompt = Prompt::Chat(chat.messages);
+    let mut generation =
+        backend.generate(&chat.model, &prompt, &chat.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
+
+    let id = completion_id();
+    let created = unix_seconds();
+    if chat.stream {
+        let events = ChatEvents {
+            generation: Some(generation),
+            id,
+            created,
+            model: chat.model,
+            include_usage: chat.include_usage,
+            queued: VecDeque::new(),
+            started: false,
+        };
+        return Ok(Response::event_stream(events));
+    }
+
+    let mut content = String::new();
+    let finished = loop {
+        match generation.next_event().map_err(|e| ApiError::engine(e, PROMPT_PARAM))? {
+            Event::Text(text) => content.push_str(&text),
+            Event::Finished(finished) => break finished,
+            Event::Pending => {}
+        }
+    };
+    drop(generation);
+
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "system_fingerprint": null,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": null,
+            "finish_reason": finish_reason(finished.reason),
+        }],
+        "usage": usage_json(&finished.usage),
+    });
+    Ok(Response::json(200, &body))
+}
+
+/// OpenAI's name for why a generation ended. A cancelled generation here is
+/// one whose deadline passed (a vanished client never reads the answer).
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "timeout",
+    }
+}
+
+/// OpenAI's usage object.
+pub fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    })
+}
+
+/// A fresh `chatcmpl-` id: unique, not secret. std seeds `RandomState` from
+/// the wasi random source, so two instances never share ids.
+fn completion_id() -> String {
+    let state = RandomState::new();
+    let high = state.hash_one(SystemTime::now());
+    let low = state.hash_one(high);
+    format!("chatcmpl-{high:016x}{low:016x}")
+}
+
+/// Seconds since the Unix epoch by the wall clock (wasi:clocks in a component).
+fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The server-sent events of one streamed completion, produced as the client
+/// reads them. Owns the generation: dropping this cancels it.
+struct ChatEvents {
+    generation: Option<Box<dyn GenerationStream>>,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    /// Events decided but not yet handed out (the tail after `finished`).
+    queued: VecDeque<Vec<u8>>,
+    started: bool,
+}
+
+impl ChatEvents {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Vec<u8> {
+        let mut chunk = self.envelope(json!([{
+            "index": 0,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": finish,
+        }]));
+        if self.include_usage {
+            chunk.insert("usage".into(), Value::Null);
+        }
+        sse_data(&Value::Object(chunk))
+    }
+
+    fn envelope(&self, choices: Value) -> Map<String, Value> {
+        let mut chunk = Map::new();
+        chunk.insert("id".into(), Value::from(self.id.as_str()));
+        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+        chunk.insert("created".into(), Value::from(self.created));
+        chunk.insert("model".into(), Value::from(self.model.as_str()));
+        chunk.insert("system_fingerprint".into(), Value::Null);
+        chunk.insert("choices".into(), choices);
+        chunk
+    }
+
+    fn finish(&mut self, finished: &Finished) -> Vec<u8> {
+        let last = self.chunk(json!({}), Some(finish_reason(finished.reason)));
+        if self.include_usage {
+            let mut usage = self.envelope(json!([]));
+            usage.insert("usage".into(), usage_json(&finished.usage));
+            self.queued.push_back(sse_data(&Value::Object(usage)));
+        }
+        self.queued.push_back(b"data: [DONE]\n\n".to_vec());
+        last
+    }
+
+    /// The error object a whole response would have carried, as one last
+    /// event: the status line is long gone.
+    fn fail(&mut self, error: Error) -> Vec<u8> {
+        match error_response(&ApiError::engine(error, PROMPT_PARAM)).body {
+            Body::Full(object) => [b"data: ", object.as_slice(), b"\n\n"].concat(),
+            Body::Stream(_) => Vec::new(),
+        }
+    }
+}
+
+impl Iterator for ChatEvents {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if let Some(event) = self.queued.pop_front() {
+            return Some(event);
+        }
+        if !self.started {
+            self.started = true;
+            return Some(self.chunk(json!({"role": "assistant", "content": ""}), None));
+        }
+        loop {
+            let generation = self.generation.as_mut()?;
+            match generation.next_event() {
+                Ok(Event::Text(text)) if text.is_empty() => {}
+                Ok(Event::Text(text)) => return Some(self.chunk(json!({"content": text}), None)),
+                Ok(Event::Pending) => {}
+                Ok(Event::Finished(finished)) => {
+                    self.generation = None;
+                    return Some(self.finish(&finished));
+                }
+                Err(error) => {
+                    self.generation = None;
+                    return Some(self.fail(error));
+                }
+            }
+        }
+    }
+}
+
+fn sse_data(value: &Value) -> Vec<u8> {
+    format!("data: {value}\n\n").into_bytes()
+}

@@ -1,0 +1,150 @@
+//! Every way a request can fail, and the one function that turns each into an
+//! HTTP status and an OpenAI error object.
+
+use serde_json::{json, Value};
+
+use crate::backend::Error;
+use crate::http::{Response, MAX_BODY_BYTES};
+
+/// A request the handler refuses or the engine could not serve.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    /// The body is not JSON, or not a JSON object; the text says why.
+    MalformedJson(String),
+    /// A request field has the wrong type or value.
+    InvalidParam {
+        /// The field, e.g. `max_tokens` or `messages[2].role`.
+        param: String,
+        /// What is wrong, in words a client can act on.
+        message: String,
+    },
+    /// The body is larger than [`MAX_BODY_BYTES`].
+    BodyTooLarge,
+    /// The body could not be read from the connection.
+    UnreadableBody,
+    /// No route has this path.
+    NotFound {
+        /// The request's method.
+        method: String,
+        /// The request's path.
+        path: String,
+    },
+    /// The path exists but not with this method.
+    MethodNotAllowed {
+        /// The request's method.
+        method: String,
+        /// The methods the path accepts, for the `allow` header.
+        allow: &'static str,
+    },
+    /// No model is loaded yet (llama.cpp's `/health` answer while loading).
+    Loading,
+    /// The engine refused or failed; `prompt_param` names the request field
+    /// holding the prompt, for context-overflow errors.
+    Engine {
+        /// The error the engine returned.
+        error: Error,
+        /// `messages` or `prompt`.
+        prompt_param: &'static str,
+    },
+}
+
+impl ApiError {
+    /// A field with the wrong type or value.
+    pub fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidParam { param: param.into(), message: message.into() }
+    }
+
+    /// An engine error for a request whose prompt is in field `prompt_param`.
+    pub fn engine(error: Error, prompt_param: &'static str) -> Self {
+        ApiError::Engine { error, prompt_param }
+    }
+}
+
+/// The status and OpenAI error object for `err`:
+/// `{"error": {"message", "type", "param", "code"}}` with all four keys
+/// present. Messages never carry internals beyond what the engine marks as
+/// safe to show.
+pub fn error_response(err: &ApiError) -> Response {
+    let (status, kind, message, param, code): (u16, &str, String, Option<&str>, Option<&str>) = match err {
+        ApiError::MalformedJson(why) => (
+            400,
+            "invalid_request_error",
+            format!("We could not parse the JSON body of your request: {why}."),
+            None,
+            None,
+        ),
+        ApiError::InvalidParam { param, message } => {
+            (400, "invalid_request_error", message.clone(), Some(param.as_str()), None)
+        }
+        ApiError::BodyTooLarge => (
+            413,
+            "invalid_request_error",
+            format!("The request body is larger than the limit of {MAX_BODY_BYTES} bytes."),
+            None,
+            Some("request_too_large"),
+        ),
+        ApiError::UnreadableBody => {
+            (400, "invalid_request_error", "The request body could not be read.".to_string(), None, None)
+        }
+        ApiError::NotFound { method, path } => {
+            (404, "invalid_request_error", format!("Unknown request URL: {method} {path}."), None, Some("unknown_url"))
+        }
+        ApiError::MethodNotAllowed { method, allow } => (
+            405,
+            "invalid_request_error",
+            format!("Method {method} is not allowed here; use {allow}."),
+            None,
+            Some("method_not_allowed"),
+        ),
+        ApiError::Loading => {
+            // llama.cpp's exact shape, which its clients poll for; `param`
+            // is added so the object still has all four keys.
+            let body = json!({"error": {
+                "code": 503,
+                "message": "Loading model",
+                "type": "unavailable_error",
+                "param": null,
+            }});
+            return Response::json(503, &body);
+        }
+        ApiError::Engine { error, prompt_param } => match error {
+            Error::InvalidRequest(why) => (400, "invalid_request_error", why.clone(), None, None),
+            Error::UnknownModel(id) => (
+                404,
+                "invalid_request_error",
+                format!("The model `{id}` does not exist."),
+                Some("model"),
+                Some("model_not_found"),
+            ),
+            Error::ContextOverflow(overflow) => (
+                400,
+                "invalid_request_error",
+                format!(
+                    "This model's maximum context length is {} tokens, but the prompt has {} tokens.",
+                    overflow.context_length, overflow.prompt_tokens
+                ),
+                Some(*prompt_param),
+                Some("context_length_exceeded"),
+            ),
+            // The engine's text describes its queue, which is not the
+            // client's business; the status and retry-after say enough.
+            Error::Overloaded(_) => {
+                (429, "rate_limit_error", "The server is busy; retry the request shortly.".to_string(), None, None)
+            }
+            Error::Internal(why) => (500, "server_error", why.clone(), None, None),
+        },
+    };
+
+    let body = json!({"error": {
+        "message": message,
+        "type": kind,
+        "param": param.map_or(Value::Null, Value::from),
+        "code": code.map_or(Value::Null, Value::from),
+    }});
+    let response = Response::json(status, &body);
+    match err {
+        ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
+        ApiError::Engine { error: Error::Overloaded(_), .. } => response.with_header("retry-after", "1"),
+        _ => response,
+    }
+}

@@ -1,0 +1,80 @@
+//! `POST /generate`: the project's original plain-text completion API.
+//!
+//! Request `{prompt, max_tokens?, temperature?, top_p?, model?}`; response
+//! `{text, prompt, max_tokens, generation_time_ms, tokens_per_second,
+//! finish_reason, usage}`. Without `model`, the engine's first model answers.
+
+use serde_json::json;
+
+use crate::backend::{Backend, Event, Prompt, SamplingParams};
+use crate::chat::finish_reason;
+use crate::error::ApiError;
+use crate::http::{Request, Response};
+use crate::json::{self, Fields};
+
+const PROMPT_PARAM: &str = "prompt";
+const DEFAULT_MAX_TOKENS: u32 = 128;
+const DEFAULT_TEMPERATURE: f64 = 0.7;
+const DEFAULT_TOP_P: f64 = 0.9;
+
+/// Serves one `/generate` request.
+pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let prompt = f.required_string("prompt")?.to_string();
+    let max_tokens = f.integer_at_least("max_tokens", 1)?.unwrap_or(DEFAULT_MAX_TOKENS);
+    let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(DEFAULT_TEMPERATURE);
+    let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(DEFAULT_TOP_P);
+    let model = match f.string("model")? {
+        Some(model) => model.to_string(),
+        None => match backend.list_models().into_iter().next() {
+            Some(info) => info.id,
+            None => return Err(ApiError::Loading),
+        },
+    };
+
+    let params = SamplingParams {
+        max_tokens,
+        temperature: temperature as f32,
+        top_k: 0,
+        top_p: top_p as f32,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        repeat_last_n: 0,
+        seed: None,
+        stop: Vec::new(),
+        timeout_ms: None,
+    };
+    let engine_error = |e| ApiError::engine(e, PROMPT_PARAM);
+    let mut generation = backend.generate(&model, &Prompt::Text(prompt.clone()), &params).map_err(engine_error)?;
+
+    let mut text = String::new();
+    let finished = loop {
+        match generation.next_event().map_err(engine_error)? {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Finished(finished) => break finished,
+            Event::Pending => {}
+        }
+    };
+    drop(generation);
+
+    let usage = finished.usage;
+    // The engine's own clock: queueing, prompt and generation together.
+    let generation_time_ms = usage.queue_ms + usage.prompt_ms + usage.generation_ms;
+    let tokens_per_second =
+        if generation_time_ms > 0.0 { f64::from(usage.completion_tokens) * 1000.0 / generation_time_ms } else { 0.0 };
+    let body = json!({
+        "text": text,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "generation_time_ms": generation_time_ms,
+        "tokens_per_second": tokens_per_second,
+        "finish_reason": finish_reason(finished.reason),
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens),
+        },
+    });
+    Ok(Response::json(200, &body))
+}

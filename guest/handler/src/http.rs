@@ -1,0 +1,142 @@
+//! Plain HTTP values the router works on.
+//!
+//! Nothing in this module touches wasi:http, so the router and its tests run
+//! natively; `lib.rs` converts to and from the wasi:http resources.
+
+use std::fmt;
+
+use crate::error::ApiError;
+
+/// Largest request body the handler reads. Chat requests are text; anything
+/// bigger is refused before it costs memory in the instance.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// An incoming request, fully read.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Upper-case method, e.g. `POST`.
+    pub method: String,
+    /// Path without the query, e.g. `/v1/models`.
+    pub path: String,
+    /// Query string without the `?`, if any.
+    pub query: Option<String>,
+    /// Header names in lower case, values as text (invalid UTF-8 replaced).
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request for `path_with_query` (e.g. `/v1/models?x=1`) with no headers
+    /// and no body.
+    pub fn new(method: &str, path_with_query: &str) -> Self {
+        let (path, query) = match path_with_query.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_string())),
+            None => (path_with_query, None),
+        };
+        Request {
+            method: method.to_ascii_uppercase(),
+            path: if path.is_empty() { "/".to_string() } else { path.to_string() },
+            query,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// The same request carrying `body`.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// What a response carries after its headers.
+pub enum Body {
+    /// The whole body, written at once.
+    Full(Vec<u8>),
+    /// Pieces produced lazily while the response is written, e.g. one SSE
+    /// event each. Dropping the iterator stops the work behind it.
+    Stream(Box<dyn Iterator<Item = Vec<u8>>>),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Full(bytes) => f.debug_tuple("Full").field(&String::from_utf8_lossy(bytes)).finish(),
+            Body::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// A response to write back.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Body,
+}
+
+impl Response {
+    /// `status` with `value` as an `application/json` body.
+    pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Response {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Body::Full(value.to_string().into_bytes()),
+        }
+    }
+
+    /// A 200 `text/event-stream` whose events come from `events`.
+    pub fn event_stream(events: impl Iterator<Item = Vec<u8>> + 'static) -> Self {
+        Response {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/event-stream".into()),
+                ("cache-control".into(), "no-cache".into()),
+            ],
+            body: Body::Stream(Box::new(events)),
+        }
+    }
+
+    /// The same response with one more header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// Refuses a body whose declared `content-length` is over the limit, before
+/// any of it is read.
+pub fn check_declared_length(content_length: Option<&str>) -> Result<(), ApiError> {
+    match content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(len) if len > MAX_BODY_BYTES as u64 => Err(ApiError::BodyTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// Appends a chunk read from the body, refusing to grow past the limit (a
+/// chunked body declares no length, so it is counted as it arrives).
+pub fn append_body_chunk(body: &mut Vec<u8>, chunk: &[u8]) -> Result<(), ApiError> {
+    if body.len().saturating_add(chunk.len()) > MAX_BODY_BYTES {
+        return Err(ApiError::BodyTooLarge);
+    }
+    body.extend_from_slice(chunk);
+    Ok(())
+}

@@ -1,0 +1,781 @@
+//! Behaviour of the router, driven natively with a scripted backend.
+//!
+//! The scripted generation only replays events so that framing and
+//! validation can be checked; the real engine is exercised end to end by the
+//! workspace's HTTP tests.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use crate::backend::{
+    Backend, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, ModelInfo, Prompt,
+    SamplingParams, Usage,
+};
+use crate::error::{error_response, ApiError};
+use crate::http::{self, Body, Request, Response, MAX_BODY_BYTES};
+use crate::router::{refuse, route, HANDLER_VERSION};
+
+const MODEL: &str = "bitnet-test";
+
+/// What a scripted generation was started with.
+struct Started {
+    model: String,
+    prompt: Prompt,
+    params: SamplingParams,
+}
+
+struct Script {
+    ready: bool,
+    /// Events the generation replays, in order; `Finished` repeats at the end.
+    events: Vec<Result<Event, Error>>,
+    /// Returned by `generate` instead of a generation.
+    refuse_with: Option<Error>,
+    started: RefCell<Option<Started>>,
+    /// Set when the generation is dropped (cancelled, in the real host).
+    dropped: Rc<RefCell<bool>>,
+}
+
+impl Script {
+    fn new(events: Vec<Result<Event, Error>>) -> Self {
+        Script {
+            ready: true,
+            events,
+            refuse_with: None,
+            started: RefCell::new(None),
+            dropped: Rc::new(RefCell::new(false)),
+        }
+    }
+
+    /// A generation that says `pieces` and then stops for `reason`.
+    fn saying(pieces: &[&str], reason: FinishReason) -> Self {
+        let mut events: Vec<_> = pieces.iter().map(|p| Ok(Event::Text(p.to_string()))).collect();
+        events.push(Ok(Event::Finished(Finished { reason, usage: usage(7, pieces.len() as u32) })));
+        Script::new(events)
+    }
+
+    fn refusing(error: Error) -> Self {
+        let mut script = Script::new(Vec::new());
+        script.refuse_with = Some(error);
+        script
+    }
+
+    fn started(&self) -> Started {
+        self.started.borrow_mut().take().expect("generate was called")
+    }
+}
+
+fn usage(prompt_tokens: u32, completion_tokens: u32) -> Usage {
+    Usage { prompt_tokens, completion_tokens, cached_tokens: 3, queue_ms: 1.0, prompt_ms: 4.0, generation_ms: 15.0 }
+}
+
+impl Backend for Script {
+    fn list_models(&self) -> Vec<ModelInfo> {
+        vec![ModelInfo {
+            id: MODEL.into(),
+            architecture: "bitnet-b1.58".into(),
+            parameter_count: 2_400_000_000,
+            context_length: 4096,
+            quantization: "TQ2_0".into(),
+            size_bytes: 1_100_000_000,
+            modified_at: 1_700_000_000,
+        }]
+    }
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus { ready: self.ready, running: 0, waiting: 0, prompt_tokens_total: 0, generated_tokens_total: 0 }
+    }
+
+    fn generate(
+        &self,
+        model: &str,
+        prompt: &Prompt,
+        params: &SamplingParams,
+    ) -> Result<Box<dyn GenerationStream>, Error> {
+        if let Some(error) = &self.refuse_with {
+            return Err(error.clone());
+        }
+        if model != MODEL {
+            return Err(Error::UnknownModel(model.to_string()));
+        }
+        *self.started.borrow_mut() =
+            Some(Started { model: model.to_string(), prompt: prompt.clone(), params: params.clone() });
+        Ok(Box::new(Replay { events: self.events.clone().into_iter().collect(), dropped: self.dropped.clone() }))
+    }
+}
+
+struct Replay {
+    events: std::collections::VecDeque<Result<Event, Error>>,
+    dropped: Rc<RefCell<bool>>,
+}
+
+impl GenerationStream for Replay {
+    fn next_event(&mut self) -> Result<Event, Error> {
+        match self.events.pop_front() {
+            Some(Ok(Event::Finished(finished))) => {
+                self.events.push_front(Ok(Event::Finished(finished)));
+                Ok(Event::Finished(finished))
+            }
+            Some(event) => event,
+            None => Err(Error::Internal("script ran out".into())),
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        *self.dropped.borrow_mut() = true;
+    }
+}
+
+fn post(path: &str, body: &Value) -> Request {
+    Request::new("POST", path).with_body(body.to_string())
+}
+
+fn chat(body: Value) -> Request {
+    post("/v1/chat/completions", &body)
+}
+
+fn hello(extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    body
+}
+
+fn json_of(response: Response) -> Value {
+    match response.body {
+        Body::Full(bytes) => serde_json::from_slice(&bytes).expect("body is JSON"),
+        Body::Stream(_) => panic!("expected a whole body"),
+    }
+}
+
+fn frames(response: Response) -> Vec<String> {
+    match response.body {
+        Body::Stream(events) => events.map(|e| String::from_utf8(e).expect("UTF-8")).collect(),
+        Body::Full(bytes) => panic!("expected a stream, got {}", String::from_utf8_lossy(&bytes)),
+    }
+}
+
+fn frame_json(frame: &str) -> Value {
+    let data = frame
+        .strip_prefix("data: ")
+        .and_then(|f| f.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not an SSE data frame: {frame:?}"));
+    serde_json::from_str(data).expect("frame is JSON")
+}
+
+/// Asserts an OpenAI error with all four keys, returning the error object.
+fn assert_openai_error(response: Response, status: u16) -> Value {
+    assert_eq!(response.status, status);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = json_of(response);
+    let error = body["error"].as_object().expect("an error object").clone();
+    for key in ["message", "type", "param", "code"] {
+        assert!(error.contains_key(key), "error lacks {key}: {body}");
+    }
+    assert!(error["message"].is_string());
+    assert!(error["type"].is_string());
+    assert!(error["param"].is_string() || error["param"].is_null());
+    assert!(error["code"].is_string() || error["code"].is_null());
+    Value::Object(error)
+}
+
+fn param_error(request: Request) -> Value {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    let error = assert_openai_error(route(&request, &script), 400);
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(script.started.borrow().is_none(), "invalid requests never reach the engine");
+    error
+}
+
+// Routing
+
+#[test]
+fn unknown_route_is_404_json() {
+    let script = Script::new(Vec::new());
+    let error = assert_openai_error(route(&Request::new("GET", "/v2/nothing"), &script), 404);
+    assert_eq!(error["code"], "unknown_url");
+}
+
+#[test]
+fn wrong_method_is_405_with_allow_header() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("GET", "/v1/chat/completions"), &script);
+    assert_eq!(response.header("allow"), Some("POST"));
+    assert_openai_error(response, 405);
+    let response = route(&Request::new("DELETE", "/health"), &script);
+    assert_eq!(response.header("allow"), Some("GET"));
+}
+
+#[test]
+fn every_response_carries_the_handler_version() {
+    let script = Script::saying(&["a"], FinishReason::Stop);
+    let requests = [
+        Request::new("GET", "/health"),
+        Request::new("GET", "/nope"),
+        Request::new("GET", "/v1/models"),
+        chat(hello(json!({}))),
+        chat(hello(json!({"stream": true}))),
+        Request::new("POST", "/v1/chat/completions").with_body("{"),
+    ];
+    for request in &requests {
+        let response = route(request, &script);
+        assert_eq!(response.header("x-tern-handler"), Some(HANDLER_VERSION), "{request:?}");
+    }
+    let refused = refuse(&ApiError::BodyTooLarge);
+    assert_eq!(refused.header("x-tern-handler"), Some(HANDLER_VERSION));
+}
+
+#[test]
+fn query_string_does_not_change_the_route() {
+    let script = Script::new(Vec::new());
+    let request = Request::new("GET", "/health?verbose=1");
+    assert_eq!(request.query.as_deref(), Some("verbose=1"));
+    assert_eq!(route(&request, &script).status, 200);
+}
+
+// Health and models
+
+#[test]
+fn health_is_503_until_ready() {
+    let mut script = Script::new(Vec::new());
+    script.ready = false;
+    let response = route(&Request::new("GET", "/health"), &script);
+    assert_eq!(response.status, 503);
+    let body = json_of(response);
+    assert_eq!(body["error"]["code"], 503);
+    assert_eq!(body["error"]["message"], "Loading model");
+    assert_eq!(body["error"]["type"], "unavailable_error");
+
+    script.ready = true;
+    let response = route(&Request::new("GET", "/health"), &script);
+    assert_eq!(response.status, 200);
+    assert_eq!(json_of(response), json!({"status": "ok"}));
+}
+
+#[test]
+fn models_lists_openai_fields_and_engine_details() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("GET", "/v1/models"), &script);
+    assert_eq!(response.status, 200);
+    let body = json_of(response);
+    assert_eq!(body["object"], "list");
+    assert_eq!(
+        body["data"][0],
+        json!({
+            "id": MODEL,
+            "object": "model",
+            "created": 1_700_000_000u64,
+            "owned_by": "tern",
+            "architecture": "bitnet-b1.58",
+            "context_length": 4096,
+            "quantization": "TQ2_0",
+            "parameter_count": 2_400_000_000u64,
+        })
+    );
+}
+
+#[test]
+fn one_model_by_id_or_404() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("GET", &format!("/v1/models/{MODEL}")), &script);
+    assert_eq!(json_of(response)["id"], MODEL);
+    let error = assert_openai_error(route(&Request::new("GET", "/v1/models/gpt-4"), &script), 404);
+    assert_eq!(error["code"], "model_not_found");
+}
+
+// Request validation
+
+#[test]
+fn malformed_json_is_400_with_openai_error() {
+    let request = Request::new("POST", "/v1/chat/completions").with_body("{\"model\": ");
+    let error = param_error(request);
+    assert_eq!(error["param"], Value::Null);
+    assert!(error["message"].as_str().unwrap().contains("parse the JSON body"));
+}
+
+#[test]
+fn empty_or_non_object_body_is_400() {
+    param_error(Request::new("POST", "/v1/chat/completions"));
+    param_error(Request::new("POST", "/v1/chat/completions").with_body("[1, 2]"));
+    param_error(Request::new("POST", "/generate").with_body("\"hello\""));
+}
+
+#[test]
+fn negative_max_tokens_is_400_naming_param() {
+    let error = param_error(chat(hello(json!({"max_tokens": -5}))));
+    assert_eq!(error["param"], "max_tokens");
+    assert!(error["message"].as_str().unwrap().contains("-5"));
+    let error = param_error(chat(hello(json!({"max_completion_tokens": 0}))));
+    assert_eq!(error["param"], "max_completion_tokens");
+}
+
+#[test]
+fn fractional_max_tokens_is_400() {
+    let error = param_error(chat(hello(json!({"max_tokens": 10.5}))));
+    assert_eq!(error["param"], "max_tokens");
+}
+
+#[test]
+fn wrong_type_for_temperature_is_400() {
+    let error = param_error(chat(hello(json!({"temperature": "hot"}))));
+    assert_eq!(error["param"], "temperature");
+    assert!(error["message"].as_str().unwrap().contains("expected a number"));
+}
+
+#[test]
+fn out_of_range_sampling_values_are_400_naming_param() {
+    for (field, value) in [
+        ("temperature", json!(2.5)),
+        ("temperature", json!(-0.1)),
+        ("top_p", json!(0)),
+        ("top_p", json!(1.01)),
+        ("presence_penalty", json!(3)),
+        ("frequency_penalty", json!(-2.5)),
+        ("min_p", json!(1.5)),
+        ("repeat_penalty", json!(0)),
+        ("top_k", json!(-1)),
+        ("timeout_ms", json!(0)),
+        ("seed", json!("42")),
+        ("stream", json!("yes")),
+        ("user", json!(7)),
+    ] {
+        let error = param_error(chat(hello(json!({ field: value }))));
+        assert_eq!(error["param"], field, "{field} = {value}");
+    }
+}
+
+#[test]
+fn missing_or_empty_messages_is_400() {
+    let error = param_error(chat(json!({"model": MODEL})));
+    assert_eq!(error["param"], "messages");
+    let error = param_error(chat(json!({"model": MODEL, "messages": []})));
+    assert_eq!(error["param"], "messages");
+    let error = param_error(chat(json!({"model": MODEL, "messages": "Hi"})));
+    assert_eq!(error["param"], "messages");
+}
+
+#[test]
+fn missing_model_is_400() {
+    let error = param_error(chat(json!({"messages": [{"role": "user", "content": "Hi"}]})));
+    assert_eq!(error["param"], "model");
+}
+
+#[test]
+fn bad_messages_are_400_naming_the_element() {
+    let bad_role = json!({"model": MODEL, "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "tool", "content": "42"},
+    ]});
+    assert_eq!(param_error(chat(bad_role))["param"], "messages[1].role");
+
+    let bad_content = json!({"model": MODEL, "messages": [{"role": "user", "content": 5}]});
+    assert_eq!(param_error(chat(bad_content))["param"], "messages[0].content");
+
+    let image = json!({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "x"}},
+    ]}]});
+    assert_eq!(param_error(chat(image))["param"], "messages[0].content[0].type");
+
+    let not_object = json!({"model": MODEL, "messages": ["Hi"]});
+    assert_eq!(param_error(chat(not_object))["param"], "messages[0]");
+}
+
+#[test]
+fn n_greater_than_one_is_rejected() {
+    let error = param_error(chat(hello(json!({"n": 2}))));
+    assert_eq!(error["param"], "n");
+}
+
+#[test]
+fn json_response_format_is_rejected_as_unsupported() {
+    let error = param_error(chat(hello(json!({"response_format": {"type": "json_object"}}))));
+    assert_eq!(error["param"], "response_format");
+    assert!(error["message"].as_str().unwrap().contains("not supported"));
+}
+
+#[test]
+fn too_many_stop_sequences_is_400() {
+    let error = param_error(chat(hello(json!({"stop": ["a", "b", "c", "d", "e"]}))));
+    assert_eq!(error["param"], "stop");
+    let error = param_error(chat(hello(json!({"stop": ["a", 1]}))));
+    assert_eq!(error["param"], "stop[1]");
+}
+
+#[test]
+fn logit_bias_is_validated() {
+    let error = param_error(chat(hello(json!({"logit_bias": {"abc": 1}}))));
+    assert_eq!(error["param"], "logit_bias");
+    let error = param_error(chat(hello(json!({"logit_bias": {"42": 101}}))));
+    assert_eq!(error["param"], "logit_bias");
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    let request = chat(hello(json!({"logit_bias": {"42": -100}, "user": "u1"})));
+    assert_eq!(route(&request, &script).status, 200);
+}
+
+#[test]
+fn nulls_count_as_absent() {
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    let request = chat(hello(json!({
+        "max_tokens": null, "temperature": null, "stop": null, "seed": null,
+        "stream": null, "response_format": null, "logit_bias": null,
+    })));
+    assert_eq!(route(&request, &script).status, 200);
+}
+
+// Parameters reaching the engine
+
+#[test]
+fn openai_defaults_reach_the_engine() {
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    route(&chat(hello(json!({}))), &script);
+    let started = script.started();
+    assert_eq!(started.model, MODEL);
+    let params = started.params;
+    assert_eq!(params.max_tokens, 0, "no limit means until the context is full");
+    assert_eq!(params.temperature, 1.0);
+    assert_eq!(params.top_p, 1.0);
+    assert_eq!(params.top_k, 0);
+    assert_eq!(params.min_p, 0.0);
+    assert_eq!(params.repeat_penalty, 1.0);
+    assert_eq!(params.seed, None);
+    assert!(params.stop.is_empty());
+    assert_eq!(params.timeout_ms, None);
+}
+
+#[test]
+fn request_parameters_reach_the_engine() {
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    let request = chat(json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]},
+            {"role": "assistant", "content": null},
+        ],
+        "max_tokens": 5,
+        "max_completion_tokens": 9,
+        "temperature": 0,
+        "top_p": 0.5,
+        "stop": "\n\n",
+        "seed": 42,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+        "repeat_last_n": 32,
+        "timeout_ms": 2000,
+        "presence_penalty": 0.5,
+        "response_format": {"type": "text"},
+    }));
+    assert_eq!(route(&request, &script).status, 200);
+    let started = script.started();
+    let Prompt::Chat(messages) = started.prompt else {
+        panic!("chat requests send a chat prompt");
+    };
+    let turns: Vec<_> = messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+    assert_eq!(turns, [("system", "Be brief."), ("user", "Hi\nthere"), ("assistant", "")]);
+    let params = started.params;
+    assert_eq!(params.max_tokens, 9, "max_completion_tokens wins");
+    assert_eq!(params.temperature, 0.0);
+    assert_eq!(params.top_p, 0.5);
+    assert_eq!(params.stop, ["\n\n"]);
+    assert_eq!(params.seed, Some(42));
+    assert_eq!(params.top_k, 40);
+    assert_eq!(params.min_p, 0.05);
+    assert_eq!(params.repeat_penalty, 1.1);
+    assert_eq!(params.repeat_last_n, 32);
+    assert_eq!(params.timeout_ms, Some(2000));
+}
+
+// Engine errors
+
+#[test]
+fn unknown_model_is_404() {
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    let request = chat(hello(json!({"model": "gpt-4o"})));
+    let error = assert_openai_error(route(&request, &script), 404);
+    assert_eq!(error["code"], "model_not_found");
+    assert_eq!(error["param"], "model");
+    assert!(error["message"].as_str().unwrap().contains("gpt-4o"));
+}
+
+#[test]
+fn context_overflow_error_names_both_counts() {
+    let overflow = Error::ContextOverflow(ContextOverflow { prompt_tokens: 5000, context_length: 4096 });
+    let script = Script::refusing(overflow);
+    let error = assert_openai_error(route(&chat(hello(json!({}))), &script), 400);
+    assert_eq!(error["code"], "context_length_exceeded");
+    assert_eq!(error["param"], "messages");
+    assert_eq!(error["message"], "This model's maximum context length is 4096 tokens, but the prompt has 5000 tokens.");
+}
+
+#[test]
+fn overloaded_is_429_with_retry_after_and_no_internals() {
+    let script = Script::refusing(Error::Overloaded("queue 64/64 on worker 3".into()));
+    let response = route(&chat(hello(json!({}))), &script);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    let error = assert_openai_error(response, 429);
+    assert_eq!(error["type"], "rate_limit_error");
+    assert!(!error["message"].as_str().unwrap().contains("worker"));
+}
+
+#[test]
+fn engine_errors_map_to_their_statuses() {
+    let cases = [
+        (Error::InvalidRequest("top_k too large".into()), 400, "invalid_request_error"),
+        (Error::Internal("the model file vanished".into()), 500, "server_error"),
+    ];
+    for (error, status, kind) in cases {
+        let script = Script::refusing(error);
+        let body = assert_openai_error(route(&chat(hello(json!({}))), &script), status);
+        assert_eq!(body["type"], kind);
+    }
+}
+
+#[test]
+fn every_error_has_the_four_openai_keys() {
+    let errors = [
+        ApiError::MalformedJson("x".into()),
+        ApiError::param("top_p", "bad"),
+        ApiError::BodyTooLarge,
+        ApiError::UnreadableBody,
+        ApiError::NotFound { method: "GET".into(), path: "/x".into() },
+        ApiError::MethodNotAllowed { method: "PUT".into(), allow: "GET" },
+        ApiError::engine(Error::InvalidRequest("x".into()), "prompt"),
+        ApiError::engine(Error::UnknownModel("m".into()), "prompt"),
+        ApiError::engine(Error::ContextOverflow(ContextOverflow { prompt_tokens: 2, context_length: 1 }), "prompt"),
+        ApiError::engine(Error::Overloaded("x".into()), "prompt"),
+        ApiError::engine(Error::Internal("x".into()), "prompt"),
+    ];
+    for err in &errors {
+        let response = error_response(err);
+        let status = response.status;
+        assert!((400..600).contains(&status));
+        assert_openai_error(response, status);
+    }
+}
+
+#[test]
+fn body_over_one_mib_is_413() {
+    assert!(http::check_declared_length(Some("1048576")).is_ok());
+    assert!(http::check_declared_length(Some("not a number")).is_ok());
+    assert!(matches!(http::check_declared_length(Some("1048577")), Err(ApiError::BodyTooLarge)));
+
+    let mut body = Vec::new();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..MAX_BODY_BYTES / chunk.len() {
+        http::append_body_chunk(&mut body, &chunk).expect("within the limit");
+    }
+    let err = http::append_body_chunk(&mut body, b"x").expect_err("one byte over");
+    let error = assert_openai_error(refuse(&err), 413);
+    assert_eq!(error["code"], "request_too_large");
+}
+
+// Responses
+
+#[test]
+fn chat_completion_has_openai_shape_and_usage() {
+    let script = Script::saying(&["Hel", "lo", "!"], FinishReason::Stop);
+    let response = route(&chat(hello(json!({}))), &script);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let body = json_of(response);
+    let id = body["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-") && id.len() > "chatcmpl-".len() + 16, "{id}");
+    assert!(id["chatcmpl-".len()..].chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(body["created"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], MODEL);
+    assert_eq!(body["system_fingerprint"], Value::Null);
+    assert_eq!(
+        body["choices"],
+        json!([{
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello!"},
+            "logprobs": null,
+            "finish_reason": "stop",
+        }])
+    );
+    assert_eq!(
+        body["usage"],
+        json!({
+            "prompt_tokens": 7,
+            "completion_tokens": 3,
+            "total_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 3},
+        })
+    );
+}
+
+#[test]
+fn finish_reasons_map_to_openai_names() {
+    for (reason, name) in
+        [(FinishReason::Stop, "stop"), (FinishReason::Length, "length"), (FinishReason::Cancelled, "timeout")]
+    {
+        let script = Script::saying(&["x"], reason);
+        let body = json_of(route(&chat(hello(json!({}))), &script));
+        assert_eq!(body["choices"][0]["finish_reason"], name);
+    }
+}
+
+#[test]
+fn engine_error_mid_completion_is_an_error_response() {
+    let script = Script::new(vec![Ok(Event::Text("partial".into())), Err(Error::Internal("decode failed".into()))]);
+    let error = assert_openai_error(route(&chat(hello(json!({}))), &script), 500);
+    assert_eq!(error["message"], "decode failed");
+    assert!(*script.dropped.borrow());
+}
+
+#[test]
+fn sse_stream_frames_role_content_finish_usage_done() {
+    let script = Script::saying(&["Hel", "lo"], FinishReason::Length);
+    let request = chat(hello(json!({"stream": true, "stream_options": {"include_usage": true}})));
+    let response = route(&request, &script);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/event-stream"));
+    assert_eq!(response.header("cache-control"), Some("no-cache"));
+    let frames = frames(response);
+    assert_eq!(frames.len(), 6, "{frames:#?}");
+    assert_eq!(frames[5], "data: [DONE]\n\n");
+
+    let chunks: Vec<Value> = frames[..5].iter().map(|f| frame_json(f)).collect();
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"));
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["id"], id);
+        assert_eq!(chunk["created"], chunks[0]["created"]);
+        assert_eq!(chunk["model"], MODEL);
+    }
+    let delta = |i: usize| chunks[i]["choices"][0]["delta"].clone();
+    let finish = |i: usize| chunks[i]["choices"][0]["finish_reason"].clone();
+    assert_eq!(delta(0), json!({"role": "assistant", "content": ""}));
+    assert_eq!(delta(1), json!({"content": "Hel"}));
+    assert_eq!(delta(2), json!({"content": "lo"}));
+    assert_eq!(delta(3), json!({}));
+    for (i, chunk) in chunks.iter().enumerate().take(3) {
+        assert_eq!(finish(i), Value::Null);
+        assert_eq!(chunk["usage"], Value::Null);
+    }
+    assert_eq!(finish(3), "length");
+    assert_eq!(chunks[4]["choices"], json!([]));
+    assert_eq!(chunks[4]["usage"]["prompt_tokens"], 7);
+    assert_eq!(chunks[4]["usage"]["completion_tokens"], 2);
+    assert_eq!(chunks[4]["usage"]["total_tokens"], 9);
+}
+
+#[test]
+fn sse_stream_without_include_usage_has_no_usage_chunk() {
+    let script = Script::saying(&["a"], FinishReason::Stop);
+    let frames = frames(route(&chat(hello(json!({"stream": true}))), &script));
+    assert_eq!(frames.len(), 4, "{frames:#?}");
+    assert_eq!(frames[3], "data: [DONE]\n\n");
+    let last = frame_json(&frames[2]);
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert!(frames[..3].iter().all(|f| !frame_json(f).as_object().unwrap().contains_key("usage")));
+}
+
+#[test]
+fn engine_error_mid_stream_emits_one_error_event_and_stops() {
+    let script = Script::new(vec![
+        Ok(Event::Text("partial".into())),
+        Err(Error::Internal("decode failed".into())),
+        Ok(Event::Text("never sent".into())),
+    ]);
+    let frames = frames(route(&chat(hello(json!({"stream": true}))), &script));
+    assert_eq!(frames.len(), 3, "{frames:#?}");
+    assert_eq!(frame_json(&frames[1])["choices"][0]["delta"]["content"], "partial");
+    let error = frame_json(&frames[2]);
+    assert_eq!(error["error"]["message"], "decode failed");
+    assert_eq!(error["error"]["type"], "server_error");
+    assert!(!frames.iter().any(|f| f.contains("[DONE]")));
+    assert!(*script.dropped.borrow(), "the failed generation is released");
+}
+
+#[test]
+fn stream_errors_before_the_first_event_are_plain_http_errors() {
+    let script = Script::refusing(Error::Overloaded("full".into()));
+    let response = route(&chat(hello(json!({"stream": true}))), &script);
+    assert_openai_error(response, 429);
+}
+
+#[test]
+fn dropping_the_stream_body_drops_the_generation() {
+    let script = Script::saying(&["a", "b", "c"], FinishReason::Stop);
+    let response = route(&chat(hello(json!({"stream": true}))), &script);
+    let Body::Stream(mut events) = response.body else {
+        panic!("expected a stream");
+    };
+    events.next();
+    events.next();
+    assert!(!*script.dropped.borrow());
+    drop(events);
+    assert!(*script.dropped.borrow(), "a client that leaves cancels the generation");
+}
+
+#[test]
+fn generation_is_released_as_soon_as_the_stream_finishes() {
+    let script = Script::saying(&["a"], FinishReason::Stop);
+    let response = route(&chat(hello(json!({"stream": true}))), &script);
+    let Body::Stream(mut events) = response.body else {
+        panic!("expected a stream");
+    };
+    for frame in events.by_ref() {
+        if frame_json_opt(&frame).is_some_and(|c| c["choices"][0]["finish_reason"] == "stop") {
+            break;
+        }
+    }
+    assert!(*script.dropped.borrow());
+}
+
+fn frame_json_opt(frame: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(frame).ok()?;
+    serde_json::from_str(text.strip_prefix("data: ")?.trim_end()).ok()
+}
+
+// The original /generate API
+
+#[test]
+fn generate_answers_with_text_timing_and_usage() {
+    let script = Script::saying(&["Once", " upon"], FinishReason::Length);
+    let response = route(&post("/generate", &json!({"prompt": "Tell me"})), &script);
+    assert_eq!(response.status, 200);
+    let body = json_of(response);
+    assert_eq!(body["text"], "Once upon");
+    assert_eq!(body["prompt"], "Tell me");
+    assert_eq!(body["max_tokens"], 128);
+    assert_eq!(body["generation_time_ms"], 20.0);
+    assert_eq!(body["tokens_per_second"], 100.0);
+    assert_eq!(body["finish_reason"], "length");
+    assert_eq!(body["usage"], json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}));
+
+    let started = script.started();
+    assert_eq!(started.model, MODEL, "the first model serves requests that name none");
+    assert!(matches!(&started.prompt, Prompt::Text(t) if t == "Tell me"));
+    assert_eq!(started.params.max_tokens, 128);
+    assert_eq!(started.params.temperature, 0.7);
+    assert_eq!(started.params.top_p, 0.9);
+}
+
+#[test]
+fn generate_validates_its_fields() {
+    assert_eq!(param_error(post("/generate", &json!({})))["param"], "prompt");
+    assert_eq!(param_error(post("/generate", &json!({"prompt": 1})))["param"], "prompt");
+    let error = param_error(post("/generate", &json!({"prompt": "x", "max_tokens": 0})));
+    assert_eq!(error["param"], "max_tokens");
+    let error = param_error(post("/generate", &json!({"prompt": "x", "temperature": [1]})));
+    assert_eq!(error["param"], "temperature");
+}
+
+#[test]
+fn generate_context_overflow_names_the_prompt() {
+    let overflow = Error::ContextOverflow(ContextOverflow { prompt_tokens: 9000, context_length: 2048 });
+    let script = Script::refusing(overflow);
+    let error = assert_openai_error(route(&post("/generate", &json!({"prompt": "x"})), &script), 400);
+    assert_eq!(error["param"], "prompt");
+    assert!(error["message"].as_str().unwrap().contains("2048"));
+    assert!(error["message"].as_str().unwrap().contains("9000"));
+}

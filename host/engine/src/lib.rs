@@ -1,0 +1,43 @@
+//! tern's inference engine: everything between a model file and a stream of
+//! text, with no knowledge of HTTP or wasm.
+//!
+//! 1. [`gguf`] maps a GGUF file and describes its tensors and metadata.
+//! 2. [`tokenizer`] and [`chat`] turn text and conversations into token ids
+//!    (control tokens only where the template puts them) and back.
+//! 3. [`model`] repacks the weights into the kernels' layout and runs the
+//!    BitNet b1.58 forward pass behind the [`model::Backend`] trait.
+//! 4. [`sampler`] picks tokens; [`engine`] admits requests and runs every
+//!    generation on the scheduler thread, handing out [`Generation`] handles
+//!    that stream text and cancel on drop.
+//!
+//! ```no_run
+//! use tern_engine::{Engine, EngineConfig, GenerateRequest, Prompt, SamplingParams};
+//! use std::time::Duration;
+//!
+//! let engine = Engine::load(EngineConfig { models: vec!["models/tern-tiny.gguf".into()], ..Default::default() })?;
+//! let generation = engine.generate(GenerateRequest {
+//!     model: "tern-tiny".into(),
+//!     prompt: Prompt::Text("To be, or not to be".into()),
+//!     max_tokens: 32,
+//!     sampling: SamplingParams::default(),
+//!     seed: Some(1),
+//!     stop: vec![],
+//!     timeout: Some(Duration::from_secs(10)),
+//! })?;
+//! let (text, finished) = generation.collect()?;
+//! println!("{text} ({:?})", finished.reason);
+//! # Ok::<(), tern_engine::EngineError>(())
+//! ```
+
+pub mod chat;
+pub mod engine;
+pub mod gguf;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use engine::{
+    Engine, EngineConfig, EngineError, EngineStatus, Event, Finished, FinishReason, GenerateRequest, Generation,
+    LoadedModel, Message, ModelInfo, Prompt, Usage,
+};
+pub use sampler::SamplingParams;

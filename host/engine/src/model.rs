@@ -1,0 +1,506 @@
+//! The BitNet b1.58 forward pass on the CPU.
+//!
+//! 1. [`ModelConfig::from_gguf`] reads the hyper-parameters of either naming
+//!    (`bitnet-b1.58` as Microsoft's 2B-4T ships it, `bitnet` as mainline
+//!    llama.cpp writes it).
+//! 2. [`Model::load`] repacks every ternary projection, whatever its on-disk
+//!    format (TQ1_0, TQ2_0, I2_S, or full precision ternarised at load), into
+//!    the kernels' one layout, so every file runs the same kernels.
+//! 3. [`Backend::forward`] appends tokens to a sequence's [`KvCache`] and
+//!    returns logits. The CPU backend is [`Model`]; a GPU backend implements
+//!    the same trait.
+
+use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
+use tern_kernels::{self as k, f16, TernaryMatrix};
+
+/// Errors found while loading a model file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("unsupported architecture {0:?} (supported: bitnet-b1.58, bitnet-25, bitnet)")]
+    Architecture(String),
+    #[error("tensor {name}: {reason}")]
+    Tensor { name: String, reason: String },
+    #[error("invalid hyper-parameters: {0}")]
+    Config(String),
+}
+
+fn tensor_err(t: &TensorInfo, reason: impl Into<String>) -> ModelError {
+    ModelError::Tensor { name: t.name.clone(), reason: reason.into() }
+}
+
+/// The gate of the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `relu(gate)^2 * up`, as BitNet b1.58 2B-4T uses.
+    Relu2,
+    /// `silu(gate) * up`, as LLaMA-like BitNet models use.
+    Silu,
+}
+
+/// Hyper-parameters of a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_ctx: usize,
+    pub rope_dim: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub activation: Activation,
+}
+
+impl ModelConfig {
+    /// Reads the hyper-parameters from GGUF metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch = g.str("general.architecture")?.to_string();
+        let activation = match arch.as_str() {
+            "bitnet-b1.58" | "bitnet-25" => Activation::Relu2,
+            "bitnet" => Activation::Silu,
+            _ => return Err(ModelError::Architecture(arch)),
+        };
+        let key = |name: &str| format!("{arch}.{name}");
+        let opt_u32 = |name: &str| g.get(&key(name)).and_then(|v| v.as_u64());
+        let n_embd = g.u32(&key("embedding_length"))? as usize;
+        let n_head = g.u32(&key("attention.head_count"))? as usize;
+        let n_head_kv = opt_u32("attention.head_count_kv").map_or(n_head, |v| v as usize);
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_embd % n_head != 0 {
+            return Err(ModelError::Config(format!(
+                "{n_head} heads, {n_head_kv} kv heads and width {n_embd} do not divide"
+            )));
+        }
+        let head_dim = opt_u32("attention.key_length").map_or(n_embd / n_head, |v| v as usize);
+        let embd = g.tensor("token_embd.weight")?;
+        let n_vocab = match opt_u32("vocab_size") {
+            Some(v) => v as usize,
+            None => embd.dims.get(1).copied().unwrap_or(0) as usize,
+        };
+        let rope_dim = opt_u32("rope.dimension_count").map_or(head_dim, |v| v as usize);
+        if rope_dim > head_dim || rope_dim % 2 != 0 {
+            return Err(ModelError::Config(format!(
+                "rope dimension {rope_dim} does not fit head dimension {head_dim}"
+            )));
+        }
+        let f32_or = |name: &str, default: f32| g.get(&key(name)).and_then(|v| v.as_f32()).unwrap_or(default);
+        Ok(Self {
+            n_vocab,
+            n_embd,
+            n_layer: g.u32(&key("block_count"))? as usize,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: g.u32(&key("feed_forward_length"))? as usize,
+            n_ctx: g.u32(&key("context_length"))? as usize,
+            rope_dim,
+            rope_theta: f32_or("rope.freq_base", 10_000.0),
+            rms_eps: f32_or("attention.layer_norm_rms_epsilon", 1e-5),
+            activation,
+            architecture: arch,
+        })
+    }
+
+    /// Width of the keys (and values) of one position: kv heads x head dim.
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+
+    /// Width of the queries and of the attention output: heads x head dim.
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}
+
+/// A dense matrix kept in its file format (embedding and output head).
+pub enum Dense {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Q8_0(Vec<u8>),
+}
+
+impl Dense {
+    fn load(g: &GgufFile, t: &TensorInfo) -> Result<Self, ModelError> {
+        let bytes = g.tensor_data(&t.name)?;
+        Ok(match t.ggml_type {
+            GgmlType::F32 => Dense::F32(f32s(bytes)),
+            GgmlType::F16 => Dense::F16(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
+            GgmlType::BF16 => Dense::F32({
+                let mut out = vec![0.0; t.n_elements() as usize];
+                let cols = t.dims[0] as usize;
+                for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+                    k::row_bf16(bytes, cols, r, row);
+                }
+                out
+            }),
+            GgmlType::Q8_0 => Dense::Q8_0(bytes.to_vec()),
+            other => return Err(tensor_err(t, format!("{} is not supported for a dense matrix", other.name()))),
+        })
+    }
+
+    /// Row `row` of a (rows, cols) matrix, dequantised into `out` (cols,).
+    fn row(&self, cols: usize, row: usize, out: &mut [f32]) {
+        match self {
+            Dense::F32(w) => out.copy_from_slice(&w[row * cols..(row + 1) * cols]),
+            Dense::F16(w) => k::row_f16(w, cols, row, out),
+            Dense::Q8_0(w) => k::row_q8_0(w, cols, row, out),
+        }
+    }
+
+    /// W (rows, cols) @ x (cols,) -> out (rows,)
+    fn matvec(&self, rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+        match self {
+            Dense::F32(w) => k::matvec_f32(w, rows, cols, x, out),
+            Dense::F16(w) => k::matvec_f16(w, rows, cols, x, out),
+            Dense::Q8_0(w) => k::matvec_q8_0(w, rows, cols, x, out),
+        }
+    }
+
+    fn size_bytes(&self) -> usize {
+        match self {
+            Dense::F32(w) => w.len() * 4,
+            Dense::F16(w) => w.len() * 2,
+            Dense::Q8_0(w) => w.len(),
+        }
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// One transformer block.
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: TernaryMatrix,
+    wk: TernaryMatrix,
+    wv: TernaryMatrix,
+    wo: TernaryMatrix,
+    attn_sub_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    w_gate: TernaryMatrix,
+    w_up: TernaryMatrix,
+    w_down: TernaryMatrix,
+    ffn_sub_norm: Vec<f32>,
+}
+
+/// Keys and values of every position a sequence has seen, per layer.
+pub struct KvCache {
+    /// k[layer]: (len, kv_dim), grown as positions are appended.
+    k: Vec<Vec<f32>>,
+    /// v[layer]: (len, kv_dim)
+    v: Vec<Vec<f32>>,
+    len: usize,
+    kv_dim: usize,
+}
+
+impl KvCache {
+    pub fn new(config: &ModelConfig) -> Self {
+        Self { k: vec![Vec::new(); config.n_layer], v: vec![Vec::new(); config.n_layer], len: 0, kv_dim: config.kv_dim() }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position from `len` on (keeps a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        let len = len.min(self.len);
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            layer.truncate(len * self.kv_dim);
+        }
+        self.len = len;
+    }
+
+    /// Bytes held by the cache.
+    pub fn size_bytes(&self) -> usize {
+        self.k.iter().chain(self.v.iter()).map(|l| l.len() * 4).sum()
+    }
+}
+
+/// What the scheduler needs from a compute backend.
+pub trait Backend: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    /// Runs `tokens` at positions `cache.len()..`, appends their keys and
+    /// values to `cache`, and returns logits: (1, vocab) for the last token,
+    /// or (tokens, vocab) when `all_logits` is set.
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32>;
+}
+
+/// A BitNet model loaded for the CPU backend.
+pub struct Model {
+    config: ModelConfig,
+    token_embd: Dense,
+    output: Option<Dense>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    parameter_count: u64,
+    ternary_type: GgmlType,
+}
+
+impl Model {
+    /// Loads and repacks every tensor the forward pass needs.
+    pub fn load(g: &GgufFile) -> Result<Self, ModelError> {
+        let config = ModelConfig::from_gguf(g)?;
+        let c = &config;
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
+            let t = g.tensor(name)?;
+            if t.n_elements() as usize != len {
+                return Err(tensor_err(t, format!("has {} elements, expected {len}", t.n_elements())));
+            }
+            let bytes = g.tensor_data(name)?;
+            match t.ggml_type {
+                GgmlType::F32 => Ok(f32s(bytes)),
+                GgmlType::F16 => Ok(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+                other => Err(tensor_err(t, format!("norm weights must be F32 or F16, found {}", other.name()))),
+            }
+        };
+        let mut ternary_type = GgmlType::F32;
+        let mut ternary = |name: &str, rows: usize, cols: usize| -> Result<TernaryMatrix, ModelError> {
+            let t = g.tensor(&format!("{name}.weight"))?;
+            if t.dims.len() != 2 || t.dims[0] as usize != cols || t.dims[1] as usize != rows {
+                return Err(tensor_err(t, format!("has shape {:?}, expected [{cols}, {rows}]", t.dims)));
+            }
+            let bytes = g.tensor_data(&t.name)?;
+            let mut m = match t.ggml_type {
+                GgmlType::TQ2_0 => TernaryMatrix::from_tq2_0(bytes, rows, cols),
+                GgmlType::TQ1_0 => TernaryMatrix::from_tq1_0(bytes, rows, cols),
+                GgmlType::I2_S => TernaryMatrix::from_i2_s(bytes, rows, cols),
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                    let dense = Dense::load(g, t)?;
+                    let mut w = vec![0.0; rows * cols];
+                    for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                        dense.row(cols, r, row);
+                    }
+                    ternarize_absmean(&w, rows, cols)
+                }
+                other => return Err(tensor_err(t, format!("{} is not a ternary format", other.name()))),
+            }
+            .map_err(|e| tensor_err(t, e.to_string()))?;
+            ternary_type = t.ggml_type;
+            // Mainline llama.cpp may keep the per-tensor scale apart.
+            if let Ok(s) = g.tensor(&format!("{name}.scale")) {
+                let v = vector(&s.name, 1)?;
+                m.scale_by(v[0]);
+            }
+            Ok(m)
+        };
+        let (d, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = |n: &str| format!("blk.{i}.{n}");
+            layers.push(Layer {
+                attn_norm: vector(&p("attn_norm.weight"), d)?,
+                wq: ternary(&p("attn_q"), q, d)?,
+                wk: ternary(&p("attn_k"), kv, d)?,
+                wv: ternary(&p("attn_v"), kv, d)?,
+                wo: ternary(&p("attn_output"), d, q)?,
+                attn_sub_norm: vector(&p("attn_sub_norm.weight"), q)?,
+                ffn_norm: vector(&p("ffn_norm.weight"), d)?,
+                w_gate: ternary(&p("ffn_gate"), ff, d)?,
+                w_up: ternary(&p("ffn_up"), ff, d)?,
+                w_down: ternary(&p("ffn_down"), d, ff)?,
+                ffn_sub_norm: vector(&p("ffn_sub_norm.weight"), ff)?,
+            });
+        }
+        let dense = |name: &str| -> Result<Dense, ModelError> {
+            let t = g.tensor(name)?;
+            if t.dims.len() != 2 || t.dims[0] as usize != d || t.dims[1] as usize != c.n_vocab {
+                return Err(tensor_err(t, format!("has shape {:?}, expected [{d}, {}]", t.dims, c.n_vocab)));
+            }
+            Dense::load(g, t)
+        };
+        let token_embd = dense("token_embd.weight")?;
+        let output = if g.tensors.contains_key("output.weight") { Some(dense("output.weight")?) } else { None };
+        let parameter_count = g.tensors.values().map(|t| t.n_elements()).sum();
+        Ok(Self {
+            output_norm: vector("output_norm.weight", d)?,
+            token_embd,
+            output,
+            layers,
+            parameter_count,
+            ternary_type,
+            config,
+        })
+    }
+
+    /// Weights in every tensor of the file.
+    pub fn parameter_count(&self) -> u64 {
+        self.parameter_count
+    }
+
+    /// On-disk type of the ternary projections (e.g. TQ2_0).
+    pub fn ternary_type(&self) -> GgmlType {
+        self.ternary_type
+    }
+
+    /// Bytes of weights held in memory after repacking.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.size_bytes()).sum::<usize>()
+            })
+            .sum();
+        layers + self.token_embd.size_bytes() + self.output.as_ref().map_or(0, Dense::size_bytes)
+    }
+}
+
+/// Full-precision weights W (rows, cols) ternarised per tensor by absmean:
+/// s = mean|W|, Wq = clamp(round(W / s), -1, 1), scale s.
+fn ternarize_absmean(w: &[f32], rows: usize, cols: usize) -> Result<TernaryMatrix, k::KernelError> {
+    let scale = (w.iter().map(|x| x.abs() as f64).sum::<f64>() / w.len().max(1) as f64).max(1e-5) as f32;
+    let values: Vec<i8> = w.iter().map(|x| (x / scale).round().clamp(-1.0, 1.0) as i8).collect();
+    TernaryMatrix::from_ternary(&values, rows, cols, scale)
+}
+
+/// Scratch buffers of one forward call over n tokens.
+struct Scratch {
+    x: Vec<f32>,     // (n, d) residual stream
+    xn: Vec<f32>,    // (n, max(d, q)) normed input of a projection
+    xq: Vec<i8>,     // (n, max(d, q, ff)) its int8 quantisation
+    xs: Vec<f32>,    // (n,) quantisation scales
+    q: Vec<f32>,     // (n, q_dim)
+    k: Vec<f32>,     // (n, kv_dim)
+    v: Vec<f32>,     // (n, kv_dim)
+    att: Vec<f32>,   // (n, q_dim)
+    out: Vec<f32>,   // (n, d) projection output
+    gate: Vec<f32>,  // (n, ff)
+    up: Vec<f32>,    // (n, ff)
+    h: Vec<f32>,     // (n, ff)
+    probs: Vec<f32>, // (positions,) attention weights
+}
+
+/// Quantises n rows of `x` (n, cols) to int8, then W (rows, cols) @ x -> out (n, rows).
+fn bitlinear(w: &TernaryMatrix, x: &[f32], n: usize, xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
+    let cols = w.cols();
+    for i in 0..n {
+        xs[i] = k::quantize_row_i8(&x[i * cols..(i + 1) * cols], &mut xq[i * cols..(i + 1) * cols]);
+    }
+    bitlinear_quantized(w, &xq[..n * cols], &xs[..n], n, out);
+}
+
+/// W (rows, cols) @ already quantised xq (n, cols) -> out (n, rows).
+fn bitlinear_quantized(w: &TernaryMatrix, xq: &[i8], xs: &[f32], n: usize, out: &mut [f32]) {
+    let rows = w.rows();
+    if n == 1 {
+        k::ternary_gemv(w, xq, xs[0], &mut out[..rows]);
+    } else {
+        k::ternary_gemm(w, xq, xs, &mut out[..n * rows]);
+    }
+}
+
+/// RMSNorm of every row of x (n, cols) with `weight` (cols,) into out (n, cols).
+fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut [f32]) {
+    let cols = weight.len();
+    for i in 0..n {
+        k::rmsnorm(&x[i * cols..(i + 1) * cols], weight, eps, &mut out[i * cols..(i + 1) * cols]);
+    }
+}
+
+impl Backend for Model {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let widest = d.max(qd).max(ff);
+        let pos0 = cache.len;
+        let mut s = Scratch {
+            x: vec![0.0; n * d],
+            xn: vec![0.0; n * widest],
+            xq: vec![0; n * widest],
+            xs: vec![0.0; n],
+            q: vec![0.0; n * qd],
+            k: vec![0.0; n * kvd],
+            v: vec![0.0; n * kvd],
+            att: vec![0.0; n * qd],
+            out: vec![0.0; n * d],
+            gate: vec![0.0; n * ff],
+            up: vec![0.0; n * ff],
+            h: vec![0.0; n * ff],
+            probs: vec![0.0; pos0 + n],
+        };
+        for (i, &t) in tokens.iter().enumerate() {
+            // Ids were checked against the vocabulary when the prompt was admitted.
+            self.token_embd.row(d, t as usize, &mut s.x[i * d..(i + 1) * d]);
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention: q, k, v share one quantised input.
+            rmsnorm_rows(&s.x, &layer.attn_norm, c.rms_eps, n, &mut s.xn);
+            for i in 0..n {
+                s.xs[i] = k::quantize_row_i8(&s.xn[i * d..(i + 1) * d], &mut s.xq[i * d..(i + 1) * d]);
+            }
+            bitlinear_quantized(&layer.wq, &s.xq[..n * d], &s.xs, n, &mut s.q);
+            bitlinear_quantized(&layer.wk, &s.xq[..n * d], &s.xs, n, &mut s.k);
+            bitlinear_quantized(&layer.wv, &s.xq[..n * d], &s.xs, n, &mut s.v);
+            for i in 0..n {
+                let pos = pos0 + i;
+                k::rope_neox(&mut s.q[i * qd..(i + 1) * qd], c.n_head, c.head_dim, c.rope_dim, pos, c.rope_theta);
+                k::rope_neox(&mut s.k[i * kvd..(i + 1) * kvd], c.n_head_kv, c.head_dim, c.rope_dim, pos, c.rope_theta);
+            }
+            cache.k[l].extend_from_slice(&s.k);
+            cache.v[l].extend_from_slice(&s.v);
+            for i in 0..n {
+                let t = pos0 + i + 1; // causal: position i sees everything up to itself
+                k::attention(
+                    &s.q[i * qd..(i + 1) * qd],
+                    &cache.k[l][..t * kvd],
+                    &cache.v[l][..t * kvd],
+                    t,
+                    c.n_head,
+                    c.n_head_kv,
+                    c.head_dim,
+                    &mut s.probs,
+                    &mut s.att[i * qd..(i + 1) * qd],
+                );
+            }
+            rmsnorm_rows(&s.att, &layer.attn_sub_norm, c.rms_eps, n, &mut s.xn);
+            bitlinear(&layer.wo, &s.xn[..n * qd], n, &mut s.xq, &mut s.xs, &mut s.out);
+            s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
+
+            // Feed-forward: gate and up share one quantised input.
+            rmsnorm_rows(&s.x, &layer.ffn_norm, c.rms_eps, n, &mut s.xn);
+            for i in 0..n {
+                s.xs[i] = k::quantize_row_i8(&s.xn[i * d..(i + 1) * d], &mut s.xq[i * d..(i + 1) * d]);
+            }
+            bitlinear_quantized(&layer.w_gate, &s.xq[..n * d], &s.xs, n, &mut s.gate);
+            bitlinear_quantized(&layer.w_up, &s.xq[..n * d], &s.xs, n, &mut s.up);
+            match c.activation {
+                Activation::Relu2 => k::relu2_gate(&s.gate, &s.up, &mut s.h),
+                Activation::Silu => k::silu_gate(&s.gate, &s.up, &mut s.h),
+            }
+            rmsnorm_rows(&s.h, &layer.ffn_sub_norm, c.rms_eps, n, &mut s.gate);
+            bitlinear(&layer.w_down, &s.gate, n, &mut s.xq, &mut s.xs, &mut s.out);
+            s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
+        }
+        cache.len += n;
+
+        let first = if all_logits { 0 } else { n - 1 };
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let mut logits = vec![0.0; (n - first) * c.n_vocab];
+        let mut normed = vec![0.0; d];
+        for (j, i) in (first..n).enumerate() {
+            k::rmsnorm(&s.x[i * d..(i + 1) * d], &self.output_norm, c.rms_eps, &mut normed);
+            head.matvec(c.n_vocab, d, &normed, &mut logits[j * c.n_vocab..(j + 1) * c.n_vocab]);
+        }
+        logits
+    }
+}

@@ -1,0 +1,159 @@
+//! The host side of `tern:llm/inference`: converts WIT values to engine calls
+//! and back. Policy lives in the guest and compute in the engine; this file
+//! only translates.
+//!
+//! Every function returns two levels: the outer `wasmtime::Result` is a host
+//! bug or trap, the inner `Result` is an error the guest handles.
+
+use crate::bindings::inference::{self as wit, Host, HostGeneration};
+use crate::state::HostState;
+use std::time::Duration;
+use tern_engine as engine;
+use wasmtime::component::Resource;
+use wasmtime_wasi::p2::{DynPollable, Pollable};
+
+/// A generation as the guest holds it. Dropping the resource drops the
+/// engine's handle, which cancels the work.
+pub struct GenerationResource {
+    generation: engine::Generation,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GenerationResource {
+    async fn ready(&mut self) {
+        self.generation.ready().await
+    }
+}
+
+fn to_wit_error(e: engine::EngineError) -> wit::Error {
+    use engine::EngineError as E;
+    match e {
+        E::InvalidRequest(m) => wit::Error::InvalidRequest(m),
+        E::UnknownModel(m) => wit::Error::UnknownModel(m),
+        E::ContextOverflow { prompt_tokens, context_length } => {
+            wit::Error::ContextOverflow(wit::ContextOverflow { prompt_tokens, context_length })
+        }
+        E::Overloaded(m) => wit::Error::Overloaded(m),
+        E::Internal(m) => wit::Error::Internal(m),
+    }
+}
+
+fn to_wit_finished(f: engine::Finished) -> wit::Finished {
+    let u = f.usage;
+    wit::Finished {
+        reason: match f.reason {
+            engine::FinishReason::Stop => wit::FinishReason::Stop,
+            engine::FinishReason::Length => wit::FinishReason::Length,
+            engine::FinishReason::Cancelled => wit::FinishReason::Cancelled,
+        },
+        usage: wit::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            queue_ms: u.queue_ms,
+            prompt_ms: u.prompt_ms,
+            generation_ms: u.generation_ms,
+        },
+    }
+}
+
+fn to_engine_messages(messages: Vec<wit::Message>) -> Vec<engine::Message> {
+    messages.into_iter().map(|m| engine::Message { role: m.role, content: m.content }).collect()
+}
+
+impl Host for HostState {
+    fn list_models(&mut self) -> wasmtime::Result<Vec<wit::ModelInfo>> {
+        Ok(self
+            .engine
+            .models()
+            .into_iter()
+            .map(|m| wit::ModelInfo {
+                id: m.id,
+                architecture: m.architecture,
+                parameter_count: m.parameter_count,
+                context_length: m.context_length,
+                quantization: m.quantization,
+                size_bytes: m.size_bytes,
+                modified_at: m.modified_at,
+            })
+            .collect())
+    }
+
+    fn status(&mut self) -> wasmtime::Result<wit::EngineStatus> {
+        let s = self.engine.status();
+        Ok(wit::EngineStatus {
+            ready: s.ready,
+            running: s.running,
+            waiting: s.waiting,
+            prompt_tokens_total: s.prompt_tokens_total,
+            generated_tokens_total: s.generated_tokens_total,
+        })
+    }
+
+    fn tokenize(&mut self, model: String, text: String) -> wasmtime::Result<Result<Vec<u32>, wit::Error>> {
+        Ok(self.engine.tokenize(&model, &text).map_err(to_wit_error))
+    }
+
+    fn detokenize(&mut self, model: String, tokens: Vec<u32>) -> wasmtime::Result<Result<String, wit::Error>> {
+        Ok(self.engine.detokenize(&model, &tokens).map_err(to_wit_error))
+    }
+
+    fn render_chat(&mut self, model: String, messages: Vec<wit::Message>) -> wasmtime::Result<Result<String, wit::Error>> {
+        Ok(self.engine.render_chat(&model, &to_engine_messages(messages)).map_err(to_wit_error))
+    }
+
+    fn generate(
+        &mut self,
+        model: String,
+        prompt: wit::Prompt,
+        params: wit::SamplingParams,
+    ) -> wasmtime::Result<Result<Resource<GenerationResource>, wit::Error>> {
+        let prompt = match prompt {
+            wit::Prompt::Text(t) => engine::Prompt::Text(t),
+            wit::Prompt::Chat(m) => engine::Prompt::Chat(to_engine_messages(m)),
+            wit::Prompt::Tokens(t) => engine::Prompt::Tokens(t),
+        };
+        let request = engine::GenerateRequest {
+            model,
+            prompt,
+            max_tokens: params.max_tokens,
+            sampling: engine::SamplingParams {
+                temperature: params.temperature,
+                top_k: params.top_k as usize,
+                top_p: params.top_p,
+                min_p: params.min_p,
+                repeat_penalty: params.repeat_penalty,
+                repeat_last_n: params.repeat_last_n as usize,
+                seed: 0,
+            },
+            seed: params.seed,
+            stop: params.stop,
+            timeout: params.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
+        };
+        match self.engine.generate(request) {
+            Ok(generation) => Ok(Ok(self.table.push(GenerationResource { generation })?)),
+            Err(e) => Ok(Err(to_wit_error(e))),
+        }
+    }
+}
+
+impl HostGeneration for HostState {
+    fn subscribe(&mut self, this: Resource<GenerationResource>) -> wasmtime::Result<Resource<DynPollable>> {
+        wasmtime_wasi::p2::subscribe(&mut self.table, this)
+    }
+
+    fn next(&mut self, this: Resource<GenerationResource>) -> wasmtime::Result<Result<wit::Event, wit::Error>> {
+        let g = self.table.get(&this)?;
+        Ok(match g.generation.next() {
+            Ok(engine::Event::Pending) => Ok(wit::Event::Pending),
+            Ok(engine::Event::Text(t)) => Ok(wit::Event::Text(t)),
+            Ok(engine::Event::Finished(f)) => Ok(wit::Event::Finished(to_wit_finished(f))),
+            Err(e) => Err(to_wit_error(e)),
+        })
+    }
+
+    fn drop(&mut self, this: Resource<GenerationResource>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! Per-request store data: WASI and wasi:http contexts, the resource table,
+//! memory limits, and a handle to the shared engine.
+
+use std::future::Future;
+use tern_engine::Engine;
+use wasmtime::component::ResourceTable;
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+pub struct HostState {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub hooks: NoOutgoingRequests,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub engine: Engine,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+type SendFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
+
+/// The handler world imports no outgoing HTTP; should a component reach for
+/// it anyway, the request is denied rather than sent.
+pub struct NoOutgoingRequests;
+
+impl WasiHttpHooks for NoOutgoingRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: SendFuture,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, SendFuture), HttpError>> + Send> {
+        Box::new(async { Err(HttpError::HttpRequestDenied) })
+    }
+}

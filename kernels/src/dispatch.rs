@@ -1,0 +1,78 @@
+#![forbid(unsafe_code)]
+//! The one place that chooses an implementation for each operation.
+//!
+//! On first use the CPU is probed once (`is_x86_feature_detected!` on
+//! x86_64; wasm32 decides at compile time through `target_feature =
+//! "simd128"`), and the chosen function pointers are cached in a
+//! [`OnceLock`]. Every slot starts as the scalar reference, so a CPU or
+//! target without a variant still runs everything.
+
+use crate::reference;
+use crate::ternary::TernaryMatrix;
+use half::f16;
+use std::sync::OnceLock;
+
+/// W (rows, cols) @ q (cols,) with activation scale s -> out (rows,).
+pub type TernaryGemvFn = fn(&TernaryMatrix, &[i8], f32, &mut [f32]);
+/// W (rows, cols) @ q (n, cols) with scales s (n,) -> out (n, rows).
+pub type TernaryGemmFn = fn(&TernaryMatrix, &[i8], &[f32], &mut [f32]);
+/// x (n,) -> q (n,), returns s.
+pub type QuantizeFn = fn(&[f32], &mut [i8]) -> f32;
+/// W (rows, cols) f16 @ x (cols,) -> out (rows,).
+pub type MatvecF16Fn = fn(&[f16], usize, usize, &[f32], &mut [f32]);
+/// W (rows, cols) f32 @ x (cols,) -> out (rows,).
+pub type MatvecF32Fn = fn(&[f32], usize, usize, &[f32], &mut [f32]);
+/// W (rows, cols) Q8_0 bytes @ x (cols,) -> out (rows,).
+pub type MatvecQ8Fn = fn(&[u8], usize, usize, &[f32], &mut [f32]);
+/// x (n,), weight (n,), eps -> out (n,).
+pub type RmsnormFn = fn(&[f32], &[f32], f32, &mut [f32]);
+/// q, k, v, t, n_heads, n_kv, head_dim, scratch, out.
+pub type AttentionFn = fn(&[f32], &[f32], &[f32], usize, usize, usize, usize, &mut [f32], &mut [f32]);
+
+/// The chosen implementation of each dispatched operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels {
+    /// Instruction set of the ternary products: "reference", "avx2", ...
+    pub ternary_isa: &'static str,
+    pub ternary_gemv: TernaryGemvFn,
+    pub ternary_gemm: TernaryGemmFn,
+    pub quantize_row_i8: QuantizeFn,
+    pub matvec_f16: MatvecF16Fn,
+    pub matvec_f32: MatvecF32Fn,
+    pub matvec_q8_0: MatvecQ8Fn,
+    pub rmsnorm: RmsnormFn,
+    pub attention: AttentionFn,
+}
+
+impl Kernels {
+    /// Every slot on the scalar reference.
+    pub const REFERENCE: Kernels = Kernels {
+        ternary_isa: "reference",
+        ternary_gemv: reference::ternary_gemv,
+        ternary_gemm: reference::ternary_gemm,
+        quantize_row_i8: reference::quantize_row_i8,
+        matvec_f16: reference::matvec_f16,
+        matvec_f32: reference::matvec_f32,
+        matvec_q8_0: reference::matvec_q8_0,
+        rmsnorm: reference::rmsnorm,
+        attention: reference::attention,
+    };
+
+    fn detect() -> Kernels {
+        #[allow(unused_mut)]
+        let mut k = Kernels::REFERENCE;
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            k.ternary_isa = "avx2";
+            k.ternary_gemv = crate::arch::x86_64::ternary_gemv;
+            k.ternary_gemm = crate::arch::x86_64::ternary_gemm;
+        }
+        k
+    }
+}
+
+/// The implementations this process uses, chosen on first call.
+pub fn kernels() -> &'static Kernels {
+    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
+    CHOSEN.get_or_init(Kernels::detect)
+}

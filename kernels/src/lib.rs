@@ -1,0 +1,151 @@
+//! CPU math for ternary (BitNet b1.58) language models. No I/O.
+//!
+//! How it fits:
+//! 1. The host's model loader reads GGUF tensors and hands their raw bytes
+//!    here: ternary projections (I2_S, TQ2_0, TQ1_0) are repacked once into
+//!    a [`TernaryMatrix`]; dense tensors (F16, BF16, Q8_0, F32) stay as the
+//!    file stores them.
+//! 2. For each token the engine quantises the normalised activation row to
+//!    int8 ([`quantize_row_i8`]), multiplies it by the ternary weights in
+//!    integer arithmetic ([`ternary_gemv`], or [`ternary_gemm`] for a batch
+//!    of tokens), and applies the element-wise steps of the layer
+//!    ([`rmsnorm`], [`rope_neox`], [`attention`], [`relu2_gate`] /
+//!    [`silu_gate`]).
+//! 3. The output head and embedding lookups use the dense products
+//!    ([`matvec_f16`], [`matvec_q8_0`], [`row_f16`], ...).
+//! 4. Every function here forwards to [`dispatch::kernels`], which picks the
+//!    fastest variant this CPU supports once ([`arch`]) and otherwise runs the
+//!    scalar definition in [`reference`]. Variants are tested against it:
+//!    integer sums bit-for-bit, floats within named tolerances.
+//!
+//! ```no_run
+//! use tern_kernels::{quantize_row_i8, ternary_gemv, TernaryMatrix};
+//!
+//! // W (2, 3) ternary, scale 0.5
+//! let w = TernaryMatrix::from_ternary(&[1, 0, -1, -1, 1, 1], 2, 3, 0.5)?;
+//! let x = [0.25f32, -1.0, 0.5]; // x (3,)
+//! let mut q = [0i8; 3];
+//! let s = quantize_row_i8(&x, &mut q);
+//! let mut out = [0f32; 2]; // out (2,)
+//! ternary_gemv(&w, &q, s, &mut out);
+//! # Ok::<(), tern_kernels::KernelError>(())
+//! ```
+#![deny(unsafe_code)]
+
+pub mod arch;
+pub mod dispatch;
+mod error;
+pub mod reference;
+mod ternary;
+
+pub use error::KernelError;
+pub use half::f16;
+pub use reference::{q8_0_row_bytes, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, QUANT_MIN_ABSMAX};
+pub use ternary::{TernaryMatrix, I2S_BLOCK, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
+
+use dispatch::kernels;
+
+/// Per-token absmax int8 quantisation: `s = 127 / max(max|x|, 1e-5)`,
+/// `q = clamp(round_ties_even(x * s), -128, 127)`. Returns `s`.
+///
+/// # Panics
+/// If `x` and `q` differ in length.
+pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    (kernels().quantize_row_i8)(x, q)
+}
+
+/// W (rows, cols) ternary @ q (cols,) int8 -> out (rows,):
+/// `out[r] = (Σ_c w[r,c]·q[c]) as f32 * w_scale / s`, integer accumulation
+/// (per-block scales: each block's integer sum is scaled, then summed).
+///
+/// # Panics
+/// If `q.len() != w.cols()` or `out.len() != w.rows()`.
+pub fn ternary_gemv(w: &TernaryMatrix, q: &[i8], s: f32, out: &mut [f32]) {
+    (kernels().ternary_gemv)(w, q, s, out)
+}
+
+/// n = `s.len()` tokens at once: q (n, cols), s (n,) -> out (n, rows).
+///
+/// # Panics
+/// If `q` or `out` do not hold n rows.
+pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
+    (kernels().ternary_gemm)(w, q, s, out)
+}
+
+/// x (n,), weight (n,) -> out (n,) = x / sqrt(mean(x²) + eps) * weight.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    (kernels().rmsnorm)(x, weight, eps, out)
+}
+
+/// NEOX (rotate-half) RoPE in place over x (n_heads, head_dim), rotating the
+/// first `rot_dim` dims of each head for position `pos`.
+pub fn rope_neox(x: &mut [f32], n_heads: usize, head_dim: usize, rot_dim: usize, pos: usize, theta: f32) {
+    reference::rope_neox(x, n_heads, head_dim, rot_dim, pos, theta)
+}
+
+/// Softmax in place over x (n,).
+pub fn softmax(x: &mut [f32]) {
+    reference::softmax(x)
+}
+
+/// Causal attention of one query position over `t` cached positions, GQA:
+/// q (n_heads·head_dim,), k/v (t, n_kv·head_dim), scratch (>= t,),
+/// out (n_heads·head_dim,); scores scaled by 1/sqrt(head_dim).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    (kernels().attention)(q, k, v, t, n_heads, n_kv, head_dim, scratch, out)
+}
+
+/// gate (n,), up (n,) -> out (n,) = relu(gate)² * up.
+pub fn relu2_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    reference::relu2_gate(gate, up, out)
+}
+
+/// gate (n,), up (n,) -> out (n,) = silu(gate) * up.
+pub fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    reference::silu_gate(gate, up, out)
+}
+
+/// W (rows, cols) f16 @ x (cols,) -> out (rows,).
+pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    (kernels().matvec_f16)(w, rows, cols, x, out)
+}
+
+/// W (rows, cols) f32 @ x (cols,) -> out (rows,).
+pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    (kernels().matvec_f32)(w, rows, cols, x, out)
+}
+
+/// W (rows, cols) as raw GGUF Q8_0 bytes @ x (cols,) -> out (rows,).
+///
+/// # Panics
+/// If `cols` is not a multiple of [`Q8_0_BLOCK`] or `w` is not
+/// `rows * q8_0_row_bytes(cols)` long.
+pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    (kernels().matvec_q8_0)(w, rows, cols, x, out)
+}
+
+/// Row `row` of W (rows, cols) f16 -> out (cols,) (embedding lookup).
+pub fn row_f16(w: &[f16], cols: usize, row: usize, out: &mut [f32]) {
+    reference::row_f16(w, cols, row, out)
+}
+
+/// Row `row` of W (rows, cols) raw GGUF Q8_0 -> out (cols,).
+pub fn row_q8_0(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
+    reference::row_q8_0(w, cols, row, out)
+}
+
+/// Row `row` of W (rows, cols) raw little-endian bf16 -> out (cols,).
+pub fn row_bf16(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
+    reference::row_bf16(w, cols, row, out)
+}

@@ -1,0 +1,256 @@
+#![forbid(unsafe_code)]
+//! Scalar references: the definition of every operation, written to be read.
+//!
+//! Every optimised variant in [`crate::arch`] is tested against these. The
+//! public functions at the crate root reach them through
+//! [`crate::dispatch`] whenever no faster variant applies.
+
+use crate::ternary::{get_code, Scales, TernaryMatrix, TQ_BLOCK};
+use half::f16;
+
+/// Floor of the activation absmax in [`quantize_row_i8`], so that an all-zero
+/// row gets a finite scale.
+pub const QUANT_MIN_ABSMAX: f32 = 1e-5;
+/// Elements per Q8_0 block.
+pub const Q8_0_BLOCK: usize = 32;
+/// Bytes per Q8_0 block: an f16 scale then 32 int8 values.
+pub const Q8_0_BLOCK_BYTES: usize = 2 + Q8_0_BLOCK;
+
+/// Per-token absmax int8 quantisation. Returns `s`; `x ≈ q / s`.
+///
+/// `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round_ties_even(x * s), -128, 127)`.
+pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    // x (n,) -> q (n,)
+    assert_eq!(x.len(), q.len(), "quantize_row_i8: x and q lengths");
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let s = 127.0 / absmax.max(QUANT_MIN_ABSMAX);
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        *qi = (xi * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+/// W (rows, cols) ternary @ q (cols,) int8 -> out (rows,).
+///
+/// `out[r] = (Σ_c w[r,c]·q[c]) as f32 * w_scale / s`, the sum in i32; with
+/// per-block scales each block's integer sum is scaled, then summed in f32.
+pub fn ternary_gemv(w: &TernaryMatrix, q: &[i8], s: f32, out: &mut [f32]) {
+    assert_eq!(q.len(), w.cols, "ternary_gemv: q length vs cols");
+    assert_eq!(out.len(), w.rows, "ternary_gemv: out length vs rows");
+    for (r, o) in out.iter_mut().enumerate() {
+        let codes = w.row_codes(r);
+        let dot =
+            |cols: std::ops::Range<usize>| -> i32 { cols.map(|c| (get_code(codes, c) as i32 - 1) * q[c] as i32).sum() };
+        *o = match &w.scales {
+            Scales::Tensor(d) => dot(0..w.cols) as f32 * d / s,
+            Scales::Blocks(ds) => {
+                let blocks = w.cols / TQ_BLOCK;
+                let mut acc = 0.0f32;
+                for b in 0..blocks {
+                    acc += dot(b * TQ_BLOCK..(b + 1) * TQ_BLOCK) as f32 * ds[r * blocks + b];
+                }
+                acc / s
+            }
+        };
+    }
+}
+
+/// n tokens at once: W (rows, cols) @ q (n, cols) with s (n,) -> out (n, rows).
+pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
+    let n = s.len();
+    assert_eq!(q.len(), n * w.cols, "ternary_gemm: q length vs (n, cols)");
+    assert_eq!(out.len(), n * w.rows, "ternary_gemm: out length vs (n, rows)");
+    for t in 0..n {
+        ternary_gemv(w, &q[t * w.cols..(t + 1) * w.cols], s[t], &mut out[t * w.rows..(t + 1) * w.rows]);
+    }
+}
+
+/// RMS norm: x (n,), weight (n,) -> out (n,) = x / sqrt(mean(x²) + eps) * weight.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), weight.len(), "rmsnorm: x and weight lengths");
+    assert_eq!(x.len(), out.len(), "rmsnorm: x and out lengths");
+    if x.is_empty() {
+        return;
+    }
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(weight) {
+        *o = xi * inv * wi;
+    }
+}
+
+/// NEOX (rotate-half) RoPE in place. x (n_heads, head_dim); in each head the
+/// first `rot_dim` dims rotate as pairs (i, i + rot_dim/2) by angle
+/// `pos * theta^(-2i/rot_dim)`; the rest pass through.
+pub fn rope_neox(x: &mut [f32], n_heads: usize, head_dim: usize, rot_dim: usize, pos: usize, theta: f32) {
+    assert_eq!(x.len(), n_heads * head_dim, "rope_neox: x length vs (n_heads, head_dim)");
+    assert!(rot_dim <= head_dim && rot_dim.is_multiple_of(2), "rope_neox: rot_dim {rot_dim} vs head_dim {head_dim}");
+    let half = rot_dim / 2;
+    for i in 0..half {
+        // f64 angles: at pos in the thousands an f32 product loses ~1e-3 rad.
+        let freq = (theta as f64).powf(-2.0 * i as f64 / rot_dim as f64);
+        let (sin, cos) = (pos as f64 * freq).sin_cos();
+        let (sin, cos) = (sin as f32, cos as f32);
+        for h in 0..n_heads {
+            let base = h * head_dim;
+            let (a, b) = (x[base + i], x[base + i + half]);
+            x[base + i] = a * cos - b * sin;
+            x[base + i + half] = a * sin + b * cos;
+        }
+    }
+}
+
+/// Softmax in place over x (n,). An empty slice is left alone.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Causal attention of one query over `t` cached positions, with GQA.
+///
+/// q (n_heads, head_dim), k/v (t, n_kv, head_dim), scratch (>= t,),
+/// out (n_heads, head_dim). Query head h reads kv head `h / (n_heads / n_kv)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
+    assert_eq!(q.len(), n_heads * head_dim, "attention: q length");
+    assert_eq!(out.len(), n_heads * head_dim, "attention: out length");
+    assert!(k.len() >= t * n_kv * head_dim && v.len() >= t * n_kv * head_dim, "attention: k/v shorter than t rows");
+    assert!(scratch.len() >= t, "attention: scratch shorter than t");
+    let group = n_heads / n_kv;
+    let kv_stride = n_kv * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    for h in 0..n_heads {
+        let qh = &q[h * head_dim..(h + 1) * head_dim];
+        let kv_off = (h / group) * head_dim;
+        // scores (t,)
+        let scores = &mut scratch[..t];
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let kj = &k[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
+            *sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+        }
+        softmax(scores);
+        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
+        oh.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let vj = &v[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
+            for (o, &vv) in oh.iter_mut().zip(vj) {
+                *o += p * vv;
+            }
+        }
+    }
+}
+
+/// gate (n,), up (n,) -> out (n,) = relu(gate)² * up (BitNet b1.58 2B-4T FFN).
+pub fn relu2_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == up.len() && up.len() == out.len(), "relu2_gate: lengths");
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let r = g.max(0.0);
+        *o = r * r * u;
+    }
+}
+
+/// gate (n,), up (n,) -> out (n,) = silu(gate) * up, silu(g) = g / (1 + e^-g).
+pub fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == up.len() && up.len() == out.len(), "silu_gate: lengths");
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// W (rows, cols) f16 @ x (cols,) -> out (rows,).
+pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    check_matvec("matvec_f16", w.len(), rows, cols, x.len(), out.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = w[r * cols..(r + 1) * cols].iter().zip(x).map(|(a, b)| a.to_f32() * b).sum();
+    }
+}
+
+/// W (rows, cols) f32 @ x (cols,) -> out (rows,).
+pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    check_matvec("matvec_f32", w.len(), rows, cols, x.len(), out.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = w[r * cols..(r + 1) * cols].iter().zip(x).map(|(a, b)| a * b).sum();
+    }
+}
+
+/// W (rows, cols) Q8_0 @ x (cols,) -> out (rows,). W is raw GGUF bytes:
+/// per row, cols/32 blocks of (d: f16, qs: [i8; 32]); value = d * q.
+pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    let row_bytes = q8_0_row_bytes(cols);
+    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
+    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
+    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        let mut acc = 0.0f32;
+        for (block, xb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(x.chunks_exact(Q8_0_BLOCK)) {
+            let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+            let dot: f32 = block[2..].iter().zip(xb).map(|(&qv, &xv)| qv as i8 as f32 * xv).sum();
+            acc += d * dot;
+        }
+        *o = acc;
+    }
+}
+
+/// Row `row` of W (rows, cols) f16 -> out (cols,).
+pub fn row_f16(w: &[f16], cols: usize, row: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), cols, "row_f16: out length vs cols");
+    for (o, v) in out.iter_mut().zip(&w[row * cols..(row + 1) * cols]) {
+        *o = v.to_f32();
+    }
+}
+
+/// Row `row` of W (rows, cols) Q8_0 (raw GGUF bytes) -> out (cols,).
+pub fn row_q8_0(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), cols, "row_q8_0: out length vs cols");
+    let row_bytes = q8_0_row_bytes(cols);
+    let src = &w[row * row_bytes..(row + 1) * row_bytes];
+    for (block, ob) in src.chunks_exact(Q8_0_BLOCK_BYTES).zip(out.chunks_exact_mut(Q8_0_BLOCK)) {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        for (o, &qv) in ob.iter_mut().zip(&block[2..]) {
+            *o = d * qv as i8 as f32;
+        }
+    }
+}
+
+/// Row `row` of W (rows, cols) bf16 (raw little-endian bytes) -> out (cols,).
+pub fn row_bf16(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), cols, "row_bf16: out length vs cols");
+    let src = &w[row * cols * 2..(row + 1) * cols * 2];
+    for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+    }
+}
+
+/// Bytes per row of a Q8_0 matrix with `cols` columns.
+///
+/// # Panics
+/// If `cols` is not a multiple of [`Q8_0_BLOCK`].
+pub fn q8_0_row_bytes(cols: usize) -> usize {
+    assert!(cols.is_multiple_of(Q8_0_BLOCK), "Q8_0 needs cols a multiple of {Q8_0_BLOCK}, got {cols}");
+    cols / Q8_0_BLOCK * Q8_0_BLOCK_BYTES
+}
+
+fn check_matvec(name: &str, w_len: usize, rows: usize, cols: usize, x_len: usize, out_len: usize) {
+    assert_eq!(w_len, rows * cols, "{name}: w length vs (rows, cols)");
+    assert_eq!(x_len, cols, "{name}: x length vs cols");
+    assert_eq!(out_len, rows, "{name}: out length vs rows");
+}

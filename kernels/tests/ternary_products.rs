@@ -1,0 +1,192 @@
+//! Ternary GEMV/GEMM and int8 quantisation. Integer accumulation must be
+//! exact, so every variant is compared bit for bit with a naive i32 sum.
+
+mod common;
+
+use common::*;
+use half::f16;
+use tern_kernels::{quantize_row_i8, reference, TernaryMatrix, QUANT_MIN_ABSMAX, TQ_BLOCK};
+
+type GemvFn = fn(&TernaryMatrix, &[i8], f32, &mut [f32]);
+type GemmFn = fn(&TernaryMatrix, &[i8], &[f32], &mut [f32]);
+
+/// Runs `$body` once per implementation of the ternary products, as
+/// `<name>_<variant>` tests; a variant this CPU cannot run prints SKIP.
+macro_rules! ternary_variant_tests {
+    ($($name:ident => $body:ident;)*) => {
+        mod reference_variant {
+            use super::*;
+            $(#[test] fn $name() { super::$body(reference::ternary_gemv, reference::ternary_gemm) })*
+        }
+        mod dispatched {
+            $(#[test] fn $name() { super::$body(tern_kernels::ternary_gemv, tern_kernels::ternary_gemm) })*
+        }
+        #[cfg(target_arch = "x86_64")]
+        mod avx2 {
+            $(#[test] fn $name() {
+                if !std::is_x86_feature_detected!("avx2") {
+                    eprintln!("SKIP {}_avx2: this CPU has no AVX2", stringify!($name));
+                    return;
+                }
+                super::$body(tern_kernels::arch::x86_64::ternary_gemv, tern_kernels::arch::x86_64::ternary_gemm)
+            })*
+        }
+    };
+}
+
+ternary_variant_tests! {
+    gemv_is_exact_at_awkward_sizes => gemv_is_exact_at_awkward_sizes;
+    gemv_is_exact_with_per_block_scales => gemv_is_exact_with_per_block_scales;
+    gemv_handles_extreme_activations => gemv_handles_extreme_activations;
+    gemm_matches_gemv_per_token => gemm_matches_gemv_per_token;
+}
+
+fn gemv_is_exact_at_awkward_sizes(gemv: GemvFn, _: GemmFn) {
+    let mut rng = rng(11);
+    for &rows in &AWKWARD_ROWS {
+        for &cols in &AWKWARD_COLS {
+            let values = random_ternary(&mut rng, rows * cols);
+            let scale = 0.37f32;
+            let w = TernaryMatrix::from_ternary(&values, rows, cols, scale).unwrap();
+            let q = random_q(&mut rng, cols);
+            let s = 42.5f32;
+            let mut out = vec![f32::NAN; rows];
+            gemv(&w, &q, s, &mut out);
+            let dots = naive_ternary_dots(&values, rows, cols, &q);
+            for r in 0..rows {
+                let want = dots[r] as f32 * scale / s;
+                assert_eq!(out[r].to_bits(), want.to_bits(), "({rows}, {cols}) row {r}: {} vs {want}", out[r]);
+            }
+        }
+    }
+}
+
+fn gemv_is_exact_with_per_block_scales(gemv: GemvFn, _: GemmFn) {
+    let mut rng = rng(12);
+    let (rows, cols) = (5, 3 * TQ_BLOCK);
+    let values = random_ternary(&mut rng, rows * cols);
+    let blocks = cols / TQ_BLOCK;
+    // TQ2_0 bytes with a different d per block force per-block scales.
+    let d: Vec<f16> = (0..rows * blocks).map(|i| f16::from_f32(0.125 + i as f32 * 0.01)).collect();
+    let mut bytes = Vec::new();
+    for (block, db) in values.chunks(TQ_BLOCK).zip(&d) {
+        let mut qs = [0u8; 64];
+        for (e, &v) in block.iter().enumerate() {
+            qs[32 * (e / 128) + e % 32] |= ((v + 1) as u8) << (2 * ((e % 128) / 32));
+        }
+        bytes.extend_from_slice(&qs);
+        bytes.extend_from_slice(&db.to_le_bytes());
+    }
+    let w = TernaryMatrix::from_tq2_0(&bytes, rows, cols).unwrap();
+    assert_eq!(w.tensor_scale(), None);
+    let q = random_q(&mut rng, cols);
+    let s = 7.0f32;
+    let mut out = vec![f32::NAN; rows];
+    gemv(&w, &q, s, &mut out);
+    for r in 0..rows {
+        let mut acc = 0f32;
+        for b in 0..blocks {
+            let dot: i32 = (b * TQ_BLOCK..(b + 1) * TQ_BLOCK).map(|c| values[r * cols + c] as i32 * q[c] as i32).sum();
+            acc += dot as f32 * d[r * blocks + b].to_f32();
+        }
+        assert_eq!(out[r].to_bits(), (acc / s).to_bits(), "row {r}");
+    }
+}
+
+fn gemv_handles_extreme_activations(gemv: GemvFn, _: GemmFn) {
+    // Every weight +1 or -1 against every activation -128: the largest sums.
+    for cols in [128, 129, 4096 + 33] {
+        for sign in [-1i8, 1] {
+            let w = TernaryMatrix::from_ternary(&vec![sign; cols], 1, cols, 1.0).unwrap();
+            let q = vec![-128i8; cols];
+            let mut out = [0f32];
+            gemv(&w, &q, 1.0, &mut out);
+            assert_eq!(out[0], (sign as i32 * -128 * cols as i32) as f32, "cols {cols} sign {sign}");
+        }
+    }
+}
+
+fn gemm_matches_gemv_per_token(gemv: GemvFn, gemm: GemmFn) {
+    let mut rng = rng(13);
+    for &(rows, cols) in &[(1, 1), (3, 17), (17, 129), (33, 256), (4, 385)] {
+        let values = random_ternary(&mut rng, rows * cols);
+        let w = TernaryMatrix::from_ternary(&values, rows, cols, 0.9).unwrap();
+        for n in [0, 1, 3, 5] {
+            let q = random_q(&mut rng, n * cols); // q (n, cols)
+            let s: Vec<f32> = (0..n).map(|t| 1.0 + t as f32).collect(); // s (n,)
+            let mut out = vec![f32::NAN; n * rows]; // out (n, rows)
+            gemm(&w, &q, &s, &mut out);
+            for t in 0..n {
+                let mut want = vec![0f32; rows];
+                gemv(&w, &q[t * cols..(t + 1) * cols], s[t], &mut want);
+                assert_eq!(&out[t * rows..(t + 1) * rows], &want[..], "({rows}, {cols}) n {n} token {t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn dispatch_names_the_chosen_ternary_isa() {
+    let isa = tern_kernels::dispatch::kernels().ternary_isa;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        assert_eq!(isa, "avx2");
+        return;
+    }
+    assert_eq!(isa, "reference");
+}
+
+#[test]
+fn quantize_rounds_ties_to_even_and_scales_by_absmax() {
+    // absmax 127 -> s = 1, so q is x rounded.
+    let x = [127.0f32, 2.5, -2.5, 3.5, -0.5, 0.49, -127.0];
+    let mut q = [0i8; 7];
+    let s = quantize_row_i8(&x, &mut q);
+    assert_eq!(s, 1.0);
+    assert_eq!(q, [127, 2, -2, 4, 0, 0, -127]);
+}
+
+#[test]
+fn quantize_maps_absmax_to_127_at_awkward_sizes() {
+    let mut rng = rng(14);
+    for &n in &AWKWARD_COLS {
+        let x = random_f32(&mut rng, n, 3.0);
+        let mut q = vec![0i8; n];
+        let s = quantize_row_i8(&x, &mut q);
+        let absmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(s, 127.0 / absmax);
+        assert_eq!(q.iter().map(|v| v.unsigned_abs()).max(), Some(127));
+        for (&qi, &xi) in q.iter().zip(&x) {
+            assert!((qi as f32 / s - xi).abs() <= 0.5 / s * (1.0 + 1e-6), "{xi} -> {qi}");
+        }
+    }
+}
+
+#[test]
+fn quantize_of_zeros_is_zero_with_the_floor_scale() {
+    let mut q = [9i8; 3];
+    let s = quantize_row_i8(&[0.0; 3], &mut q);
+    assert_eq!(q, [0; 3]);
+    assert_eq!(s, 127.0 / QUANT_MIN_ABSMAX);
+    let mut empty: [i8; 0] = [];
+    assert!(quantize_row_i8(&[], &mut empty).is_finite());
+}
+
+#[test]
+fn quantize_then_gemv_approximates_the_float_product() {
+    // End to end: a ternary layer on float input, within quantisation noise.
+    const MAX_QUANTISED_GEMV_NMSE: f64 = 1e-3;
+    let mut rng = rng(15);
+    let (rows, cols) = (33, 385);
+    let values = random_ternary(&mut rng, rows * cols);
+    let w = TernaryMatrix::from_ternary(&values, rows, cols, 0.25).unwrap();
+    let x = random_f32(&mut rng, cols, 1.0);
+    let mut q = vec![0i8; cols];
+    let s = quantize_row_i8(&x, &mut q);
+    let mut out = vec![0f32; rows];
+    tern_kernels::ternary_gemv(&w, &q, s, &mut out);
+    let want: Vec<f64> =
+        (0..rows).map(|r| (0..cols).map(|c| values[r * cols + c] as f64 * 0.25 * x[c] as f64).sum()).collect();
+    let err = nmse(&out, &want);
+    assert!(err < MAX_QUANTISED_GEMV_NMSE, "nmse {err:e}");
+}
