@@ -98,7 +98,11 @@ impl Host for HostState {
         Ok(self.engine.detokenize(&model, &tokens).map_err(to_wit_error))
     }
 
-    fn render_chat(&mut self, model: String, messages: Vec<wit::Message>) -> wasmtime::Result<Result<String, wit::Error>> {
+    fn render_chat(
+        &mut self,
+        model: String,
+        messages: Vec<wit::Message>,
+    ) -> wasmtime::Result<Result<String, wit::Error>> {
         Ok(self.engine.render_chat(&model, &to_engine_messages(messages)).map_err(to_wit_error))
     }
 

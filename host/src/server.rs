@@ -63,13 +63,22 @@ pub fn wasm_engine(limits: &ServeLimits) -> anyhow::Result<wasmtime::Engine> {
 
 impl Handler {
     /// Compiles `wasm` and checks it against everything the host provides.
-    pub fn new(wasm_engine: &wasmtime::Engine, wasm: &[u8], engine: Engine, limits: ServeLimits) -> anyhow::Result<Self> {
-        let component = Component::new(wasm_engine, wasm).map_err(anyhow::Error::from).context("compiling the handler component")?;
+    pub fn new(
+        wasm_engine: &wasmtime::Engine,
+        wasm: &[u8],
+        engine: Engine,
+        limits: ServeLimits,
+    ) -> anyhow::Result<Self> {
+        let component = Component::new(wasm_engine, wasm)
+            .map_err(anyhow::Error::from)
+            .context("compiling the handler component")?;
         let mut linker = Linker::<HostState>::new(wasm_engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::bindings::inference::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-        let pre = HandlerPre::new(linker.instantiate_pre(&component).map_err(anyhow::Error::from).context("linking the handler component")?)?;
+        let pre = HandlerPre::new(
+            linker.instantiate_pre(&component).map_err(anyhow::Error::from).context("linking the handler component")?,
+        )?;
         Ok(Self { pre, engine, limits })
     }
 
@@ -188,7 +197,9 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>) -> anyhow::Resu
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!("{addr} is already in use; pick another with --addr"),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("{addr} is already in use; pick another with --addr")
+        }
         Err(e) => Err(e).with_context(|| format!("binding {addr}")),
     }
 }

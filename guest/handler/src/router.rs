@@ -63,10 +63,21 @@ enum Handler<'a> {
     Generate,
 }
 
-/// `GET /health`: 200 once the engine is ready, llama.cpp's 503 before.
+/// `GET /health`: 200 once the engine is ready (with the engine's load),
+/// llama.cpp's 503 before.
 fn health(backend: &dyn Backend) -> Result<Response, ApiError> {
-    if backend.status().ready {
-        Ok(Response::json(200, &json!({"status": "ok"})))
+    let s = backend.status();
+    if s.ready {
+        Ok(Response::json(
+            200,
+            &json!({
+                "status": "ok",
+                "running": s.running,
+                "waiting": s.waiting,
+                "prompt_tokens_total": s.prompt_tokens_total,
+                "generated_tokens_total": s.generated_tokens_total,
+            }),
+        ))
     } else {
         Err(ApiError::Loading)
     }

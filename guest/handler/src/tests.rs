@@ -253,7 +253,10 @@ fn health_is_503_until_ready() {
     script.ready = true;
     let response = route(&Request::new("GET", "/health"), &script);
     assert_eq!(response.status, 200);
-    assert_eq!(json_of(response), json!({"status": "ok"}));
+    let body = json_of(response);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["running"], 0);
+    assert_eq!(body["waiting"], 0);
 }
 
 #[test]

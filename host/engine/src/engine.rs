@@ -484,7 +484,10 @@ impl Engine {
         }
         let n_ctx = m.backend.config().n_ctx;
         if prompt.len() >= n_ctx {
-            return Err(EngineError::ContextOverflow { prompt_tokens: prompt.len() as u32, context_length: n_ctx as u32 });
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: prompt.len() as u32,
+                context_length: n_ctx as u32,
+            });
         }
         let stats = &self.inner.stats;
         if stats.waiting.load(Ordering::Relaxed) as usize >= self.inner.config.max_queue {

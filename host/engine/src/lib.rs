@@ -37,7 +37,7 @@ pub mod sampler;
 pub mod tokenizer;
 
 pub use engine::{
-    Engine, EngineConfig, EngineError, EngineStatus, Event, Finished, FinishReason, GenerateRequest, Generation,
+    Engine, EngineConfig, EngineError, EngineStatus, Event, FinishReason, Finished, GenerateRequest, Generation,
     LoadedModel, Message, ModelInfo, Prompt, Usage,
 };
 pub use sampler::SamplingParams;

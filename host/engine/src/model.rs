@@ -201,7 +201,12 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(config: &ModelConfig) -> Self {
-        Self { k: vec![Vec::new(); config.n_layer], v: vec![Vec::new(); config.n_layer], len: 0, kv_dim: config.kv_dim() }
+        Self {
+            k: vec![Vec::new(); config.n_layer],
+            v: vec![Vec::new(); config.n_layer],
+            len: 0,
+            kv_dim: config.kv_dim(),
+        }
     }
 
     /// Positions held.
@@ -350,7 +355,10 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.size_bytes()).sum::<usize>()
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.size_bytes())
+                    .sum::<usize>()
             })
             .sum();
         layers + self.token_embd.size_bytes() + self.output.as_ref().map_or(0, Dense::size_bytes)

@@ -822,6 +822,10 @@ mod tests {
         }
         tokens.push("<tool>".to_string());
         types.push(4);
+        // A merge across digits, after the control tokens so their ids stay put.
+        merges.push("3 4".to_string());
+        tokens.push("34".to_string());
+        types.push(1);
         (tokens, types, merges)
     }
 
@@ -853,7 +857,7 @@ mod tests {
         let kv: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let g = GgufFile::from_bytes(test_writer::write(3, &kv, &[], 32)).unwrap();
         let tok = Tokenizer::from_gguf(&g).unwrap();
-        assert_eq!(tok.vocab_size(), 256 + 6 + 4);
+        assert_eq!(tok.vocab_size(), 256 + 6 + 4 + 1);
         assert_eq!(tok.bos(), Some(262));
         assert_eq!(tok.eos(), Some(263));
         assert_eq!(tok.eot(), Some(264), "<|eot_id|> is found by name");
@@ -890,12 +894,15 @@ mod tests {
 
     #[test]
     fn tokenizer_llama3_pattern_groups_digits_in_threes() {
-        let tok = test_tokenizer();
-        // No merges for digits: count pre-token boundaries through a merge
-        // that would otherwise apply across them ("e" "o" inside one word only).
-        assert_eq!(tok.encode_text("1234567").len(), 7);
+        // Llama 3 splits "1234" into "123" + "4", so the "34" merge cannot
+        // apply; GPT-2 keeps the digits together and merges them.
+        let llama3 = test_tokenizer();
         let gpt2 = Tokenizer::from_gguf(&GgufFile::from_metadata(test_metadata("gpt2"))).unwrap();
-        assert_eq!(gpt2.decode(&gpt2.encode_text("a 1234567")), "a 1234567");
+        let merged = gpt2.token_id("34").unwrap();
+        assert_eq!(llama3.encode_text("1234").len(), 4);
+        assert!(!llama3.encode_text("1234").contains(&merged));
+        assert_eq!(gpt2.encode_text("1234"), vec![gpt2.token_id("1").unwrap(), gpt2.token_id("2").unwrap(), merged]);
+        assert_eq!(llama3.decode(&llama3.encode_text("a 1234567")), "a 1234567");
     }
 
     #[test]

@@ -113,7 +113,11 @@ fn dropping_a_generation_cancels_it_within_one_decode_step() {
     }
     let s = e.status();
     assert_eq!(s.cancelled_total, 1);
-    assert!(s.generated_tokens_total <= generated_at_drop + 1, "{} after {generated_at_drop}", s.generated_tokens_total);
+    assert!(
+        s.generated_tokens_total <= generated_at_drop + 1,
+        "{} after {generated_at_drop}",
+        s.generated_tokens_total
+    );
 }
 
 #[test]
