@@ -66,7 +66,7 @@ def load_tokenizer(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpt", default=os.path.join(HERE, "out", "ckpt.pt"))
+    ap.add_argument("--ckpt", default=os.path.join(HERE, "tern-tiny.pt"))
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "tokenizer.json"))
     ap.add_argument("--out", default=os.path.join(HERE, "tern-tiny.gguf"))
     args = ap.parse_args()

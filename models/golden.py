@@ -91,7 +91,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gguf", default=os.path.join(HERE, "tern-tiny.gguf"))
     ap.add_argument("--tokenizer", default=os.path.join(HERE, "tokenizer.json"))
-    ap.add_argument("--ckpt", default=os.path.join(HERE, "out", "ckpt.pt"))
+    ap.add_argument("--ckpt", default=os.path.join(HERE, "tern-tiny.pt"))
     ap.add_argument("--out", default=os.path.join(HERE, "golden.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -118,7 +118,12 @@ def main():
                      "weights loaded from the GGUF; cross-checked with reference.py (numpy)" % __import__("transformers").__version__,
         "activation_rounding": "round-half-to-even",
         "notes": "ids start with BOS; last_logits are the full vocab logits at the last position; "
-                 "argmax is the argmax at every position",
+                 "argmax is the argmax at every position. Independent float32 implementations differ by "
+                 "~1e-2..1e-1 in logits because a different summation order can move an activation across "
+                 "a rounding boundary (one int8 code off by 1); compare with a tolerance (e.g. max abs "
+                 "diff <= 0.15) and allow argmax differences only where the top two logits are within "
+                 "that tolerance. The torch-training-model diff also includes the f16 rounding of the "
+                 "embedding and ternary scales done by the export.",
         "prompts": [],
     }
     worst = {"hf_vs_numpy": 0.0, "hf_vs_torch": 0.0}

@@ -71,7 +71,7 @@ impl ModelConfig {
         let n_embd = g.u32(&key("embedding_length"))? as usize;
         let n_head = g.u32(&key("attention.head_count"))? as usize;
         let n_head_kv = opt_u32("attention.head_count_kv").map_or(n_head, |v| v as usize);
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 || n_embd % n_head != 0 {
+        if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) || !n_embd.is_multiple_of(n_head) {
             return Err(ModelError::Config(format!(
                 "{n_head} heads, {n_head_kv} kv heads and width {n_embd} do not divide"
             )));
