@@ -38,13 +38,9 @@ fn words(text: &str) -> Vec<String> {
     let mut word = String::new();
     let mut chars = lower.chars().peekable();
     while let Some(c) = chars.next() {
-        if c.is_ascii_lowercase() {
-            word.push(c);
-        } else if c == '\''
-            && !word.is_empty()
-            && !word.contains('\'')
-            && chars.peek().is_some_and(char::is_ascii_lowercase)
-        {
+        let inner_apostrophe =
+            c == '\'' && !word.is_empty() && !word.contains('\'') && chars.peek().is_some_and(char::is_ascii_lowercase);
+        if c.is_ascii_lowercase() || inner_apostrophe {
             word.push(c);
         } else if !word.is_empty() {
             out.push(std::mem::take(&mut word));
