@@ -143,10 +143,9 @@ pub fn start_epoch_ticker(engine: &wasmtime::Engine) {
         .expect("spawning the epoch thread");
 }
 
-/// Plain-text 500 for a request whose handler trapped; the guest never saw it.
-fn internal_error(e: &anyhow::Error) -> hyper::Response<HyperOutgoingBody> {
+/// JSON 500 for a request whose handler trapped; the guest never saw it.
+fn internal_error() -> hyper::Response<HyperOutgoingBody> {
     use http_body_util::BodyExt;
-    tracing::error!(error = format!("{e:#}"), "handler failed");
     let body = r#"{"error":{"message":"the request handler failed","type":"server_error","param":null,"code":null}}"#;
     let body = http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()))
         .map_err(|never| match never {})
@@ -178,7 +177,10 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>) -> anyhow::Resu
                     let (method, path) = (req.method().clone(), req.uri().path().to_string());
                     let resp = match handler.handle(req).await {
                         Ok(r) => r,
-                        Err(e) => internal_error(&e),
+                        Err(e) => {
+                            tracing::error!(error = format!("{e:#}"), "handler failed");
+                            internal_error()
+                        }
                     };
                     tracing::info!(%method, %path, status = resp.status().as_u16(),
                         ms = started.elapsed().as_secs_f64() * 1e3, "request");

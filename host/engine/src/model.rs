@@ -129,7 +129,7 @@ impl Dense {
         let bytes = g.tensor_data(&t.name)?;
         Ok(match t.ggml_type {
             GgmlType::F32 => Dense::F32(f32s(bytes)),
-            GgmlType::F16 => Dense::F16(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()),
+            GgmlType::F16 => Dense::F16(f16s(bytes)),
             GgmlType::BF16 => Dense::F32({
                 let mut out = vec![0.0; t.n_elements() as usize];
                 let cols = t.dims[0] as usize;
@@ -172,6 +172,10 @@ impl Dense {
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn f16s(bytes: &[u8]) -> Vec<f16> {
+    bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect()
 }
 
 /// One transformer block.
@@ -266,7 +270,7 @@ impl Model {
             let bytes = g.tensor_data(name)?;
             match t.ggml_type {
                 GgmlType::F32 => Ok(f32s(bytes)),
-                GgmlType::F16 => Ok(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
+                GgmlType::F16 => Ok(f16s(bytes).into_iter().map(f16::to_f32).collect()),
                 other => Err(tensor_err(t, format!("norm weights must be F32 or F16, found {}", other.name()))),
             }
         };
@@ -390,12 +394,17 @@ struct Scratch {
     probs: Vec<f32>, // (positions,) attention weights
 }
 
-/// Quantises n rows of `x` (n, cols) to int8, then W (rows, cols) @ x -> out (n, rows).
-fn bitlinear(w: &TernaryMatrix, x: &[f32], n: usize, xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
-    let cols = w.cols();
+/// Quantises each of the n rows of x (n, cols) to int8 -> xq (n, cols), xs (n,).
+fn quantize_rows(x: &[f32], n: usize, cols: usize, xq: &mut [i8], xs: &mut [f32]) {
     for i in 0..n {
         xs[i] = k::quantize_row_i8(&x[i * cols..(i + 1) * cols], &mut xq[i * cols..(i + 1) * cols]);
     }
+}
+
+/// Quantises n rows of `x` (n, cols) to int8, then W (rows, cols) @ x -> out (n, rows).
+fn bitlinear(w: &TernaryMatrix, x: &[f32], n: usize, xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
+    let cols = w.cols();
+    quantize_rows(x, n, cols, xq, xs);
     bitlinear_quantized(w, &xq[..n * cols], &xs[..n], n, out);
 }
 
@@ -453,9 +462,7 @@ impl Backend for Model {
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention: q, k, v share one quantised input.
             rmsnorm_rows(&s.x, &layer.attn_norm, c.rms_eps, n, &mut s.xn);
-            for i in 0..n {
-                s.xs[i] = k::quantize_row_i8(&s.xn[i * d..(i + 1) * d], &mut s.xq[i * d..(i + 1) * d]);
-            }
+            quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
             bitlinear_quantized(&layer.wq, &s.xq[..n * d], &s.xs, n, &mut s.q);
             bitlinear_quantized(&layer.wk, &s.xq[..n * d], &s.xs, n, &mut s.k);
             bitlinear_quantized(&layer.wv, &s.xq[..n * d], &s.xs, n, &mut s.v);
@@ -486,9 +493,7 @@ impl Backend for Model {
 
             // Feed-forward: gate and up share one quantised input.
             rmsnorm_rows(&s.x, &layer.ffn_norm, c.rms_eps, n, &mut s.xn);
-            for i in 0..n {
-                s.xs[i] = k::quantize_row_i8(&s.xn[i * d..(i + 1) * d], &mut s.xq[i * d..(i + 1) * d]);
-            }
+            quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
             bitlinear_quantized(&layer.w_gate, &s.xq[..n * d], &s.xs, n, &mut s.gate);
             bitlinear_quantized(&layer.w_up, &s.xq[..n * d], &s.xs, n, &mut s.up);
             match c.activation {
