@@ -10,12 +10,12 @@
 use crate::reference;
 use crate::ternary::TernaryMatrix;
 use half::f16;
+use std::ops::Range;
 use std::sync::OnceLock;
 
-/// W (rows, cols) @ q (cols,) with activation scale s -> out (rows,).
-pub type TernaryGemvFn = fn(&TernaryMatrix, &[i8], f32, &mut [f32]);
-/// W (rows, cols) @ q (n, cols) with scales s (n,) -> out (n, rows).
-pub type TernaryGemmFn = fn(&TernaryMatrix, &[i8], &[f32], &mut [f32]);
+/// Rows `rows` of W (rows, cols) @ q (n, cols) with scales s (n,) ->
+/// out (rows.len(), n); see [`reference::ternary_rows`].
+pub type TernaryRowsFn = fn(&TernaryMatrix, &[i8], &[f32], Range<usize>, &mut [f32]);
 /// x (n,) -> q (n,), returns s.
 pub type QuantizeFn = fn(&[f32], &mut [i8]) -> f32;
 /// W (rows, cols) f16 @ x (cols,) -> out (rows,).
@@ -34,8 +34,7 @@ pub type AttentionFn = fn(&[f32], &[f32], &[f32], usize, usize, usize, usize, &m
 pub struct Kernels {
     /// Instruction set of the ternary products: "reference", "avx2", ...
     pub ternary_isa: &'static str,
-    pub ternary_gemv: TernaryGemvFn,
-    pub ternary_gemm: TernaryGemmFn,
+    pub ternary_rows: TernaryRowsFn,
     pub quantize_row_i8: QuantizeFn,
     pub matvec_f16: MatvecF16Fn,
     pub matvec_f32: MatvecF32Fn,
@@ -48,8 +47,7 @@ impl Kernels {
     /// Every slot on the scalar reference.
     pub const REFERENCE: Kernels = Kernels {
         ternary_isa: "reference",
-        ternary_gemv: reference::ternary_gemv,
-        ternary_gemm: reference::ternary_gemm,
+        ternary_rows: reference::ternary_rows,
         quantize_row_i8: reference::quantize_row_i8,
         matvec_f16: reference::matvec_f16,
         matvec_f32: reference::matvec_f32,
@@ -63,9 +61,14 @@ impl Kernels {
         let mut k = Kernels::REFERENCE;
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
+            use crate::arch::x86_64 as v;
             k.ternary_isa = "avx2";
-            k.ternary_gemv = crate::arch::x86_64::ternary_gemv;
-            k.ternary_gemm = crate::arch::x86_64::ternary_gemm;
+            k.ternary_rows = v::ternary_rows;
+            if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+                k.matvec_f16 = v::matvec_f16;
+                k.matvec_f32 = v::matvec_f32;
+                k.matvec_q8_0 = v::matvec_q8_0;
+            }
         }
         k
     }

@@ -35,6 +35,7 @@
 pub mod arch;
 pub mod dispatch;
 mod error;
+pub mod pool;
 pub mod reference;
 mod ternary;
 
@@ -57,19 +58,87 @@ pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
 /// W (rows, cols) ternary @ q (cols,) int8 -> out (rows,):
 /// `out[r] = (Σ_c w[r,c]·q[c]) as f32 * w_scale / s`, integer accumulation
 /// (per-block scales: each block's integer sum is scaled, then summed).
+/// Large matrices are split by rows over [`pool::global`].
 ///
 /// # Panics
 /// If `q.len() != w.cols()` or `out.len() != w.rows()`.
 pub fn ternary_gemv(w: &TernaryMatrix, q: &[i8], s: f32, out: &mut [f32]) {
-    (kernels().ternary_gemv)(w, q, s, out)
+    assert_eq!(q.len(), w.cols(), "ternary_gemv: q length vs cols");
+    assert_eq!(out.len(), w.rows(), "ternary_gemv: out length vs rows");
+    // With one token, (rows, 1) is already the (1, rows) layout.
+    ternary_rows_parallel(w, q, &[s], out);
 }
 
-/// n = `s.len()` tokens at once: q (n, cols), s (n,) -> out (n, rows).
+/// n = `s.len()` tokens at once: q (n, cols), s (n,) -> out (n, rows); each
+/// weight is unpacked once for a tile of tokens.
 ///
 /// # Panics
 /// If `q` or `out` do not hold n rows.
 pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
-    (kernels().ternary_gemm)(w, q, s, out)
+    let (n, rows) = (s.len(), w.rows());
+    assert_eq!(q.len(), n * w.cols(), "ternary_gemm: q length vs (n, cols)");
+    assert_eq!(out.len(), n * rows, "ternary_gemm: out length vs (n, rows)");
+    if n <= 1 {
+        return ternary_rows_parallel(w, q, s, out);
+    }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|tmp| {
+        tmp.resize(n * rows, 0.0); // tmp (rows, n)
+        ternary_rows_parallel(w, q, s, tmp);
+        for (r, row) in tmp.chunks_exact(n).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                out[t * rows + r] = v;
+            }
+        }
+    });
+}
+
+/// Multiply-adds below which a product runs on the calling thread alone:
+/// splitting costs a few microseconds.
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// Rows per task for a product of `rows` rows of `work_per_row` multiply-adds:
+/// a few tasks per thread so a slow core does not hold the others up.
+fn rows_per_task(rows: usize, work_per_row: usize) -> usize {
+    let threads = pool::global().threads();
+    if threads == 1 || rows * work_per_row < PARALLEL_MIN_WORK {
+        return rows.max(1);
+    }
+    rows.div_ceil(threads * 4).next_multiple_of(8)
+}
+
+/// out (rows, n) = every row of W against q (n, cols), split over the pool.
+fn ternary_rows_parallel(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
+    let n = s.len();
+    if n == 0 {
+        return;
+    }
+    let f = kernels().ternary_rows;
+    let chunk = rows_per_task(w.rows(), w.cols() * n);
+    pool::global().for_each_chunk(out, chunk * n, &|i, part| {
+        let start = i * chunk;
+        f(w, q, s, start..start + part.len() / n, part)
+    });
+}
+
+/// A dense matvec with rows of `row_len` elements of `w`, split by rows
+/// over the pool: `f(w_part, rows, x, out_part)`.
+fn matvec_parallel<W: Sync>(
+    w: &[W],
+    row_len: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+    f: impl Fn(&[W], usize, &[f32], &mut [f32]) + Sync,
+) {
+    let rows = out.len();
+    let chunk = rows_per_task(rows, cols);
+    pool::global().for_each_chunk(out, chunk, &|i, part| {
+        let start = i * chunk;
+        f(&w[start * row_len..(start + part.len()) * row_len], part.len(), x, part)
+    });
 }
 
 /// x (n,), weight (n,) -> out (n,) = x / sqrt(mean(x²) + eps) * weight.
@@ -118,12 +187,16 @@ pub fn silu_gate(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 /// W (rows, cols) f16 @ x (cols,) -> out (rows,).
 pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    (kernels().matvec_f16)(w, rows, cols, x, out)
+    reference::check_matvec("matvec_f16", w.len(), rows, cols, x.len(), out.len());
+    let f = kernels().matvec_f16;
+    matvec_parallel(w, cols, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
 }
 
 /// W (rows, cols) f32 @ x (cols,) -> out (rows,).
 pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    (kernels().matvec_f32)(w, rows, cols, x, out)
+    reference::check_matvec("matvec_f32", w.len(), rows, cols, x.len(), out.len());
+    let f = kernels().matvec_f32;
+    matvec_parallel(w, cols, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
 }
 
 /// W (rows, cols) as raw GGUF Q8_0 bytes @ x (cols,) -> out (rows,).
@@ -132,7 +205,12 @@ pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32
 /// If `cols` is not a multiple of [`Q8_0_BLOCK`] or `w` is not
 /// `rows * q8_0_row_bytes(cols)` long.
 pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    (kernels().matvec_q8_0)(w, rows, cols, x, out)
+    let row_bytes = q8_0_row_bytes(cols);
+    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
+    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
+    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    let f = kernels().matvec_q8_0;
+    matvec_parallel(w, row_bytes, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
 }
 
 /// Row `row` of W (rows, cols) f16 -> out (cols,) (embedding lookup).

@@ -7,6 +7,7 @@
 
 use crate::ternary::{get_code, Scales, TernaryMatrix, TQ_BLOCK};
 use half::f16;
+use std::ops::Range;
 
 /// Floor of the activation absmax in [`quantize_row_i8`], so that an all-zero
 /// row gets a finite scale.
@@ -30,39 +31,45 @@ pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
-/// W (rows, cols) ternary @ q (cols,) int8 -> out (rows,).
+/// Rows `rows` of W (rows, cols) ternary @ q (n, cols) int8 with scales
+/// s (n,) -> out (rows.len(), n), weight-row-major:
+/// `out[i·n + t] = (Σ_c w[rows.start + i, c]·q[t, c]) as f32 * w_scale / s[t]`,
+/// the sum in i32; with per-block scales each block's integer sum is scaled,
+/// then summed in f32 before the division by `s[t]`.
 ///
-/// `out[r] = (Σ_c w[r,c]·q[c]) as f32 * w_scale / s`, the sum in i32; with
-/// per-block scales each block's integer sum is scaled, then summed in f32.
-pub fn ternary_gemv(w: &TernaryMatrix, q: &[i8], s: f32, out: &mut [f32]) {
-    assert_eq!(q.len(), w.cols, "ternary_gemv: q length vs cols");
-    assert_eq!(out.len(), w.rows, "ternary_gemv: out length vs rows");
-    for (r, o) in out.iter_mut().enumerate() {
+/// This is the one ternary product every variant implements; the crate's
+/// [`crate::ternary_gemv`] and [`crate::ternary_gemm`] split the rows over
+/// threads and lay the result out per token.
+pub fn ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    check_ternary_rows(w, q, s, &rows, out);
+    let n = s.len();
+    for (i, r) in rows.enumerate() {
         let codes = w.row_codes(r);
-        let dot =
-            |cols: std::ops::Range<usize>| -> i32 { cols.map(|c| (get_code(codes, c) as i32 - 1) * q[c] as i32).sum() };
-        *o = match &w.scales {
-            Scales::Tensor(d) => dot(0..w.cols) as f32 * d / s,
-            Scales::Blocks(ds) => {
-                let blocks = w.cols / TQ_BLOCK;
-                let mut acc = 0.0f32;
-                for b in 0..blocks {
-                    acc += dot(b * TQ_BLOCK..(b + 1) * TQ_BLOCK) as f32 * ds[r * blocks + b];
+        for t in 0..n {
+            let qt = &q[t * w.cols..(t + 1) * w.cols];
+            let dot =
+                |cols: Range<usize>| -> i32 { cols.map(|c| (get_code(codes, c) as i32 - 1) * qt[c] as i32).sum() };
+            out[i * n + t] = match &w.scales {
+                Scales::Tensor(d) => dot(0..w.cols) as f32 * d / s[t],
+                Scales::Blocks(ds) => {
+                    let blocks = w.cols / TQ_BLOCK;
+                    let mut acc = 0.0f32;
+                    for b in 0..blocks {
+                        acc += dot(b * TQ_BLOCK..(b + 1) * TQ_BLOCK) as f32 * ds[r * blocks + b];
+                    }
+                    acc / s[t]
                 }
-                acc / s
-            }
-        };
+            };
+        }
     }
 }
 
-/// n tokens at once: W (rows, cols) @ q (n, cols) with s (n,) -> out (n, rows).
-pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
+/// The shape checks every [`ternary_rows`] variant starts with.
+pub(crate) fn check_ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: &Range<usize>, out: &[f32]) {
     let n = s.len();
-    assert_eq!(q.len(), n * w.cols, "ternary_gemm: q length vs (n, cols)");
-    assert_eq!(out.len(), n * w.rows, "ternary_gemm: out length vs (n, rows)");
-    for t in 0..n {
-        ternary_gemv(w, &q[t * w.cols..(t + 1) * w.cols], s[t], &mut out[t * w.rows..(t + 1) * w.rows]);
-    }
+    assert_eq!(q.len(), n * w.cols, "ternary_rows: q length vs (n, cols)");
+    assert!(rows.start <= rows.end && rows.end <= w.rows, "ternary_rows: rows {rows:?} outside 0..{}", w.rows);
+    assert_eq!(out.len(), rows.len() * n, "ternary_rows: out length vs (rows, n)");
 }
 
 /// RMS norm: x (n,), weight (n,) -> out (n,) = x / sqrt(mean(x²) + eps) * weight.
@@ -249,7 +256,7 @@ pub fn q8_0_row_bytes(cols: usize) -> usize {
     cols / Q8_0_BLOCK * Q8_0_BLOCK_BYTES
 }
 
-fn check_matvec(name: &str, w_len: usize, rows: usize, cols: usize, x_len: usize, out_len: usize) {
+pub(crate) fn check_matvec(name: &str, w_len: usize, rows: usize, cols: usize, x_len: usize, out_len: usize) {
     assert_eq!(w_len, rows * cols, "{name}: w length vs (rows, cols)");
     assert_eq!(x_len, cols, "{name}: x length vs cols");
     assert_eq!(out_len, rows, "{name}: out length vs rows");

@@ -158,23 +158,52 @@ fn naive_matvec(rows: usize, cols: usize, w: impl Fn(usize, usize) -> f64, x: &[
     (0..rows).map(|r| (0..cols).map(|c| w(r, c) * x[c] as f64).sum()).collect()
 }
 
+/// The dense products under test: the crate's (dispatched, threaded), the
+/// reference, and each variant this CPU can run.
+fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
+    let public = dispatch::Kernels { matvec_f16, matvec_f32, matvec_q8_0, ..dispatch::Kernels::REFERENCE };
+    #[allow(unused_mut)]
+    let mut v = vec![("public", public), ("reference", dispatch::Kernels::REFERENCE)];
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        use tern_kernels::arch::x86_64 as a;
+        let k = dispatch::Kernels {
+            matvec_f16: a::matvec_f16,
+            matvec_f32: a::matvec_f32,
+            matvec_q8_0: a::matvec_q8_0,
+            ..dispatch::Kernels::REFERENCE
+        };
+        v.push(("avx2", k));
+    } else {
+        eprintln!("SKIP avx2 dense products: this CPU lacks AVX2, FMA or F16C");
+    }
+    v
+}
+
+/// Awkward sizes plus one large enough to be split over threads.
+fn dense_shapes() -> Vec<(usize, usize)> {
+    let mut shapes: Vec<_> = AWKWARD_ROWS.iter().flat_map(|&r| AWKWARD_COLS.iter().map(move |&c| (r, c))).collect();
+    shapes.push((700, 544));
+    shapes
+}
+
 #[test]
 fn dense_matvecs_match_f64_at_awkward_sizes() {
     let mut rng = rng(25);
-    for &rows in &AWKWARD_ROWS {
-        for &cols in &AWKWARD_COLS {
+    for (name, k) in dense_variants() {
+        for (rows, cols) in dense_shapes() {
             let wf = random_f32(&mut rng, rows * cols, 1.0);
             let x = random_f32(&mut rng, cols, 1.0);
             let mut out = vec![f32::NAN; rows];
 
-            matvec_f32(&wf, rows, cols, &x, &mut out);
+            (k.matvec_f32)(&wf, rows, cols, &x, &mut out);
             let err = nmse(&out, &naive_matvec(rows, cols, |r, c| wf[r * cols + c] as f64, &x));
-            assert!(err < MAX_DENSE_DOT_NMSE, "f32 ({rows}, {cols}): nmse {err:e}");
+            assert!(err < MAX_DENSE_DOT_NMSE, "{name} f32 ({rows}, {cols}): nmse {err:e}");
 
             let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
-            matvec_f16(&wh, rows, cols, &x, &mut out);
+            (k.matvec_f16)(&wh, rows, cols, &x, &mut out);
             let err = nmse(&out, &naive_matvec(rows, cols, |r, c| wh[r * cols + c].to_f64(), &x));
-            assert!(err < MAX_DENSE_DOT_NMSE, "f16 ({rows}, {cols}): nmse {err:e}");
+            assert!(err < MAX_DENSE_DOT_NMSE, "{name} f16 ({rows}, {cols}): nmse {err:e}");
         }
     }
 }
@@ -192,8 +221,9 @@ fn pack_q8_0(values: &[i8], d: &[f16]) -> Vec<u8> {
 #[test]
 fn q8_0_matvec_and_rows_match_the_gguf_layout() {
     let mut rng = rng(26);
-    for &rows in &AWKWARD_ROWS {
-        for cols in [32, 64, 96, 288] {
+    let shapes = AWKWARD_ROWS.iter().flat_map(|&r| [32, 64, 96, 288].map(|c| (r, c))).chain([(700, 544)]);
+    for (rows, cols) in shapes {
+        for (name, k) in dense_variants() {
             let values = random_q(&mut rng, rows * cols);
             let d: Vec<f16> =
                 (0..rows * cols / Q8_0_BLOCK).map(|i| f16::from_f32(0.001 * (i % 7 + 1) as f32)).collect();
@@ -202,9 +232,9 @@ fn q8_0_matvec_and_rows_match_the_gguf_layout() {
             let value = |r: usize, c: usize| d[(r * cols + c) / Q8_0_BLOCK].to_f64() * values[r * cols + c] as f64;
             let x = random_f32(&mut rng, cols, 1.0);
             let mut out = vec![f32::NAN; rows];
-            matvec_q8_0(&bytes, rows, cols, &x, &mut out);
+            (k.matvec_q8_0)(&bytes, rows, cols, &x, &mut out);
             let err = nmse(&out, &naive_matvec(rows, cols, value, &x));
-            assert!(err < MAX_DENSE_DOT_NMSE, "({rows}, {cols}): nmse {err:e}");
+            assert!(err < MAX_DENSE_DOT_NMSE, "{name} ({rows}, {cols}): nmse {err:e}");
             let mut row = vec![f32::NAN; cols];
             for r in [0, rows - 1] {
                 row_q8_0(&bytes, cols, r, &mut row);

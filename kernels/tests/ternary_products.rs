@@ -5,10 +5,35 @@ mod common;
 
 use common::*;
 use half::f16;
+use std::ops::Range;
 use tern_kernels::{quantize_row_i8, reference, TernaryMatrix, QUANT_MIN_ABSMAX, TQ_BLOCK};
 
-type GemvFn = fn(&TernaryMatrix, &[i8], f32, &mut [f32]);
-type GemmFn = fn(&TernaryMatrix, &[i8], &[f32], &mut [f32]);
+type GemvFn = Box<dyn Fn(&TernaryMatrix, &[i8], f32, &mut [f32])>;
+type GemmFn = Box<dyn Fn(&TernaryMatrix, &[i8], &[f32], &mut [f32])>;
+type RowsFn = fn(&TernaryMatrix, &[i8], &[f32], Range<usize>, &mut [f32]);
+
+/// GEMV and GEMM built from one variant's `ternary_rows`, called on three
+/// uneven row ranges so range handling is exercised too.
+fn from_rows(rows_fn: RowsFn) -> (GemvFn, GemmFn) {
+    let gemm = move |w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]| {
+        let (n, rows) = (s.len(), w.rows());
+        let mut tmp = vec![f32::NAN; rows * n]; // tmp (rows, n)
+        let cuts = [0, rows / 3, rows / 3 + rows / 2, rows];
+        for c in cuts.windows(2) {
+            rows_fn(w, q, s, c[0]..c[1], &mut tmp[c[0] * n..c[1] * n]);
+        }
+        for r in 0..rows {
+            for t in 0..n {
+                out[t * rows + r] = tmp[r * n + t];
+            }
+        }
+    };
+    (Box::new(move |w, q, s, out| gemm(w, q, &[s], out)), Box::new(gemm))
+}
+
+fn public() -> (GemvFn, GemmFn) {
+    (Box::new(tern_kernels::ternary_gemv), Box::new(tern_kernels::ternary_gemm))
+}
 
 /// Runs `$body` once per implementation of the ternary products, as
 /// `<name>_<variant>` tests; a variant this CPU cannot run prints SKIP.
@@ -16,19 +41,21 @@ macro_rules! ternary_variant_tests {
     ($($name:ident => $body:ident;)*) => {
         mod reference_variant {
             use super::*;
-            $(#[test] fn $name() { super::$body(reference::ternary_gemv, reference::ternary_gemm) })*
+            $(#[test] fn $name() { let (v, m) = from_rows(reference::ternary_rows); super::$body(v, m) })*
         }
         mod dispatched {
-            $(#[test] fn $name() { super::$body(tern_kernels::ternary_gemv, tern_kernels::ternary_gemm) })*
+            $(#[test] fn $name() { let (v, m) = super::public(); super::$body(v, m) })*
         }
         #[cfg(target_arch = "x86_64")]
         mod avx2 {
+            use super::*;
             $(#[test] fn $name() {
                 if !std::is_x86_feature_detected!("avx2") {
                     eprintln!("SKIP {}_avx2: this CPU has no AVX2", stringify!($name));
                     return;
                 }
-                super::$body(tern_kernels::arch::x86_64::ternary_gemv, tern_kernels::arch::x86_64::ternary_gemm)
+                let (v, m) = from_rows(tern_kernels::arch::x86_64::ternary_rows);
+                super::$body(v, m)
             })*
         }
     };
@@ -39,6 +66,7 @@ ternary_variant_tests! {
     gemv_is_exact_with_per_block_scales => gemv_is_exact_with_per_block_scales;
     gemv_handles_extreme_activations => gemv_handles_extreme_activations;
     gemm_matches_gemv_per_token => gemm_matches_gemv_per_token;
+    large_products_match_the_reference => large_products_match_the_reference;
 }
 
 fn gemv_is_exact_at_awkward_sizes(gemv: GemvFn, _: GemmFn) {
@@ -111,7 +139,7 @@ fn gemm_matches_gemv_per_token(gemv: GemvFn, gemm: GemmFn) {
     for &(rows, cols) in &[(1, 1), (3, 17), (17, 129), (33, 256), (4, 385)] {
         let values = random_ternary(&mut rng, rows * cols);
         let w = TernaryMatrix::from_ternary(&values, rows, cols, 0.9).unwrap();
-        for n in [0, 1, 3, 5] {
+        for n in [0, 1, 2, 3, 4, 5, 9] {
             let q = random_q(&mut rng, n * cols); // q (n, cols)
             let s: Vec<f32> = (0..n).map(|t| 1.0 + t as f32).collect(); // s (n,)
             let mut out = vec![f32::NAN; n * rows]; // out (n, rows)
@@ -120,6 +148,44 @@ fn gemm_matches_gemv_per_token(gemv: GemvFn, gemm: GemmFn) {
                 let mut want = vec![0f32; rows];
                 gemv(&w, &q[t * cols..(t + 1) * cols], s[t], &mut want);
                 assert_eq!(&out[t * rows..(t + 1) * rows], &want[..], "({rows}, {cols}) n {n} token {t}");
+            }
+        }
+    }
+}
+
+/// Sizes big enough to be split over threads and to reach the i16 partial
+/// sums' widening (8 groups), with per-tensor and per-block scales.
+fn large_products_match_the_reference(gemv: GemvFn, gemm: GemmFn) {
+    let mut rng = rng(16);
+    let (rows, cols) = (260, 2 * 1024 + 256);
+    let values = random_ternary(&mut rng, rows * cols);
+    let w = TernaryMatrix::from_ternary(&values, rows, cols, 0.31).unwrap();
+    let mut bytes = Vec::new();
+    for (i, block) in values.chunks(TQ_BLOCK).enumerate() {
+        let mut qs = [0u8; 64];
+        for (e, &v) in block.iter().enumerate() {
+            qs[32 * (e / 128) + e % 32] |= ((v + 1) as u8) << (2 * ((e % 128) / 32));
+        }
+        bytes.extend_from_slice(&qs);
+        bytes.extend_from_slice(&f16::from_f32(0.5 + (i % 7) as f32 * 0.125).to_le_bytes());
+    }
+    let wb = TernaryMatrix::from_tq2_0(&bytes, rows, cols).unwrap();
+    for w in [&w, &wb] {
+        for n in [1, 6] {
+            let q = random_q(&mut rng, n * cols);
+            let s: Vec<f32> = (0..n).map(|t| 3.0 + t as f32).collect();
+            let mut want = vec![0f32; rows * n]; // (rows, n)
+            reference::ternary_rows(w, &q, &s, 0..rows, &mut want);
+            let mut got = vec![f32::NAN; n * rows]; // (n, rows)
+            if n == 1 {
+                gemv(w, &q, s[0], &mut got);
+            } else {
+                gemm(w, &q, &s, &mut got);
+            }
+            for r in 0..rows {
+                for t in 0..n {
+                    assert_eq!(got[t * rows + r].to_bits(), want[r * n + t].to_bits(), "row {r} token {t} n {n}");
+                }
             }
         }
     }

@@ -1,114 +1,253 @@
 #![allow(unsafe_code)]
 //! AVX2 variants (x86_64). Same names and signatures as
-//! [`crate::reference`]; each checks for AVX2 itself (a cached atomic load)
-//! and falls back to the reference, so calling one directly is always sound.
+//! [`crate::reference`]; each checks for the features it needs itself (a
+//! cached atomic load) and falls back to the reference, so calling one
+//! directly is always sound.
 //!
-//! Ternary dot product, per 128-column group of the packed layout:
-//! one 32-byte load of codes → four shift-and-mask steps give four vectors
-//! of 32 codes (0..2), each lined up with 32 contiguous int8 activations →
-//! `maddubs` (u8 × i8 → i16 pairs, at most 2·2·128 = 512 per lane, so it
-//! never saturates) → `madd` by ones → i32 lanes. Codes are weight + 1, so
-//! Σ code·q − Σ q = Σ w·q, with Σ q computed once per call. Everything stays
-//! integer until the one rescale per row (or per block), which makes the
-//! result bit-identical to the reference.
+//! Ternary products, per 128-column group of the packed layout: one 32-byte
+//! load of codes → four shift-and-mask steps give four vectors of 32 codes
+//! (0..2), each lined up with 32 contiguous int8 activations → `maddubs`
+//! (u8 × i8 → i16 pairs, each in [-512, 508]) → i16 sums over up to
+//! [`I16_GROUPS`] groups → `madd` by ones → i32 lanes. Codes are weight + 1,
+//! so Σ code·q − Σ q = Σ w·q, with Σ q computed once per token. Everything
+//! stays integer until the one rescale per row (or per block), which makes
+//! the result bit-identical to the reference.
+//!
+//! Several tokens (a tile of up to [`TILE`]) share each unpacked group, so
+//! a batch pays for unpacking once per weight instead of once per token.
 
-use crate::reference;
+use crate::reference::{self, check_ternary_rows, q8_0_row_bytes, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
+use half::f16;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
-/// W (rows, cols) ternary @ q (cols,) int8 -> out (rows,). See
-/// [`reference::ternary_gemv`].
-pub fn ternary_gemv(w: &TernaryMatrix, q: &[i8], s: f32, out: &mut [f32]) {
-    assert_eq!(q.len(), w.cols, "ternary_gemv: q length vs cols");
-    assert_eq!(out.len(), w.rows, "ternary_gemv: out length vs rows");
-    if !std::is_x86_feature_detected!("avx2") {
-        return reference::ternary_gemv(w, q, s, out);
-    }
-    // SAFETY: AVX2 was detected just above.
-    unsafe { gemv_avx2(w, q, s, out) }
+/// Tokens that share one unpacked group.
+const TILE: usize = 4;
+/// Groups summed in i16 before widening: 8 groups × 4 `maddubs` × 512 = 16384.
+const I16_GROUPS: usize = 8;
+/// Groups per TQ block (per-block scales).
+const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
+
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
 }
 
-/// W (rows, cols) @ q (n, cols) with s (n,) -> out (n, rows). See
-/// [`reference::ternary_gemm`].
-pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
+fn has_fma_f16c() -> bool {
+    has_avx2() && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+}
+
+/// Rows `rows` of W @ q (n, cols) -> out (rows.len(), n). See
+/// [`reference::ternary_rows`].
+pub fn ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    check_ternary_rows(w, q, s, &rows, out);
+    if !has_avx2() {
+        return reference::ternary_rows(w, q, s, rows, out);
+    }
     let n = s.len();
-    assert_eq!(q.len(), n * w.cols, "ternary_gemm: q length vs (n, cols)");
-    assert_eq!(out.len(), n * w.rows, "ternary_gemm: out length vs (n, rows)");
-    if !std::is_x86_feature_detected!("avx2") {
-        return reference::ternary_gemm(w, q, s, out);
-    }
-    for t in 0..n {
-        let (qt, ot) = (&q[t * w.cols..(t + 1) * w.cols], &mut out[t * w.rows..(t + 1) * w.rows]);
-        // SAFETY: AVX2 was detected above.
-        unsafe { gemv_avx2(w, qt, s[t], ot) }
-    }
-}
-
-#[target_feature(enable = "avx2")]
-fn gemv_avx2(w: &TernaryMatrix, q: &[i8], s: f32, out: &mut [f32]) {
-    // q (cols,) = full groups (full, 128) then a scalar tail (cols % 128,)
     let full = w.cols / TERNARY_GROUP;
-    let tail = full * TERNARY_GROUP..w.cols;
-    // group_qsum (full,): Σ q per group, the offset the codes carry.
-    let group_qsum: Vec<i32> =
-        q[..full * TERNARY_GROUP].chunks_exact(TERNARY_GROUP).map(|g| g.iter().map(|&v| v as i32).sum()).collect();
-    match &w.scales {
-        Scales::Tensor(d) => {
-            let qsum: i32 = group_qsum.iter().sum();
-            for (r, o) in out.iter_mut().enumerate() {
-                let codes = w.row_codes(r);
-                let mut acc = _mm256_setzero_si256();
-                for g in 0..full {
-                    acc = _mm256_add_epi32(acc, group_dot(&codes[g * TERNARY_GROUP_BYTES..], &q[g * TERNARY_GROUP..]));
-                }
-                let tail_dot: i32 = tail.clone().map(|c| (get_code(codes, c) as i32 - 1) * q[c] as i32).sum();
-                let dot = hsum_i32(acc) - qsum + tail_dot;
-                *o = dot as f32 * d / s;
+    // gsum (n, full): Σ q of each token over each group, the offset the codes carry.
+    let gsum: Vec<i32> = (0..n)
+        .flat_map(|t| {
+            q[t * w.cols..t * w.cols + full * TERNARY_GROUP]
+                .chunks_exact(TERNARY_GROUP)
+                .map(|g| g.iter().map(|&v| v as i32).sum::<i32>())
+        })
+        .collect();
+    let mut t0 = 0;
+    while t0 < n {
+        let tile = (n - t0).min(TILE);
+        let job = Tile { w, q, s, gsum: &gsum, n, t0, full };
+        // SAFETY: AVX2 was detected above.
+        unsafe {
+            match tile {
+                4 => job.rows::<4>(rows.clone(), out),
+                3 => job.rows::<3>(rows.clone(), out),
+                2 => job.rows::<2>(rows.clone(), out),
+                _ => job.rows::<1>(rows.clone(), out),
             }
         }
-        Scales::Blocks(ds) => {
-            // Block scales only come from TQ payloads: cols % 256 == 0, no tail.
-            let blocks = w.cols / TQ_BLOCK;
-            let per_block = TQ_BLOCK / TERNARY_GROUP;
-            for (r, o) in out.iter_mut().enumerate() {
-                let codes = w.row_codes(r);
-                let mut acc_f = 0.0f32;
-                for b in 0..blocks {
-                    let mut acc = _mm256_setzero_si256();
-                    let mut qsum = 0i32;
-                    for g in b * per_block..(b + 1) * per_block {
-                        acc = _mm256_add_epi32(
-                            acc,
-                            group_dot(&codes[g * TERNARY_GROUP_BYTES..], &q[g * TERNARY_GROUP..]),
-                        );
-                        qsum += group_qsum[g];
+        t0 += tile;
+    }
+}
+
+/// Tokens `t0..t0 + T` of one [`ternary_rows`] call.
+struct Tile<'a> {
+    w: &'a TernaryMatrix,
+    q: &'a [i8],
+    s: &'a [f32],
+    /// gsum (n, full)
+    gsum: &'a [i32],
+    n: usize,
+    t0: usize,
+    /// Whole groups per row; columns past them are the scalar tail.
+    full: usize,
+}
+
+impl Tile<'_> {
+    #[target_feature(enable = "avx2")]
+    fn rows<const T: usize>(&self, rows: Range<usize>, out: &mut [f32]) {
+        let (w, n, t0, full) = (self.w, self.n, self.t0, self.full);
+        let qt: [&[i8]; T] = std::array::from_fn(|t| &self.q[(t0 + t) * w.cols..(t0 + t + 1) * w.cols]);
+        let gs: [&[i32]; T] = std::array::from_fn(|t| &self.gsum[(t0 + t) * full..(t0 + t + 1) * full]);
+        for (i, r) in rows.enumerate() {
+            let codes = w.row_codes(r);
+            let o = &mut out[i * n + t0..i * n + t0 + T];
+            match &w.scales {
+                Scales::Tensor(d) => {
+                    let dots = group_dots::<T>(codes, &qt, 0..full);
+                    for t in 0..T {
+                        let qsum: i32 = gs[t].iter().sum();
+                        let tail: i32 = (full * TERNARY_GROUP..w.cols)
+                            .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
+                            .sum();
+                        o[t] = (dots[t] - qsum + tail) as f32 * d / self.s[t0 + t];
                     }
-                    acc_f += (hsum_i32(acc) - qsum) as f32 * ds[r * blocks + b];
                 }
-                *o = acc_f / s;
+                Scales::Blocks(ds) => {
+                    // Only TQ payloads have block scales: cols % 256 == 0, no tail.
+                    let blocks = w.cols / TQ_BLOCK;
+                    let mut acc = [0.0f32; T];
+                    for b in 0..blocks {
+                        let g = b * GROUPS_PER_BLOCK..(b + 1) * GROUPS_PER_BLOCK;
+                        let dots = group_dots::<T>(codes, &qt, g.clone());
+                        for t in 0..T {
+                            let qsum: i32 = gs[t][g.clone()].iter().sum();
+                            acc[t] += (dots[t] - qsum) as f32 * ds[r * blocks + b];
+                        }
+                    }
+                    for t in 0..T {
+                        o[t] = acc[t] / self.s[t0 + t];
+                    }
+                }
             }
         }
     }
 }
 
-/// Σ code·q over one group: codes (32 bytes,) @ q (128,) -> 8 partial i32 sums.
+/// Σ code·q over `groups` of one packed row, for T tokens at once.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn group_dot(codes: &[u8], q: &[i8]) -> __m256i {
+fn group_dots<const T: usize>(codes: &[u8], q: &[&[i8]; T], groups: Range<usize>) -> [i32; T] {
     let mask = _mm256_set1_epi8(3);
-    let packed = load_u8(codes);
-    // 16-bit shifts leak bits across byte boundaries; the mask drops them.
-    let c0 = _mm256_and_si256(packed, mask);
-    let c1 = _mm256_and_si256(_mm256_srli_epi16::<2>(packed), mask);
-    let c2 = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
-    let c3 = _mm256_and_si256(_mm256_srli_epi16::<6>(packed), mask);
-    let p0 = _mm256_maddubs_epi16(c0, load_i8(&q[0..]));
-    let p1 = _mm256_maddubs_epi16(c1, load_i8(&q[32..]));
-    let p2 = _mm256_maddubs_epi16(c2, load_i8(&q[64..]));
-    let p3 = _mm256_maddubs_epi16(c3, load_i8(&q[96..]));
-    // 4 × 512 per i16 lane: still far from overflow.
-    let sum16 = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-    _mm256_madd_epi16(sum16, _mm256_set1_epi16(1))
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); T];
+    let mut g = groups.start;
+    while g < groups.end {
+        let end = (g + I16_GROUPS).min(groups.end);
+        let mut acc16 = [_mm256_setzero_si256(); T];
+        for gg in g..end {
+            let packed = load(&codes[gg * TERNARY_GROUP_BYTES..]);
+            // 16-bit shifts leak bits across byte boundaries; the mask drops them.
+            let c0 = _mm256_and_si256(packed, mask);
+            let c1 = _mm256_and_si256(_mm256_srli_epi16::<2>(packed), mask);
+            let c2 = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+            let c3 = _mm256_and_si256(_mm256_srli_epi16::<6>(packed), mask);
+            for t in 0..T {
+                let qg = &q[t][gg * TERNARY_GROUP..];
+                let p0 = _mm256_maddubs_epi16(c0, load(&qg[0..]));
+                let p1 = _mm256_maddubs_epi16(c1, load(&qg[32..]));
+                let p2 = _mm256_maddubs_epi16(c2, load(&qg[64..]));
+                let p3 = _mm256_maddubs_epi16(c3, load(&qg[96..]));
+                let sum = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                acc16[t] = _mm256_add_epi16(acc16[t], sum);
+            }
+        }
+        for t in 0..T {
+            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(acc16[t], ones));
+        }
+        g = end;
+    }
+    std::array::from_fn(|t| hsum_i32(acc[t]))
+}
+
+/// W (rows, cols) f16 @ x (cols,) -> out (rows,). See [`reference::matvec_f16`].
+pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    if !has_fma_f16c() {
+        return reference::matvec_f16(w, rows, cols, x, out);
+    }
+    reference::check_matvec("matvec_f16", w.len(), rows, cols, x.len(), out.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        *o = unsafe { dot_f16(&w[r * cols..(r + 1) * cols], x) };
+    }
+}
+
+/// W (rows, cols) f32 @ x (cols,) -> out (rows,). See [`reference::matvec_f32`].
+pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    if !has_fma_f16c() {
+        return reference::matvec_f32(w, rows, cols, x, out);
+    }
+    reference::check_matvec("matvec_f32", w.len(), rows, cols, x.len(), out.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: AVX2 and FMA were detected above.
+        *o = unsafe { dot_f32(&w[r * cols..(r + 1) * cols], x) };
+    }
+}
+
+/// W (rows, cols) Q8_0 @ x (cols,) -> out (rows,). See [`reference::matvec_q8_0`].
+pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    if !has_fma_f16c() {
+        return reference::matvec_q8_0(w, rows, cols, x, out);
+    }
+    let row_bytes = q8_0_row_bytes(cols);
+    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
+    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
+    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    for (r, o) in out.iter_mut().enumerate() {
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        *o = unsafe { dot_q8_0(&w[r * row_bytes..(r + 1) * row_bytes], x) };
+    }
+}
+
+/// Σ w·x over one f16 row: four 8-lane accumulators, then a scalar tail.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let body = w.len() / 32 * 32;
+    for c in (0..body).step_by(32) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let wv = _mm256_cvtph_ps(load_f16x8(&w[c + 8 * k..]));
+            *a = _mm256_fmadd_ps(wv, load_f32x8(&x[c + 8 * k..]), *a);
+        }
+    }
+    let tail: f32 = w[body..].iter().zip(&x[body..]).map(|(a, b)| a.to_f32() * b).sum();
+    hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
+}
+
+/// Σ w·x over one f32 row.
+#[target_feature(enable = "avx2,fma")]
+fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let body = w.len() / 32 * 32;
+    for c in (0..body).step_by(32) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(load_f32x8(&w[c + 8 * k..]), load_f32x8(&x[c + 8 * k..]), *a);
+        }
+    }
+    let tail: f32 = w[body..].iter().zip(&x[body..]).map(|(a, b)| a * b).sum();
+    hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
+}
+
+/// Σ w·x over one Q8_0 row: per block, 32 int8 → four f32 vectors, their
+/// dot with x, times the block's scale.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (block, xb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(x.chunks_exact(Q8_0_BLOCK)) {
+        let d = _mm256_set1_ps(f16::from_le_bytes([block[0], block[1]]).to_f32());
+        let qs = load(&block[2..]);
+        let lo = _mm256_castsi256_si128(qs);
+        let hi = _mm256_extracti128_si256::<1>(qs);
+        let parts = [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)];
+        let mut dot = _mm256_setzero_ps();
+        for (k, p) in parts.into_iter().enumerate() {
+            let wv = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p));
+            dot = _mm256_fmadd_ps(wv, load_f32x8(&xb[8 * k..]), dot);
+        }
+        acc = _mm256_fmadd_ps(d, dot, acc);
+    }
+    hsum_f32(acc)
 }
 
 #[target_feature(enable = "avx2")]
@@ -122,16 +261,34 @@ fn hsum_i32(v: __m256i) -> i32 {
 
 #[target_feature(enable = "avx2")]
 #[inline]
-fn load_u8(v: &[u8]) -> __m256i {
-    assert!(v.len() >= 32);
+fn hsum_f32(v: __m256) -> f32 {
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    let x = _mm_add_ss(x, _mm_shuffle_ps::<0b01>(x, x));
+    _mm_cvtss_f32(x)
+}
+
+/// 32 bytes of u8 or i8 from the front of `v`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load<T: Copy + Into<i16>>(v: &[T]) -> __m256i {
+    assert!(v.len() >= 32 && size_of::<T>() == 1);
     // SAFETY: at least 32 readable bytes (checked above); loadu has no alignment needs.
     unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
 }
 
 #[target_feature(enable = "avx2")]
 #[inline]
-fn load_i8(v: &[i8]) -> __m256i {
-    assert!(v.len() >= 32);
-    // SAFETY: at least 32 readable bytes (checked above); loadu has no alignment needs.
-    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+fn load_f32x8(v: &[f32]) -> __m256 {
+    assert!(v.len() >= 8);
+    // SAFETY: at least 8 readable f32 (checked above); loadu has no alignment needs.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load_f16x8(v: &[f16]) -> __m128i {
+    assert!(v.len() >= 8);
+    // SAFETY: at least 16 readable bytes (checked above); loadu has no alignment needs.
+    unsafe { _mm_loadu_si128(v.as_ptr().cast()) }
 }
