@@ -2,10 +2,11 @@
 //! The one place that chooses an implementation for each operation.
 //!
 //! On first use the CPU is probed once (`is_x86_feature_detected!` on
-//! x86_64; wasm32 decides at compile time through `target_feature =
-//! "simd128"`), and the chosen function pointers are cached in a
-//! [`OnceLock`]. Every slot starts as the scalar reference, so a CPU or
-//! target without a variant still runs everything.
+//! x86_64, `is_aarch64_feature_detected!` on aarch64; wasm32 decides at
+//! compile time through `target_feature = "simd128"`), and the chosen
+//! function pointers are cached in a [`OnceLock`]. Every slot starts as the
+//! scalar reference, so a CPU or target without a variant still runs
+//! everything.
 
 use crate::reference;
 use crate::ternary::TernaryMatrix;
@@ -69,6 +70,28 @@ impl Kernels {
                 k.matvec_f32 = v::matvec_f32;
                 k.matvec_q8_0 = v::matvec_q8_0;
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            // NEON is part of every aarch64 target; dotprod (ARMv8.4, optional from 8.2) is not.
+            use crate::arch::aarch64 as v;
+            k.ternary_isa = "neon";
+            k.ternary_rows = v::ternary_rows;
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                k.ternary_isa = "neon-dotprod";
+                k.ternary_rows = v::ternary_rows_dotprod;
+            }
+            k.matvec_f16 = v::matvec_f16;
+            k.matvec_f32 = v::matvec_f32;
+            k.matvec_q8_0 = v::matvec_q8_0;
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            use crate::arch::wasm32 as v;
+            k.ternary_isa = "simd128";
+            k.ternary_rows = v::ternary_rows;
+            k.matvec_f32 = v::matvec_f32;
+            k.matvec_q8_0 = v::matvec_q8_0;
         }
         k
     }

@@ -213,6 +213,12 @@ pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     matvec_parallel(w, row_bytes, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
 }
 
+/// x (cols,) -> one Q8_0 row of raw GGUF bytes (load-time conversion of a
+/// dense head); see [`reference::quantize_row_q8_0`].
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
+    reference::quantize_row_q8_0(x, out)
+}
+
 /// Row `row` of W (rows, cols) f16 -> out (cols,) (embedding lookup).
 pub fn row_f16(w: &[f16], cols: usize, row: usize, out: &mut [f32]) {
     reference::row_f16(w, cols, row, out)

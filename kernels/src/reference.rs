@@ -217,6 +217,22 @@ pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     }
 }
 
+/// x (cols,) -> one Q8_0 row (raw GGUF bytes, `q8_0_row_bytes(cols)` long):
+/// per block of 32, `d = max|x| / 127` stored as f16, `q = round(x / d)`
+/// (ties away from zero) clamped to [-127, 127]; an all-zero block has d = 0.
+pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
+    assert_eq!(out.len(), q8_0_row_bytes(x.len()), "quantize_row_q8_0: out length vs cols");
+    for (xb, ob) in x.chunks_exact(Q8_0_BLOCK).zip(out.chunks_exact_mut(Q8_0_BLOCK_BYTES)) {
+        let absmax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = f16::from_f32(absmax / 127.0);
+        let inv = if absmax > 0.0 { 127.0 / absmax } else { 0.0 };
+        ob[..2].copy_from_slice(&d.to_le_bytes());
+        for (o, &v) in ob[2..].iter_mut().zip(xb) {
+            *o = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+        }
+    }
+}
+
 /// Row `row` of W (rows, cols) f16 -> out (cols,).
 pub fn row_f16(w: &[f16], cols: usize, row: usize, out: &mut [f32]) {
     assert_eq!(out.len(), cols, "row_f16: out length vs cols");

@@ -177,6 +177,28 @@ fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
     } else {
         eprintln!("SKIP avx2 dense products: this CPU lacks AVX2, FMA or F16C");
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use tern_kernels::arch::aarch64 as a;
+        let k = dispatch::Kernels {
+            matvec_f16: a::matvec_f16,
+            matvec_f32: a::matvec_f32,
+            matvec_q8_0: a::matvec_q8_0,
+            ..dispatch::Kernels::REFERENCE
+        };
+        v.push(("neon", k));
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        // simd128 has no f16 conversion: matvec_f16 stays on the reference.
+        use tern_kernels::arch::wasm32 as a;
+        let k = dispatch::Kernels {
+            matvec_f32: a::matvec_f32,
+            matvec_q8_0: a::matvec_q8_0,
+            ..dispatch::Kernels::REFERENCE
+        };
+        v.push(("simd128", k));
+    }
     v
 }
 
@@ -266,4 +288,27 @@ fn f16_and_bf16_rows_decode_exactly() {
 #[should_panic(expected = "cols a multiple of 32")]
 fn q8_0_matvec_panics_on_cols_off_the_block() {
     matvec_q8_0(&[0u8; 34], 1, 31, &[0.0; 31], &mut [0.0]);
+}
+
+#[test]
+fn q8_0_quantisation_round_trips_within_half_a_step() {
+    let mut rng = rng(27);
+    let cols = 96;
+    let mut x = random_f32(&mut rng, cols, 2.0);
+    x[32..64].iter_mut().for_each(|v| *v = 0.0); // an all-zero block
+    let mut bytes = vec![0u8; q8_0_row_bytes(cols)];
+    quantize_row_q8_0(&x, &mut bytes);
+    let mut back = vec![f32::NAN; cols];
+    row_q8_0(&bytes, cols, 0, &mut back);
+    for (b, (xb, yb)) in x.chunks(Q8_0_BLOCK).zip(back.chunks(Q8_0_BLOCK)).enumerate() {
+        let absmax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // d is rounded to f16 (relative error 2^-11), so allow a little over half a step.
+        let step = absmax / 127.0;
+        for (&a, &y) in xb.iter().zip(yb) {
+            assert!((a - y).abs() <= step * 0.5 + absmax * 1e-3, "block {b}: {a} -> {y}");
+        }
+        if absmax == 0.0 {
+            assert!(yb.iter().all(|&y| y == 0.0));
+        }
+    }
 }

@@ -58,6 +58,28 @@ macro_rules! ternary_variant_tests {
                 super::$body(v, m)
             })*
         }
+        #[cfg(target_arch = "aarch64")]
+        mod neon {
+            use super::*;
+            $(#[test] fn $name() { let (v, m) = from_rows(tern_kernels::arch::aarch64::ternary_rows); super::$body(v, m) })*
+        }
+        #[cfg(target_arch = "aarch64")]
+        mod neon_dotprod {
+            use super::*;
+            $(#[test] fn $name() {
+                if !std::arch::is_aarch64_feature_detected!("dotprod") {
+                    eprintln!("SKIP {}_neon_dotprod: this CPU has no dot-product extension", stringify!($name));
+                    return;
+                }
+                let (v, m) = from_rows(tern_kernels::arch::aarch64::ternary_rows_dotprod);
+                super::$body(v, m)
+            })*
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        mod simd128 {
+            use super::*;
+            $(#[test] fn $name() { let (v, m) = from_rows(tern_kernels::arch::wasm32::ternary_rows); super::$body(v, m) })*
+        }
     };
 }
 
@@ -195,11 +217,18 @@ fn large_products_match_the_reference(gemv: GemvFn, gemm: GemmFn) {
 fn dispatch_names_the_chosen_ternary_isa() {
     let isa = tern_kernels::dispatch::kernels().ternary_isa;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        assert_eq!(isa, "avx2");
-        return;
-    }
-    assert_eq!(isa, "reference");
+    let want = if std::is_x86_feature_detected!("avx2") { "avx2" } else { "reference" };
+    #[cfg(target_arch = "aarch64")]
+    let want = if std::arch::is_aarch64_feature_detected!("dotprod") { "neon-dotprod" } else { "neon" };
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let want = "simd128";
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
+    let want = "reference";
+    assert_eq!(isa, want);
 }
 
 #[test]

@@ -1,6 +1,14 @@
 //! Per-architecture variants. Each keeps the name and signature of its
 //! [`crate::reference`] counterpart and is tested against it; only
 //! [`crate::dispatch`] decides which one runs.
+//!
+//! | module | ternary products | dense products | chosen |
+//! |---|---|---|---|
+//! | `x86_64` | AVX2 | AVX2 + FMA + F16C | at run time |
+//! | `aarch64` | NEON, or NEON + dotprod (`sdot`) | NEON (f16, f32, Q8_0) | at run time (dotprod) |
+//! | `wasm32` | simd128 | simd128 (f32, Q8_0) | at compile time (`+simd128`) |
+//!
+//! Whatever has no variant for the running target stays on the reference.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;

@@ -1,4 +1,220 @@
-#![forbid(unsafe_code)]
-//! wasm simd128 variants (none yet: every operation runs the scalar
-//! reference). simd128 is a compile-time choice on wasm, so these will be
-//! selected by `cfg(target_feature = "simd128")` in [`crate::dispatch`].
+//! wasm simd128 variants. Same names and signatures as
+//! [`crate::reference`]. wasm has no run-time feature detection: a module
+//! either validates with SIMD or not at all, so this module exists only when
+//! the crate is compiled with `-C target-feature=+simd128`, and
+//! [`crate::dispatch`] picks it at compile time. `matvec_f16` has no
+//! variant here (simd128 has no f16 conversion) and runs the reference.
+//!
+//! Ternary products, per 128-column group of the packed layout: two 16-byte
+//! loads of codes → four shift-and-mask steps each give eight vectors of 16
+//! codes, each lined up with 16 contiguous int8 activations → minus one, so
+//! codes become weights (-1, 0, 1); unpacking is paid once per group for a
+//! whole tile of tokens. Per token, `i16x8.extmul_{low,high}_i8x16` give
+//! i8·i8 products in [-128, 128], summed in i16 over up to `I16_GROUPS`
+//! groups and widened by `i32x4.extadd_pairwise_i16x8`. Everything stays
+//! integer until the one rescale per row (or per block), in the reference's
+//! order, which makes the result bit-identical to it.
+#![cfg(target_feature = "simd128")]
+#![allow(unsafe_code)]
+
+use crate::reference::{self, check_ternary_rows, q8_0_row_bytes, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
+use half::f16;
+use std::arch::wasm32::*;
+use std::ops::Range;
+
+/// Tokens that share one unpacked group.
+const TILE: usize = 4;
+/// Groups summed in i16 before widening: each i16 lane takes 16 products of
+/// magnitude <= 128 per group, so 8 groups stay within 16384.
+const I16_GROUPS: usize = 8;
+/// Groups per TQ block (per-block scales).
+const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
+
+/// Rows `rows` of W @ q (n, cols) -> out (rows.len(), n). See
+/// [`reference::ternary_rows`].
+pub fn ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    check_ternary_rows(w, q, s, &rows, out);
+    let n = s.len();
+    let mut t0 = 0;
+    while t0 < n {
+        let tile = (n - t0).min(TILE);
+        let job = Tile { w, q, s, t0 };
+        match tile {
+            4 => job.rows::<4>(rows.clone(), out),
+            3 => job.rows::<3>(rows.clone(), out),
+            2 => job.rows::<2>(rows.clone(), out),
+            _ => job.rows::<1>(rows.clone(), out),
+        }
+        t0 += tile;
+    }
+}
+
+/// Tokens `t0..t0 + T` of one [`ternary_rows`] call.
+struct Tile<'a> {
+    w: &'a TernaryMatrix,
+    q: &'a [i8],
+    s: &'a [f32],
+    t0: usize,
+}
+
+impl Tile<'_> {
+    fn rows<const T: usize>(&self, rows: Range<usize>, out: &mut [f32]) {
+        let (w, n, t0) = (self.w, self.s.len(), self.t0);
+        // Whole groups per row; columns past them are the scalar tail.
+        let full = w.cols / TERNARY_GROUP;
+        let qt: [&[i8]; T] = std::array::from_fn(|t| &self.q[(t0 + t) * w.cols..(t0 + t + 1) * w.cols]);
+        for (i, r) in rows.enumerate() {
+            let codes = w.row_codes(r);
+            let o = &mut out[i * n + t0..i * n + t0 + T];
+            match &w.scales {
+                Scales::Tensor(d) => {
+                    let dots = group_dots::<T>(codes, &qt, 0..full);
+                    for t in 0..T {
+                        let tail: i32 = (full * TERNARY_GROUP..w.cols)
+                            .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
+                            .sum();
+                        o[t] = (dots[t] + tail) as f32 * d / self.s[t0 + t];
+                    }
+                }
+                Scales::Blocks(ds) => {
+                    // Only TQ payloads have block scales: cols % 256 == 0, no tail.
+                    let blocks = w.cols / TQ_BLOCK;
+                    let mut acc = [0.0f32; T];
+                    for b in 0..blocks {
+                        let dots = group_dots::<T>(codes, &qt, b * GROUPS_PER_BLOCK..(b + 1) * GROUPS_PER_BLOCK);
+                        for t in 0..T {
+                            acc[t] += dots[t] as f32 * ds[r * blocks + b];
+                        }
+                    }
+                    for t in 0..T {
+                        o[t] = acc[t] / self.s[t0 + t];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weights of one group (its 32 bytes) as eight vectors of -1/0/1:
+/// vector `k` holds columns `16k .. 16k + 16` of the group.
+#[inline]
+fn unpack(group: &[u8]) -> [v128; 8] {
+    let mask = u8x16_splat(3);
+    let one = i8x16_splat(1);
+    let (lo, hi) = (load(&group[0..]), load(&group[16..]));
+    // Byte j holds columns j, 32 + j, 64 + j, 96 + j in bits 1:0, 3:2, 5:4, 7:6.
+    let codes = [
+        v128_and(lo, mask),
+        v128_and(hi, mask),
+        v128_and(u8x16_shr(lo, 2), mask),
+        v128_and(u8x16_shr(hi, 2), mask),
+        v128_and(u8x16_shr(lo, 4), mask),
+        v128_and(u8x16_shr(hi, 4), mask),
+        u8x16_shr(lo, 6),
+        u8x16_shr(hi, 6),
+    ];
+    codes.map(|c| i8x16_sub(c, one))
+}
+
+/// Σ w·q over `groups` of one packed row for T tokens: i8 products into
+/// i16 lanes, widened every [`I16_GROUPS`] groups.
+#[inline]
+fn group_dots<const T: usize>(codes: &[u8], q: &[&[i8]; T], groups: Range<usize>) -> [i32; T] {
+    let mut acc = [i32x4_splat(0); T];
+    let mut g = groups.start;
+    while g < groups.end {
+        let end = (g + I16_GROUPS).min(groups.end);
+        let mut acc16 = [i16x8_splat(0); T];
+        for gg in g..end {
+            let wv = unpack(&codes[gg * TERNARY_GROUP_BYTES..]);
+            for t in 0..T {
+                let qg = &q[t][gg * TERNARY_GROUP..];
+                for (k, &wk) in wv.iter().enumerate() {
+                    let qk = load(&qg[16 * k..]);
+                    let p = i16x8_add(i16x8_extmul_low_i8x16(wk, qk), i16x8_extmul_high_i8x16(wk, qk));
+                    acc16[t] = i16x8_add(acc16[t], p);
+                }
+            }
+        }
+        for t in 0..T {
+            acc[t] = i32x4_add(acc[t], i32x4_extadd_pairwise_i16x8(acc16[t]));
+        }
+        g = end;
+    }
+    std::array::from_fn(|t| hsum_i32(acc[t]))
+}
+
+/// W (rows, cols) f32 @ x (cols,) -> out (rows,). See [`reference::matvec_f32`].
+pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    reference::check_matvec("matvec_f32", w.len(), rows, cols, x.len(), out.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(&w[r * cols..(r + 1) * cols], x);
+    }
+}
+
+/// W (rows, cols) Q8_0 @ x (cols,) -> out (rows,). See [`reference::matvec_q8_0`].
+pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    let row_bytes = q8_0_row_bytes(cols);
+    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
+    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
+    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_q8_0(&w[r * row_bytes..(r + 1) * row_bytes], x);
+    }
+}
+
+/// Σ w·x over one f32 row: four 4-lane accumulators (simd128 has no fused
+/// multiply-add), then a scalar tail.
+fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [f32x4_splat(0.0); 4];
+    let body = w.len() / 16 * 16;
+    for c in (0..body).step_by(16) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = f32x4_add(*a, f32x4_mul(load(&w[c + 4 * k..]), load(&x[c + 4 * k..])));
+        }
+    }
+    let tail: f32 = w[body..].iter().zip(&x[body..]).map(|(a, b)| a * b).sum();
+    hsum_f32(f32x4_add(f32x4_add(acc[0], acc[1]), f32x4_add(acc[2], acc[3]))) + tail
+}
+
+/// Σ w·x over one Q8_0 row: per block, 32 int8 → eight f32 vectors, their
+/// dot with x, times the block's scale.
+fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = f32x4_splat(0.0);
+    for (block, xb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(x.chunks_exact(Q8_0_BLOCK)) {
+        let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let mut dot = [f32x4_splat(0.0); 2];
+        for h in 0..2 {
+            let q8 = load(&block[2 + 16 * h..]);
+            for (k, q16) in [i16x8_extend_low_i8x16(q8), i16x8_extend_high_i8x16(q8)].into_iter().enumerate() {
+                for (j, q32) in [i32x4_extend_low_i16x8(q16), i32x4_extend_high_i16x8(q16)].into_iter().enumerate() {
+                    let xv = load(&xb[16 * h + 8 * k + 4 * j..]);
+                    dot[j] = f32x4_add(dot[j], f32x4_mul(f32x4_convert_i32x4(q32), xv));
+                }
+            }
+        }
+        acc = f32x4_add(acc, f32x4_mul(f32x4_splat(d), f32x4_add(dot[0], dot[1])));
+    }
+    hsum_f32(acc)
+}
+
+#[inline]
+fn hsum_i32(v: v128) -> i32 {
+    i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v) + i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v)
+}
+
+#[inline]
+fn hsum_f32(v: v128) -> f32 {
+    let pairs = f32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+    f32x4_extract_lane::<0>(pairs) + f32x4_extract_lane::<1>(pairs)
+}
+
+/// 16 bytes (16 u8/i8 or 4 f32) from the front of `v`.
+#[inline]
+fn load<T: Copy>(v: &[T]) -> v128 {
+    assert!(size_of_val(v) >= 16);
+    // SAFETY: at least 16 readable bytes (checked above); v128.load has no
+    // alignment needs.
+    unsafe { v128_load(v.as_ptr().cast()) }
+}

@@ -5,11 +5,12 @@
 //! directly is always sound.
 //!
 //! Ternary products, per 128-column group of the packed layout: one 32-byte
-//! load of codes → four shift-and-mask steps give four vectors of 32 codes
-//! (0..2), each lined up with 32 contiguous int8 activations → `maddubs`
-//! (u8 × i8 → i16 pairs, each in [-512, 508]) → i16 sums over up to
-//! [`I16_GROUPS`] groups → `madd` by ones → i32 lanes. Codes are weight + 1,
-//! so Σ code·q − Σ q = Σ w·q, with Σ q computed once per token. Everything
+//! load of codes → one shift and four masks give four vectors of 32 codes,
+//! each lined up with 32 contiguous int8 activations (runs 1 and 3 are
+//! masked in place, so they carry code·4) → `maddubs` (u8 × i8 → i16 pairs)
+//! → i16 sums over up to [`I16_GROUPS`] groups → `madd` by ones → i32 lanes,
+//! where the code·4 sums are divided by 4 exactly. Codes are weight + 1, so
+//! Σ code·q − Σ q = Σ w·q, with Σ q computed once per token. Everything
 //! stays integer until the one rescale per row (or per block), which makes
 //! the result bit-identical to the reference.
 //!
@@ -24,8 +25,9 @@ use std::ops::Range;
 
 /// Tokens that share one unpacked group.
 const TILE: usize = 4;
-/// Groups summed in i16 before widening: 8 groups × 4 `maddubs` × 512 = 16384.
-const I16_GROUPS: usize = 8;
+/// Groups summed in i16 before widening. With codes scaled by 4 a `maddubs`
+/// lane reaches ±2048; two per group over 4 groups: 16384 < 32767.
+const I16_GROUPS: usize = 4;
 /// Groups per TQ block (per-block scales).
 const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
 
@@ -126,35 +128,54 @@ impl Tile<'_> {
 }
 
 /// Σ code·q over `groups` of one packed row, for T tokens at once.
+///
+/// The hot loop of every ternary product, so it works on raw pointers: the
+/// bounds are checked once here instead of on each of its five loads.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn group_dots<const T: usize>(codes: &[u8], q: &[&[i8]; T], groups: Range<usize>) -> [i32; T] {
-    let mask = _mm256_set1_epi8(3);
+    assert!(groups.end * TERNARY_GROUP_BYTES <= codes.len(), "group_dots: codes too short");
+    assert!(q.iter().all(|qt| groups.end * TERNARY_GROUP <= qt.len()), "group_dots: q too short");
+    let low = _mm256_set1_epi8(0x03);
+    let high = _mm256_set1_epi8(0x0c);
     let ones = _mm256_set1_epi16(1);
+    let cp = codes.as_ptr();
+    let qp: [*const i8; T] = std::array::from_fn(|t| q[t].as_ptr());
     let mut acc = [_mm256_setzero_si256(); T];
     let mut g = groups.start;
     while g < groups.end {
         let end = (g + I16_GROUPS).min(groups.end);
-        let mut acc16 = [_mm256_setzero_si256(); T];
+        // Runs 0 and 2 sum into acc1, runs 1 and 3 (codes times 4) into acc4.
+        let mut acc1 = [_mm256_setzero_si256(); T];
+        let mut acc4 = [_mm256_setzero_si256(); T];
         for gg in g..end {
-            let packed = load(&codes[gg * TERNARY_GROUP_BYTES..]);
-            // 16-bit shifts leak bits across byte boundaries; the mask drops them.
-            let c0 = _mm256_and_si256(packed, mask);
-            let c1 = _mm256_and_si256(_mm256_srli_epi16::<2>(packed), mask);
-            let c2 = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
-            let c3 = _mm256_and_si256(_mm256_srli_epi16::<6>(packed), mask);
-            for t in 0..T {
-                let qg = &q[t][gg * TERNARY_GROUP..];
-                let p0 = _mm256_maddubs_epi16(c0, load(&qg[0..]));
-                let p1 = _mm256_maddubs_epi16(c1, load(&qg[32..]));
-                let p2 = _mm256_maddubs_epi16(c2, load(&qg[64..]));
-                let p3 = _mm256_maddubs_epi16(c3, load(&qg[96..]));
-                let sum = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-                acc16[t] = _mm256_add_epi16(acc16[t], sum);
+            // SAFETY: gg < groups.end, and both slices were checked to hold
+            // every group up to groups.end (asserts above).
+            unsafe {
+                let packed = _mm256_loadu_si256(cp.add(gg * TERNARY_GROUP_BYTES).cast());
+                // One shift instead of three: runs 1 and 3 stay at bits 3:2,
+                // i.e. code·4. A 16-bit shift leaks bits across bytes; the
+                // masks drop them.
+                let shifted = _mm256_srli_epi16::<4>(packed);
+                let c0 = _mm256_and_si256(packed, low);
+                let c1x4 = _mm256_and_si256(packed, high);
+                let c2 = _mm256_and_si256(shifted, low);
+                let c3x4 = _mm256_and_si256(shifted, high);
+                for t in 0..T {
+                    let qg = qp[t].add(gg * TERNARY_GROUP);
+                    let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(qg.cast()));
+                    let p1 = _mm256_maddubs_epi16(c1x4, _mm256_loadu_si256(qg.add(32).cast()));
+                    let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(qg.add(64).cast()));
+                    let p3 = _mm256_maddubs_epi16(c3x4, _mm256_loadu_si256(qg.add(96).cast()));
+                    acc1[t] = _mm256_add_epi16(acc1[t], _mm256_add_epi16(p0, p2));
+                    acc4[t] = _mm256_add_epi16(acc4[t], _mm256_add_epi16(p1, p3));
+                }
             }
         }
         for t in 0..T {
-            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(acc16[t], ones));
+            // acc4 holds exact multiples of 4.
+            let wide4 = _mm256_srai_epi32::<2>(_mm256_madd_epi16(acc4[t], ones));
+            acc[t] = _mm256_add_epi32(acc[t], _mm256_add_epi32(_mm256_madd_epi16(acc1[t], ones), wide4));
         }
         g = end;
     }
