@@ -16,6 +16,10 @@ generate *ARGS:
 test:
     tests/run
 
+# Test the kernels' NEON (qemu-user, with and without dotprod) and wasm simd128 (wasmtime) variants.
+test-cross:
+    scripts/test-cross
+
 # Build the handler component alone (target/wasm32-wasip2/release/tern_handler.wasm).
 handler:
     cargo build --release --package tern-handler --target wasm32-wasip2
