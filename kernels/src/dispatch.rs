@@ -69,6 +69,7 @@ impl Kernels {
                 k.matvec_f16 = v::matvec_f16;
                 k.matvec_f32 = v::matvec_f32;
                 k.matvec_q8_0 = v::matvec_q8_0;
+                k.attention = v::attention;
             }
         }
         #[cfg(target_arch = "aarch64")]

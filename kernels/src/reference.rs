@@ -136,11 +136,7 @@ pub fn attention(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
-    assert_eq!(q.len(), n_heads * head_dim, "attention: q length");
-    assert_eq!(out.len(), n_heads * head_dim, "attention: out length");
-    assert!(k.len() >= t * n_kv * head_dim && v.len() >= t * n_kv * head_dim, "attention: k/v shorter than t rows");
-    assert!(scratch.len() >= t, "attention: scratch shorter than t");
+    check_attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
     let group = n_heads / n_kv;
     let kv_stride = n_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -261,6 +257,26 @@ pub fn row_bf16(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
     }
+}
+
+/// The shape checks every [`attention`] variant starts with.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &[f32],
+    out: &[f32],
+) {
+    assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
+    assert_eq!(q.len(), n_heads * head_dim, "attention: q length");
+    assert_eq!(out.len(), n_heads * head_dim, "attention: out length");
+    assert!(k.len() >= t * n_kv * head_dim && v.len() >= t * n_kv * head_dim, "attention: k/v shorter than t rows");
+    assert!(scratch.len() >= t, "attention: scratch shorter than t");
 }
 
 /// Bytes per row of a Q8_0 matrix with `cols` columns.

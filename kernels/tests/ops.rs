@@ -114,17 +114,20 @@ fn naive_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, n_heads: usize, n_
 #[test]
 fn attention_matches_f64_with_gqa() {
     let mut rng = rng(24);
-    for &(n_heads, n_kv, hd) in &[(1, 1, 1), (4, 4, 3), (4, 2, 17), (20, 5, 128), (3, 1, 33)] {
+    let shapes = [(1, 1, 1), (4, 4, 3), (4, 2, 17), (20, 5, 128), (3, 1, 33)];
+    for ((n_heads, n_kv, hd), (name, kern)) in
+        shapes.into_iter().flat_map(|s| dense_variants().into_iter().map(move |v| (s, v)))
+    {
         for t in [1, 3, 17, 33] {
             let q = random_f32(&mut rng, n_heads * hd, 1.0);
             let k = random_f32(&mut rng, t * n_kv * hd, 1.0);
             let v = random_f32(&mut rng, t * n_kv * hd, 1.0);
             let mut scratch = vec![0f32; t + 3];
             let mut out = vec![f32::NAN; n_heads * hd];
-            attention(&q, &k, &v, t, n_heads, n_kv, hd, &mut scratch, &mut out);
+            (kern.attention)(&q, &k, &v, t, n_heads, n_kv, hd, &mut scratch, &mut out);
             let want = naive_attention(&q, &k, &v, t, n_heads, n_kv, hd);
             let err = nmse(&out, &want);
-            assert!(err < MAX_ATTENTION_NMSE, "({n_heads}, {n_kv}, {hd}) t {t}: nmse {err:e}");
+            assert!(err < MAX_ATTENTION_NMSE, "{name} ({n_heads}, {n_kv}, {hd}) t {t}: nmse {err:e}");
         }
     }
 }
@@ -161,7 +164,7 @@ fn naive_matvec(rows: usize, cols: usize, w: impl Fn(usize, usize) -> f64, x: &[
 /// The dense products under test: the crate's (dispatched, threaded), the
 /// reference, and each variant this CPU can run.
 fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
-    let public = dispatch::Kernels { matvec_f16, matvec_f32, matvec_q8_0, ..dispatch::Kernels::REFERENCE };
+    let public = dispatch::Kernels { matvec_f16, matvec_f32, matvec_q8_0, attention, ..dispatch::Kernels::REFERENCE };
     #[allow(unused_mut)]
     let mut v = vec![("public", public), ("reference", dispatch::Kernels::REFERENCE)];
     #[cfg(target_arch = "x86_64")]
@@ -171,6 +174,7 @@ fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
             matvec_f16: a::matvec_f16,
             matvec_f32: a::matvec_f32,
             matvec_q8_0: a::matvec_q8_0,
+            attention: a::attention,
             ..dispatch::Kernels::REFERENCE
         };
         v.push(("avx2", k));
@@ -184,6 +188,7 @@ fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
             matvec_f16: a::matvec_f16,
             matvec_f32: a::matvec_f32,
             matvec_q8_0: a::matvec_q8_0,
+            attention: a::attention,
             ..dispatch::Kernels::REFERENCE
         };
         v.push(("neon", k));
@@ -195,6 +200,7 @@ fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
         let k = dispatch::Kernels {
             matvec_f32: a::matvec_f32,
             matvec_q8_0: a::matvec_q8_0,
+            attention: a::attention,
             ..dispatch::Kernels::REFERENCE
         };
         v.push(("simd128", k));

@@ -28,6 +28,8 @@ const TILE: usize = 4;
 /// Groups summed in i16 before widening. With codes scaled by 4 a `maddubs`
 /// lane reaches ±2048; two per group over 4 groups: 16384 < 32767.
 const I16_GROUPS: usize = 4;
+/// Bytes ahead of the current group that the ternary loop prefetches.
+const PREFETCH_AHEAD: usize = 2048;
 /// Groups per TQ block (per-block scales).
 const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
 
@@ -153,6 +155,9 @@ fn group_dots<const T: usize>(codes: &[u8], q: &[&[i8]; T], groups: Range<usize>
             // every group up to groups.end (asserts above).
             unsafe {
                 let packed = _mm256_loadu_si256(cp.add(gg * TERNARY_GROUP_BYTES).cast());
+                // Rows follow each other in memory: ask for the stream well
+                // ahead (a prefetch past the end of the matrix is harmless).
+                _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(gg * TERNARY_GROUP_BYTES + PREFETCH_AHEAD).cast());
                 // One shift instead of three: runs 1 and 3 stay at bits 3:2,
                 // i.e. code·4. A 16-bit shift leaks bits across bytes; the
                 // masks drop them.
@@ -221,12 +226,72 @@ pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     }
 }
 
+/// Causal attention of one query over `t` positions, GQA. See
+/// [`reference::attention`]: the same steps, with vector dot products for
+/// the scores and fused multiply-adds for the weighted sum of values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    if !has_fma_f16c() {
+        return reference::attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
+    }
+    reference::check_attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
+    let group = n_heads / n_kv;
+    let kv_stride = n_kv * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    for h in 0..n_heads {
+        let qh = &q[h * head_dim..(h + 1) * head_dim];
+        let kv_off = (h / group) * head_dim;
+        let scores = &mut scratch[..t];
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let kj = &k[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
+            // SAFETY: AVX2 and FMA were detected above.
+            *sc = unsafe { dot_f32(qh, kj) } * scale;
+        }
+        reference::softmax(scores);
+        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
+        oh.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let vj = &v[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
+            // SAFETY: AVX2 and FMA were detected above.
+            unsafe { axpy_f32(p, vj, oh) };
+        }
+    }
+}
+
+/// y += a·x
+#[target_feature(enable = "avx2,fma")]
+fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    let av = _mm256_set1_ps(a);
+    let body = x.len() / 8 * 8;
+    for c in (0..body).step_by(8) {
+        let yv = _mm256_fmadd_ps(av, load_f32x8(&x[c..]), load_f32x8(&y[c..]));
+        // SAFETY: c + 8 <= body <= y.len(); storeu has no alignment needs.
+        unsafe { _mm256_storeu_ps(y.as_mut_ptr().add(c), yv) };
+    }
+    for (yi, &xi) in y[body..].iter_mut().zip(&x[body..]) {
+        *yi += a * xi;
+    }
+}
+
 /// Σ w·x over one f16 row: four 8-lane accumulators, then a scalar tail.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let body = w.len() / 32 * 32;
     for c in (0..body).step_by(32) {
+        // One 64-byte line of f16 per step; rows follow each other in memory.
+        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(c + PREFETCH_AHEAD / 2).cast());
         for (k, a) in acc.iter_mut().enumerate() {
             let wv = _mm256_cvtph_ps(load_f16x8(&w[c + 8 * k..]));
             *a = _mm256_fmadd_ps(wv, load_f32x8(&x[c + 8 * k..]), *a);
@@ -256,6 +321,7 @@ fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
 fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (block, xb) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(x.chunks_exact(Q8_0_BLOCK)) {
+        _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_AHEAD).cast());
         let d = _mm256_set1_ps(f16::from_le_bytes([block[0], block[1]]).to_f32());
         let qs = load(&block[2..]);
         let lo = _mm256_castsi256_si128(qs);
