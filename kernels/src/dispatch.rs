@@ -65,6 +65,7 @@ impl Kernels {
             use crate::arch::x86_64 as v;
             k.ternary_isa = "avx2";
             k.ternary_rows = v::ternary_rows;
+            k.quantize_row_i8 = v::quantize_row_i8;
             if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
                 k.matvec_f16 = v::matvec_f16;
                 k.matvec_f32 = v::matvec_f32;

@@ -285,3 +285,36 @@ fn quantize_then_gemv_approximates_the_float_product() {
     let err = nmse(&out, &want);
     assert!(err < MAX_QUANTISED_GEMV_NMSE, "nmse {err:e}");
 }
+
+/// Every quantiser this CPU can run, against the reference bit for bit,
+/// specials included (NaN is ignored by the absmax and quantises to 0).
+#[test]
+fn quantize_variants_match_the_reference_exactly() {
+    #[allow(unused_mut)]
+    let mut variants: Vec<(&str, fn(&[f32], &mut [i8]) -> f32)> = vec![("dispatched", quantize_row_i8)];
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        variants.push(("avx2", tern_kernels::arch::x86_64::quantize_row_i8));
+    }
+    let mut rng = rng(17);
+    let mut inputs: Vec<Vec<f32>> =
+        AWKWARD_COLS.iter().chain(&[2560, 6912]).map(|&n| random_f32(&mut rng, n, 3.0)).collect();
+    let mut specials = random_f32(&mut rng, 100, 1.0);
+    specials[3] = f32::NAN;
+    specials[40] = 0.5; // exact ties after scaling land on both sides
+    specials[41] = -0.5;
+    inputs.push(specials);
+    let mut with_inf = random_f32(&mut rng, 64, 1.0);
+    with_inf[10] = f32::INFINITY;
+    inputs.push(with_inf);
+    inputs.push(vec![0.0; 70]);
+    for (name, f) in variants {
+        for x in &inputs {
+            let (mut want, mut got) = (vec![0i8; x.len()], vec![0i8; x.len()]);
+            let s_want = reference::quantize_row_i8(x, &mut want);
+            let s_got = f(x, &mut got);
+            assert_eq!(s_got.to_bits(), s_want.to_bits(), "{name} n {}", x.len());
+            assert_eq!(got, want, "{name} n {}", x.len());
+        }
+    }
+}

@@ -226,6 +226,64 @@ pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     }
 }
 
+/// Per-token absmax int8 quantisation. See [`reference::quantize_row_i8`]:
+/// the same IEEE operations lane by lane (NaN is ignored by the absmax and
+/// quantises to 0, as there), so the result is bit-identical.
+pub fn quantize_row_i8(x: &[f32], q: &mut [i8]) -> f32 {
+    assert_eq!(x.len(), q.len(), "quantize_row_i8: x and q lengths");
+    if !has_avx2() {
+        return reference::quantize_row_i8(x, q);
+    }
+    // SAFETY: AVX2 was detected above.
+    unsafe { quantize_avx2(x, q) }
+}
+
+#[target_feature(enable = "avx2")]
+fn quantize_avx2(x: &[f32], q: &mut [i8]) -> f32 {
+    let body = x.len() / 32 * 32;
+    let sign = _mm256_set1_ps(-0.0);
+    // maxps returns its second operand when either is NaN: NaN lanes keep m.
+    let mut m = _mm256_setzero_ps();
+    for c in (0..body).step_by(8) {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, load_f32x8(&x[c..])), m);
+    }
+    let mut absmax = hmax_f32(m);
+    absmax = x[body..].iter().fold(absmax, |a, v| a.max(v.abs()));
+    let s = 127.0 / absmax.max(reference::QUANT_MIN_ABSMAX);
+    let (sv, lo, hi) = (_mm256_set1_ps(s), _mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    let quantise = |v: __m256| -> __m256i {
+        let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, sv));
+        // NaN lanes (x·s of NaN or inf·0) become 0, as `NaN as i8` does;
+        // before the clamp, whose maxps would turn them into -128.
+        let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+        _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+    };
+    for c in (0..body).step_by(32) {
+        let a = quantise(load_f32x8(&x[c..]));
+        let b = quantise(load_f32x8(&x[c + 8..]));
+        let d = quantise(load_f32x8(&x[c + 16..]));
+        let e = quantise(load_f32x8(&x[c + 24..]));
+        // packs interleave 128-bit lanes; the permute puts the 32 bytes back in order.
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(d, e));
+        let ordered = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: c + 32 <= body <= q.len(); storeu has no alignment needs.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(c).cast(), ordered) };
+    }
+    for (qi, &xi) in q[body..].iter_mut().zip(&x[body..]) {
+        *qi = (xi * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn hmax_f32(v: __m256) -> f32 {
+    let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    let x = _mm_max_ss(x, _mm_shuffle_ps::<0b01>(x, x));
+    _mm_cvtss_f32(x)
+}
+
 /// Causal attention of one query over `t` positions, GQA. See
 /// [`reference::attention`]: the same steps, with vector dot products for
 /// the scores and fused multiply-adds for the weighted sum of values.
