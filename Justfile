@@ -28,6 +28,10 @@ handler:
 fixtures:
     python3 tests/fixtures/make_fixtures.py
 
+# Compare decode and prefill with llama.cpp on synthetic 2B-4T-sized models (slow; not part of CI).
+bench-peer *ARGS:
+    scripts/bench-peer {{ARGS}}
+
 # Format and lint everything.
 lint:
     cargo fmt --all

@@ -6,10 +6,12 @@
 //!    every request with a fresh instance of it (see `server`).
 //! 2. `tern generate` runs the same engine without HTTP and streams to stdout.
 
+mod bench;
 mod bindings;
 mod inference;
 mod server;
 mod state;
+mod synth;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +42,10 @@ enum Command {
     Serve(ServeArgs),
     /// Generate text from a prompt and stream it to stdout.
     Generate(GenerateArgs),
+    /// Measure prefill and decode speed against the memory bandwidth.
+    Bench(bench::BenchArgs),
+    /// Write a GGUF with a known model's shapes and random ternary weights (for benchmarks).
+    Synth(synth::SynthArgs),
 }
 
 #[derive(Args)]
@@ -50,6 +56,13 @@ struct ModelArgs {
     /// A HF tokenizer.json to use instead of the tokenizer in the GGUF.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    /// Threads each matrix product is split over (default: one per core).
+    #[arg(long, short = 't', env = "TERN_THREADS")]
+    threads: Option<usize>,
+    /// Convert a dense (F16) output head to Q8_0 at load: fewer bytes per
+    /// token, faster decode, slightly different logits.
+    #[arg(long)]
+    q8_0_head: bool,
 }
 
 #[derive(Args)]
@@ -121,8 +134,20 @@ fn model_path(args: &ModelArgs) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(BUNDLED_MODEL)
 }
 
+/// Threads asked for, or one per core; applied to the kernels' pool.
+fn apply_threads(args: &ModelArgs) -> usize {
+    let wanted = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tern_engine::set_threads(wanted)
+}
+
 fn engine_config(args: &ModelArgs) -> EngineConfig {
-    EngineConfig { models: vec![model_path(args)], tokenizer: args.tokenizer.clone(), ..Default::default() }
+    apply_threads(args);
+    EngineConfig {
+        models: vec![model_path(args)],
+        tokenizer: args.tokenizer.clone(),
+        q8_0_head: args.q8_0_head,
+        ..Default::default()
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,6 +161,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Generate(args) => generate(args),
+        Command::Synth(args) => synth::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -291,7 +291,7 @@ fn quantize_then_gemv_approximates_the_float_product() {
 #[test]
 fn quantize_variants_match_the_reference_exactly() {
     #[allow(unused_mut)]
-    let mut variants: Vec<(&str, fn(&[f32], &mut [i8]) -> f32)> = vec![("dispatched", quantize_row_i8)];
+    let mut variants: Vec<(&str, tern_kernels::dispatch::QuantizeFn)> = vec![("dispatched", quantize_row_i8)];
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         variants.push(("avx2", tern_kernels::arch::x86_64::quantize_row_i8));

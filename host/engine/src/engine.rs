@@ -14,7 +14,7 @@
 //!    thread ([`Generation::wait`]).
 
 use crate::gguf::GgufFile;
-use crate::model::{Backend, KvCache, Model};
+use crate::model::{Backend, KvCache, LoadOptions, Model};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::{ChatMessage, Tokenizer, Utf8Stream};
 use std::collections::VecDeque;
@@ -57,11 +57,20 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Deadline of a generation that names none.
     pub default_timeout: Option<Duration>,
+    /// Convert dense output heads to Q8_0 at load ([`LoadOptions::q8_0_head`]).
+    pub q8_0_head: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { models: Vec::new(), tokenizer: None, max_running: 16, max_queue: 64, default_timeout: None }
+        Self {
+            models: Vec::new(),
+            tokenizer: None,
+            max_running: 16,
+            max_queue: 64,
+            default_timeout: None,
+            q8_0_head: false,
+        }
     }
 }
 
@@ -86,9 +95,9 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads a GGUF file (and optionally a separate tokenizer.json).
-    pub fn load(path: &Path, tokenizer: Option<&Path>) -> Result<Self, String> {
+    pub fn load(path: &Path, tokenizer: Option<&Path>, options: LoadOptions) -> Result<Self, String> {
         let file = GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let model = Model::load(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+        let model = Model::load_with(&file, options).map_err(|e| format!("{}: {e}", path.display()))?;
         let tokenizer = match tokenizer {
             Some(t) => Tokenizer::from_json_file(t),
             None => Tokenizer::from_gguf(&file),
@@ -530,7 +539,8 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
     if config.models.is_empty() {
         return Err("no model file given".into());
     }
-    config.models.iter().map(|p| LoadedModel::load(p, config.tokenizer.as_deref()).map(Arc::new)).collect()
+    let options = LoadOptions { q8_0_head: config.q8_0_head };
+    config.models.iter().map(|p| LoadedModel::load(p, config.tokenizer.as_deref(), options).map(Arc::new)).collect()
 }
 
 fn check_ids(m: &LoadedModel, ids: &[u32]) -> Result<(), EngineError> {

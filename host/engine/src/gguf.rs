@@ -642,108 +642,25 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A minimal GGUF writer for building test files.
-#[cfg(test)]
-pub(crate) mod test_writer {
-    use super::Value;
-
-    pub struct TestTensor {
-        pub name: String,
-        pub dims: Vec<u64>,
-        pub type_id: u32,
-        pub data: Vec<u8>,
-    }
-
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn type_id(v: &Value) -> u32 {
-        match v {
-            Value::U8(_) => 0,
-            Value::I8(_) => 1,
-            Value::U16(_) => 2,
-            Value::I16(_) => 3,
-            Value::U32(_) => 4,
-            Value::I32(_) => 5,
-            Value::F32(_) => 6,
-            Value::Bool(_) => 7,
-            Value::String(_) => 8,
-            Value::Array(_) => 9,
-            Value::U64(_) => 10,
-            Value::I64(_) => 11,
-            Value::F64(_) => 12,
-        }
-    }
-
-    fn put_value(out: &mut Vec<u8>, v: &Value) {
-        match v {
-            Value::U8(x) => out.push(*x),
-            Value::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
-            Value::Bool(x) => out.push(u8::from(*x)),
-            Value::String(s) => put_str(out, s),
-            Value::Array(items) => {
-                let elem = items.first().map(type_id).unwrap_or(4);
-                out.extend_from_slice(&elem.to_le_bytes());
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for item in items {
-                    put_value(out, item);
-                }
-            }
-        }
-    }
-
-    /// Header, metadata and tensor table, with tensor data laid out at
-    /// `alignment` boundaries after it.
-    pub fn write(version: u32, kv: &[(&str, Value)], tensors: &[TestTensor], alignment: u64) -> Vec<u8> {
-        let mut out = b"GGUF".to_vec();
-        out.extend_from_slice(&version.to_le_bytes());
-        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(kv.len() as u64).to_le_bytes());
-        for (key, value) in kv {
-            put_str(&mut out, key);
-            out.extend_from_slice(&type_id(value).to_le_bytes());
-            put_value(&mut out, value);
-        }
-        let mut offset = 0u64;
-        let mut offsets = Vec::new();
-        for t in tensors {
-            put_str(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&t.type_id.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + t.data.len() as u64).div_ceil(alignment) * alignment;
-        }
-        let data_start = (out.len() as u64).div_ceil(alignment) * alignment;
-        out.resize(data_start as usize, 0);
-        for (t, off) in tensors.iter().zip(offsets) {
-            out.resize((data_start + off) as usize, 0);
-            out.extend_from_slice(&t.data);
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_writer::{write, TestTensor};
     use super::*;
+    use crate::gguf_write::{GgufWriter, TensorDesc};
 
-    fn tensor(name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> TestTensor {
-        TestTensor { name: name.to_string(), dims: dims.to_vec(), type_id, data }
+    /// A tensor with its data. The declared size is the data's length, so a
+    /// test can describe a tensor whose shape and size disagree.
+    fn tensor(name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> (TensorDesc, Vec<u8>) {
+        let ggml_type = GgmlType::from_id(type_id);
+        (TensorDesc { name: name.to_string(), dims: dims.to_vec(), ggml_type, size: data.len() as u64 }, data)
+    }
+
+    fn write(version: u32, kv: &[(&str, Value)], tensors: &[(TensorDesc, Vec<u8>)]) -> Vec<u8> {
+        let descs = tensors.iter().map(|(d, _)| d.clone()).collect();
+        let mut w = GgufWriter::with_version(Vec::new(), version, kv, descs).unwrap();
+        for (_, data) in tensors {
+            w.write_tensor(data).unwrap();
+        }
+        w.finish().unwrap()
     }
 
     fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -762,12 +679,8 @@ mod tests {
             ("list", Value::Array(vec![Value::String("a".into()), Value::String("bc".into())])),
         ];
         let norm = f32_bytes(&[1.0, 2.0, 3.0]);
-        let bytes = write(
-            3,
-            &kv,
-            &[tensor("output_norm.weight", &[3], 0, norm.clone()), tensor("h", &[2, 2], 1, vec![7; 8])],
-            32,
-        );
+        let bytes =
+            write(3, &kv, &[tensor("output_norm.weight", &[3], 0, norm.clone()), tensor("h", &[2, 2], 1, vec![7; 8])]);
         let g = GgufFile::from_bytes(bytes.clone()).unwrap();
         assert_eq!(g.version, 3);
         assert_eq!(g.str("general.architecture").unwrap(), "bitnet-b1.58");
@@ -790,7 +703,7 @@ mod tests {
 
     #[test]
     fn gguf_reads_version_2() {
-        let g = GgufFile::from_bytes(write(2, &[("k", Value::U8(1))], &[], 32)).unwrap();
+        let g = GgufFile::from_bytes(write(2, &[("k", Value::U8(1))], &[])).unwrap();
         assert_eq!(g.version, 2);
         assert_eq!(g.u32("k").unwrap(), 1);
     }
@@ -798,7 +711,7 @@ mod tests {
     #[test]
     fn gguf_opens_a_file_from_disk() {
         let path = std::env::temp_dir().join(format!("tern-gguf-test-{}.gguf", std::process::id()));
-        std::fs::write(&path, write(3, &[], &[tensor("t", &[4], 0, f32_bytes(&[1.0; 4]))], 32)).unwrap();
+        std::fs::write(&path, write(3, &[], &[tensor("t", &[4], 0, f32_bytes(&[1.0; 4]))])).unwrap();
         let g = GgufFile::open(&path).unwrap();
         assert_eq!(g.tensor_data("t").unwrap(), &f32_bytes(&[1.0; 4])[..]);
         assert_eq!(g.path(), Some(path.as_path()));
@@ -809,7 +722,7 @@ mod tests {
 
     #[test]
     fn gguf_rejects_bad_magic() {
-        let mut bytes = write(3, &[], &[], 32);
+        let mut bytes = write(3, &[], &[]);
         bytes[0..4].copy_from_slice(b"GGML");
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::BadMagic(m)) if &m == b"GGML"));
         assert!(matches!(GgufFile::from_bytes(b"GG".to_vec()), Err(GgufError::UnexpectedEof(_))));
@@ -818,14 +731,14 @@ mod tests {
     #[test]
     fn gguf_rejects_unsupported_version() {
         for version in [1, 4, 0x0300_0000] {
-            let err = GgufFile::from_bytes(write(version, &[], &[], 32)).unwrap_err();
+            let err = GgufFile::from_bytes(write(version, &[], &[])).unwrap_err();
             assert!(matches!(err, GgufError::UnsupportedVersion(v) if v == version), "{err}");
         }
     }
 
     #[test]
     fn gguf_rejects_truncated_tensor_data() {
-        let mut bytes = write(3, &[], &[tensor("blk.0.attn_q.weight", &[8], 0, f32_bytes(&[0.5; 8]))], 32);
+        let mut bytes = write(3, &[], &[tensor("blk.0.attn_q.weight", &[8], 0, f32_bytes(&[0.5; 8]))]);
         bytes.truncate(bytes.len() - 1);
         let err = GgufFile::from_bytes(bytes).unwrap_err();
         assert!(matches!(&err, GgufError::Truncated { tensor, size: 32, .. } if tensor == "blk.0.attn_q.weight"));
@@ -834,7 +747,7 @@ mod tests {
 
     #[test]
     fn gguf_rejects_tensor_offset_past_end() {
-        let mut bytes = write(3, &[], &[tensor("t", &[1], 0, f32_bytes(&[0.0]))], 32);
+        let mut bytes = write(3, &[], &[tensor("t", &[1], 0, f32_bytes(&[0.0]))]);
         // The offset field is the last 8 bytes of the tensor table, which ends
         // just before the (aligned) data section: patch it to something huge.
         let table_end = 4 + 4 + 8 + 8 + (8 + 1) + 4 + 8 + 4;
@@ -845,53 +758,55 @@ mod tests {
     #[test]
     fn gguf_rejects_absurd_counts_and_lengths() {
         // A tensor count that cannot fit in the file.
-        let mut bytes = write(3, &[], &[], 32);
+        let mut bytes = write(3, &[], &[]);
         bytes[8..16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
 
         // A metadata count that cannot fit in the file.
-        let mut bytes = write(3, &[], &[], 32);
+        let mut bytes = write(3, &[], &[]);
         bytes[16..24].copy_from_slice(&1_000_000u64.to_le_bytes());
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
 
         // A key length far past the end of the file.
-        let mut bytes = write(3, &[("key", Value::U32(1))], &[], 32);
+        let mut bytes = write(3, &[("key", Value::U32(1))], &[]);
         bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::UnexpectedEof(_))));
 
         // An array length far past the end of the file.
-        let mut bytes = write(3, &[("a", Value::Array(vec![Value::U32(1)]))], &[], 32);
+        let mut bytes = write(3, &[("a", Value::Array(vec![Value::U32(1)]))], &[]);
         let count_at = 24 + 8 + 1 + 4 + 4;
         bytes[count_at..count_at + 8].copy_from_slice(&(u64::MAX / 4).to_le_bytes());
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
 
         // Dimensions whose product overflows.
-        let bytes = write(3, &[], &[tensor("t", &[u64::MAX, 2], 0, vec![])], 32);
+        let bytes = write(3, &[], &[tensor("t", &[u64::MAX, 2], 0, vec![])]);
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
 
         // Too many dimensions.
-        let bytes = write(3, &[], &[tensor("t", &[1, 1, 1, 1, 1], 0, vec![0; 4])], 32);
+        let bytes = write(3, &[], &[tensor("t", &[1, 1, 1, 1, 1], 0, vec![0; 4])]);
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
     }
 
     #[test]
     fn gguf_respects_general_alignment() {
         let kv = [("general.alignment", Value::U32(64))];
-        let bytes =
-            write(3, &kv, &[tensor("a", &[1], 0, f32_bytes(&[1.0])), tensor("b", &[1], 0, f32_bytes(&[2.0]))], 64);
+        let bytes = write(3, &kv, &[tensor("a", &[1], 0, f32_bytes(&[1.0])), tensor("b", &[1], 0, f32_bytes(&[2.0]))]);
         let g = GgufFile::from_bytes(bytes).unwrap();
         assert_eq!(g.alignment, 64);
         assert_eq!(g.data_offset % 64, 0);
         assert_eq!(g.tensor("b").unwrap().offset, g.data_offset + 64);
         assert_eq!(g.tensor_data("b").unwrap(), &f32_bytes(&[2.0])[..]);
 
-        let bad = write(3, &[("general.alignment", Value::U32(48))], &[], 32);
+        // The writer refuses 48, so patch it over the value, right after the key.
+        let mut bad = write(3, &[("general.alignment", Value::U32(64))], &[]);
+        let at = 4 + 4 + 8 + 8 + 8 + "general.alignment".len() + 4;
+        bad[at..at + 4].copy_from_slice(&48u32.to_le_bytes());
         assert!(matches!(GgufFile::from_bytes(bad), Err(GgufError::Invalid(_))));
     }
 
     #[test]
     fn gguf_rejects_misaligned_tensor_offset() {
-        let mut bytes = write(3, &[], &[tensor("t", &[1], 0, f32_bytes(&[0.0]))], 32);
+        let mut bytes = write(3, &[], &[tensor("t", &[1], 0, f32_bytes(&[0.0]))]);
         let table_end = 4 + 4 + 8 + 8 + (8 + 1) + 4 + 8 + 4;
         bytes[table_end..table_end + 8].copy_from_slice(&4u64.to_le_bytes());
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
@@ -903,7 +818,7 @@ mod tests {
         assert_eq!(GgmlType::I2_S.size_of(2560 * 2560), Some(2560 * 2560 / 4 + 32));
         let n = 128 * 3;
         let data: Vec<u8> = (0..n / 4 + 32).map(|i| i as u8).collect();
-        let bytes = write(3, &[], &[tensor("w", &[128, 3], 36, data.clone())], 32);
+        let bytes = write(3, &[], &[tensor("w", &[128, 3], 36, data.clone())]);
         let g = GgufFile::from_bytes(bytes).unwrap();
         let t = g.tensor("w").unwrap();
         assert_eq!((t.ggml_type, t.size), (GgmlType::I2_S, n as u64 / 4 + 32));
@@ -925,13 +840,13 @@ mod tests {
             assert_eq!(GgmlType::from_id(id).id(), id);
         }
         // A block type whose element count is not whole blocks is rejected at load.
-        let bytes = write(3, &[], &[tensor("t", &[100], 35, vec![0; 66])], 32);
+        let bytes = write(3, &[], &[tensor("t", &[100], 35, vec![0; 66])]);
         assert!(matches!(GgufFile::from_bytes(bytes), Err(GgufError::Invalid(_))));
     }
 
     #[test]
     fn gguf_unknown_type_fails_only_when_data_is_asked_for() {
-        let bytes = write(3, &[], &[tensor("tl", &[256], 38, vec![0; 64])], 32);
+        let bytes = write(3, &[], &[tensor("tl", &[256], 38, vec![0; 64])]);
         let g = GgufFile::from_bytes(bytes).unwrap();
         assert_eq!(g.tensor("tl").unwrap().ggml_type, GgmlType::Other(38));
         assert!(matches!(g.tensor_data("tl"), Err(GgufError::UnknownTypeSize { .. })));
@@ -939,9 +854,8 @@ mod tests {
 
     #[test]
     fn gguf_errors_name_the_key() {
-        let g =
-            GgufFile::from_bytes(write(3, &[("s", Value::String("x".into())), ("big", Value::U64(1 << 40))], &[], 32))
-                .unwrap();
+        let g = GgufFile::from_bytes(write(3, &[("s", Value::String("x".into())), ("big", Value::U64(1 << 40))], &[]))
+            .unwrap();
         let err = g.u32("s").unwrap_err();
         assert!(matches!(&err, GgufError::WrongType { key, .. } if key == "s"));
         assert!(g.u32("big").is_err());

@@ -9,6 +9,9 @@
 //! 4. [`sampler`] picks tokens; [`engine`] admits requests and runs every
 //!    generation on the scheduler thread, handing out [`Generation`] handles
 //!    that stream text and cancel on drop.
+//! 5. [`gguf_write`] streams GGUF files out; [`synth`] uses it to write
+//!    full-size models with random ternary weights for benchmarks, and
+//!    [`bench`] measures bandwidth, products and models against each other.
 //!
 //! ```no_run
 //! use tern_engine::{Engine, EngineConfig, GenerateRequest, Prompt, SamplingParams};
@@ -29,11 +32,14 @@
 //! # Ok::<(), tern_engine::EngineError>(())
 //! ```
 
+pub mod bench;
 pub mod chat;
 pub mod engine;
 pub mod gguf;
+pub mod gguf_write;
 pub mod model;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 
 pub use engine::{
@@ -41,3 +47,10 @@ pub use engine::{
     LoadedModel, Message, ModelInfo, Prompt, Usage,
 };
 pub use sampler::SamplingParams;
+
+/// Sets how many threads the kernels split each product over (the calling
+/// thread included), before the first product runs. Returns the count in
+/// effect: once products have run, the pool keeps its size.
+pub fn set_threads(threads: usize) -> usize {
+    tern_kernels::pool::init_global(threads)
+}

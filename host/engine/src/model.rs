@@ -118,6 +118,7 @@ impl ModelConfig {
 }
 
 /// A dense matrix kept in its file format (embedding and output head).
+#[derive(Clone)]
 pub enum Dense {
     F32(Vec<f32>),
     F16(Vec<f16>),
@@ -159,6 +160,21 @@ impl Dense {
             Dense::F16(w) => k::matvec_f16(w, rows, cols, x, out),
             Dense::Q8_0(w) => k::matvec_q8_0(w, rows, cols, x, out),
         }
+    }
+
+    /// The same (rows, cols) matrix as Q8_0 (unchanged if it already is).
+    fn to_q8_0(&self, rows: usize, cols: usize) -> Dense {
+        if let Dense::Q8_0(_) = self {
+            return self.clone();
+        }
+        let row_bytes = k::q8_0_row_bytes(cols);
+        let mut out = vec![0u8; rows * row_bytes];
+        let mut row = vec![0.0f32; cols];
+        for (r, dst) in out.chunks_exact_mut(row_bytes).enumerate() {
+            self.row(cols, r, &mut row);
+            k::quantize_row_q8_0(&row, dst);
+        }
+        Dense::Q8_0(out)
     }
 
     fn size_bytes(&self) -> usize {
@@ -257,9 +273,22 @@ pub struct Model {
     ternary_type: GgmlType,
 }
 
+/// Choices made while loading a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Convert a dense (F16/F32/BF16) output head to Q8_0: about half the
+    /// bytes read per decoded token for a small loss of precision.
+    pub q8_0_head: bool,
+}
+
 impl Model {
     /// Loads and repacks every tensor the forward pass needs.
     pub fn load(g: &GgufFile) -> Result<Self, ModelError> {
+        Self::load_with(g, LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options.
+    pub fn load_with(g: &GgufFile, options: LoadOptions) -> Result<Self, ModelError> {
         let config = ModelConfig::from_gguf(g)?;
         let c = &config;
         let vector = |name: &str, len: usize| -> Result<Vec<f32>, ModelError> {
@@ -330,7 +359,11 @@ impl Model {
             Dense::load(g, t)
         };
         let token_embd = dense("token_embd.weight")?;
-        let output = if g.tensors.contains_key("output.weight") { Some(dense("output.weight")?) } else { None };
+        let mut output = if g.tensors.contains_key("output.weight") { Some(dense("output.weight")?) } else { None };
+        if options.q8_0_head && d.is_multiple_of(k::Q8_0_BLOCK) {
+            // A tied head gets its own Q8_0 copy; embedding lookups keep the original.
+            output = Some(output.as_ref().unwrap_or(&token_embd).to_q8_0(c.n_vocab, d));
+        }
         let parameter_count = g.tensors.values().map(|t| t.n_elements()).sum();
         Ok(Self {
             output_norm: vector("output_norm.weight", d)?,
@@ -355,17 +388,21 @@ impl Model {
 
     /// Bytes of weights held in memory after repacking.
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
+        self.ternary_bytes() + self.token_embd.size_bytes() + self.output.as_ref().map_or(0, Dense::size_bytes)
+    }
+
+    /// Weight bytes one decoded token reads: every ternary projection and
+    /// the output head (one embedding row is noise next to them).
+    pub fn bytes_per_token(&self) -> usize {
+        self.ternary_bytes() + self.output.as_ref().unwrap_or(&self.token_embd).size_bytes()
+    }
+
+    fn ternary_bytes(&self) -> usize {
+        self.layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.size_bytes())
-                    .sum::<usize>()
-            })
-            .sum();
-        layers + self.token_embd.size_bytes() + self.output.as_ref().map_or(0, Dense::size_bytes)
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .map(|m| m.size_bytes())
+            .sum()
     }
 }
 
@@ -473,19 +510,18 @@ impl Backend for Model {
             }
             cache.k[l].extend_from_slice(&s.k);
             cache.v[l].extend_from_slice(&s.v);
-            for i in 0..n {
+            let (kl, vl) = (&cache.k[l], &cache.v[l]);
+            let attend = |i: usize, probs: &mut [f32], out: &mut [f32]| {
                 let t = pos0 + i + 1; // causal: position i sees everything up to itself
-                k::attention(
-                    &s.q[i * qd..(i + 1) * qd],
-                    &cache.k[l][..t * kvd],
-                    &cache.v[l][..t * kvd],
-                    t,
-                    c.n_head,
-                    c.n_head_kv,
-                    c.head_dim,
-                    &mut s.probs,
-                    &mut s.att[i * qd..(i + 1) * qd],
-                );
+                let q = &s.q[i * qd..(i + 1) * qd];
+                k::attention(q, &kl[..t * kvd], &vl[..t * kvd], t, c.n_head, c.n_head_kv, c.head_dim, probs, out);
+            };
+            if n == 1 {
+                attend(0, &mut s.probs, &mut s.att);
+            } else {
+                // Positions are independent once the cache holds them all.
+                k::pool::global()
+                    .for_each_chunk(&mut s.att, qd, &|i, out| attend(i, &mut vec![0.0; pos0 + i + 1], out));
             }
             rmsnorm_rows(&s.att, &layer.attn_sub_norm, c.rms_eps, n, &mut s.xn);
             bitlinear(&layer.wo, &s.xn[..n * qd], n, &mut s.xq, &mut s.xs, &mut s.out);

@@ -685,7 +685,7 @@ fn gpt2_byte_is_printable(b: u8) -> bool {
     matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)
 }
 
-fn gpt2_byte_to_char(b: u8) -> char {
+pub(crate) fn gpt2_byte_to_char(b: u8) -> char {
     if gpt2_byte_is_printable(b) {
         return char::from(b);
     }
@@ -788,7 +788,6 @@ impl Utf8Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::test_writer;
     use std::collections::BTreeMap;
 
     const BOT: &str = "<|begin_of_text|>";
@@ -855,7 +854,7 @@ mod tests {
     fn tokenizer_loads_from_a_gguf_file() {
         let meta = test_metadata("llama-bpe");
         let kv: Vec<(&str, Value)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let g = GgufFile::from_bytes(test_writer::write(3, &kv, &[], 32)).unwrap();
+        let g = GgufFile::from_bytes(crate::gguf_write::to_vec(&kv, &[]).unwrap()).unwrap();
         let tok = Tokenizer::from_gguf(&g).unwrap();
         assert_eq!(tok.vocab_size(), 256 + 6 + 4 + 1);
         assert_eq!(tok.bos(), Some(262));

@@ -155,3 +155,26 @@ fn bundled_model_matches_the_transformers_reference_and_tokenizer() {
         }
     }
 }
+
+/// Largest |F16 head − Q8_0 head| on a logit: Q8_0 rounds each weight to
+/// 1/254 of its block's absmax, about 0.2% noise on a dot product.
+const MAX_Q8_0_HEAD_LOGIT_ABS_ERROR: f32 = 0.1;
+
+#[test]
+fn q8_0_head_halves_the_head_and_keeps_the_logits() {
+    use tern_engine::gguf::GgufFile;
+    use tern_engine::model::{Backend, LoadOptions, Model};
+    let file = GgufFile::open(&models_dir().join("tern-tiny.gguf")).unwrap();
+    let f16 = Model::load(&file).unwrap();
+    let q8 = Model::load_with(&file, LoadOptions { q8_0_head: true }).unwrap();
+    let c = f16.config();
+    let head_f16 = c.n_vocab * c.n_embd * 2;
+    let head_q8 = c.n_vocab * c.n_embd / 32 * 34;
+    assert_eq!(f16.bytes_per_token() - q8.bytes_per_token(), head_f16 - head_q8);
+    let prompt = [0u32, 100, 200, 300, 400];
+    let a = f16.forward(&mut KvCache::new(c), &prompt, true);
+    let b = q8.forward(&mut KvCache::new(c), &prompt, true);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < MAX_Q8_0_HEAD_LOGIT_ABS_ERROR, "max |Δlogit| {worst}");
+    assert!(worst > 0.0, "the Q8_0 head should differ from the F16 one");
+}
