@@ -188,7 +188,6 @@ fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
             matvec_f16: a::matvec_f16,
             matvec_f32: a::matvec_f32,
             matvec_q8_0: a::matvec_q8_0,
-            attention: a::attention,
             ..dispatch::Kernels::REFERENCE
         };
         v.push(("neon", k));
@@ -200,7 +199,6 @@ fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
         let k = dispatch::Kernels {
             matvec_f32: a::matvec_f32,
             matvec_q8_0: a::matvec_q8_0,
-            attention: a::attention,
             ..dispatch::Kernels::REFERENCE
         };
         v.push(("simd128", k));
