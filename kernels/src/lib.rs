@@ -205,10 +205,7 @@ pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32
 /// If `cols` is not a multiple of [`Q8_0_BLOCK`] or `w` is not
 /// `rows * q8_0_row_bytes(cols)` long.
 pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = q8_0_row_bytes(cols);
-    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
-    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
-    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    let row_bytes = reference::check_matvec_q8_0(w.len(), rows, cols, x.len(), out.len());
     let f = kernels().matvec_q8_0;
     matvec_parallel(w, row_bytes, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
 }

@@ -197,10 +197,7 @@ pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32
 /// W (rows, cols) Q8_0 @ x (cols,) -> out (rows,). W is raw GGUF bytes:
 /// per row, cols/32 blocks of (d: f16, qs: [i8; 32]); value = d * q.
 pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = q8_0_row_bytes(cols);
-    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
-    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
-    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    let row_bytes = check_matvec_q8_0(w.len(), rows, cols, x.len(), out.len());
     for (r, o) in out.iter_mut().enumerate() {
         let row = &w[r * row_bytes..(r + 1) * row_bytes];
         let mut acc = 0.0f32;
@@ -257,6 +254,15 @@ pub fn row_bf16(w: &[u8], cols: usize, row: usize, out: &mut [f32]) {
     for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
         *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
     }
+}
+
+/// The shape checks of every Q8_0 product; returns the bytes per row.
+pub(crate) fn check_matvec_q8_0(w_len: usize, rows: usize, cols: usize, x_len: usize, out_len: usize) -> usize {
+    let row_bytes = q8_0_row_bytes(cols);
+    assert_eq!(w_len, rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
+    assert_eq!(x_len, cols, "matvec_q8_0: x length vs cols");
+    assert_eq!(out_len, rows, "matvec_q8_0: out length vs rows");
+    row_bytes
 }
 
 /// The shape checks every [`attention`] variant starts with.

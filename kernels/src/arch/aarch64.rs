@@ -24,7 +24,7 @@
 //! `vdotq_s32` is still unstable on Rust 1.95, so `sdot` issues the one
 //! instruction through `asm!`; swap it for the intrinsic once stable.
 
-use crate::reference::{self, check_ternary_rows, q8_0_row_bytes, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::reference::{self, check_ternary_rows, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
 use half::f16;
 use std::arch::aarch64::*;
@@ -262,10 +262,7 @@ pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32
 
 /// W (rows, cols) Q8_0 @ x (cols,) -> out (rows,). See [`reference::matvec_q8_0`].
 pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    let row_bytes = q8_0_row_bytes(cols);
-    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
-    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
-    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    let row_bytes = reference::check_matvec_q8_0(w.len(), rows, cols, x.len(), out.len());
     for (r, o) in out.iter_mut().enumerate() {
         // SAFETY: NEON is part of every aarch64 target.
         *o = unsafe { dot_q8_0(&w[r * row_bytes..(r + 1) * row_bytes], x) };

@@ -17,7 +17,7 @@
 //! Several tokens (a tile of up to [`TILE`]) share each unpacked group, so
 //! a batch pays for unpacking once per weight instead of once per token.
 
-use crate::reference::{self, check_ternary_rows, q8_0_row_bytes, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::reference::{self, check_ternary_rows, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
 use half::f16;
 use std::arch::x86_64::*;
@@ -216,10 +216,7 @@ pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     if !has_fma_f16c() {
         return reference::matvec_q8_0(w, rows, cols, x, out);
     }
-    let row_bytes = q8_0_row_bytes(cols);
-    assert_eq!(w.len(), rows * row_bytes, "matvec_q8_0: w length vs (rows, cols)");
-    assert_eq!(x.len(), cols, "matvec_q8_0: x length vs cols");
-    assert_eq!(out.len(), rows, "matvec_q8_0: out length vs rows");
+    let row_bytes = reference::check_matvec_q8_0(w.len(), rows, cols, x.len(), out.len());
     for (r, o) in out.iter_mut().enumerate() {
         // SAFETY: AVX2, FMA and F16C were detected above.
         *o = unsafe { dot_q8_0(&w[r * row_bytes..(r + 1) * row_bytes], x) };
