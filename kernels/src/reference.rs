@@ -136,6 +136,31 @@ pub fn attention(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let axpy = |p: f32, x: &[f32], y: &mut [f32]| {
+        for (o, &xv) in y.iter_mut().zip(x) {
+            *o += p * xv;
+        }
+    };
+    attention_with(q, k, v, t, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
+}
+
+/// The steps of [`attention`] with its two vector operations supplied by a
+/// variant: `dot(a, b)` = Σ a·b and `axpy(p, x, y)`: y += p·x.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_with(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+    axpy: impl Fn(f32, &[f32], &mut [f32]),
+) {
     check_attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
     let group = n_heads / n_kv;
     let kv_stride = n_kv * head_dim;
@@ -146,17 +171,13 @@ pub fn attention(
         // scores (t,)
         let scores = &mut scratch[..t];
         for (j, sc) in scores.iter_mut().enumerate() {
-            let kj = &k[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
-            *sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+            *sc = dot(qh, &k[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim]) * scale;
         }
         softmax(scores);
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
         oh.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {
-            let vj = &v[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
-            for (o, &vv) in oh.iter_mut().zip(vj) {
-                *o += p * vv;
-            }
+            axpy(p, &v[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim], oh);
         }
     }
 }

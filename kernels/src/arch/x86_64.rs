@@ -299,28 +299,10 @@ pub fn attention(
     if !has_fma_f16c() {
         return reference::attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
     }
-    reference::check_attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
-    let group = n_heads / n_kv;
-    let kv_stride = n_kv * head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    for h in 0..n_heads {
-        let qh = &q[h * head_dim..(h + 1) * head_dim];
-        let kv_off = (h / group) * head_dim;
-        let scores = &mut scratch[..t];
-        for (j, sc) in scores.iter_mut().enumerate() {
-            let kj = &k[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
-            // SAFETY: AVX2 and FMA were detected above.
-            *sc = unsafe { dot_f32(qh, kj) } * scale;
-        }
-        reference::softmax(scores);
-        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
-        oh.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            let vj = &v[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim];
-            // SAFETY: AVX2 and FMA were detected above.
-            unsafe { axpy_f32(p, vj, oh) };
-        }
-    }
+    // SAFETY (both closures): AVX2 and FMA were detected above.
+    let dot = |a: &[f32], b: &[f32]| unsafe { dot_f32(a, b) };
+    let axpy = |p: f32, x: &[f32], y: &mut [f32]| unsafe { axpy_f32(p, x, y) };
+    reference::attention_with(q, k, v, t, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
 }
 
 /// y += a·x
