@@ -41,7 +41,7 @@ mod ternary;
 
 pub use error::KernelError;
 pub use half::f16;
-pub use reference::{q8_0_row_bytes, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, QUANT_MIN_ABSMAX};
+pub use reference::{q8_0_row_bytes, KvBlocks, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, QUANT_MIN_ABSMAX};
 pub use ternary::{TernaryMatrix, I2S_BLOCK, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
 
 use dispatch::kernels;
@@ -141,6 +141,89 @@ fn matvec_parallel<W: Sync>(
     });
 }
 
+/// Bytes of weights a task of a dense multi-vector product keeps in cache
+/// while every vector passes over them.
+const DENSE_TILE_BYTES: usize = 128 * 1024;
+
+/// n vectors x (n, cols) through a dense W (rows of `row_bytes` bytes held
+/// in `w`, `row_len` elements each) -> out (n, rows). Rows are split over
+/// the pool, and within a task every vector passes over a tile of rows
+/// while it is in cache, so W is read from memory once for all n. Each
+/// output is the variant's matvec of that row, so a result never depends
+/// on n or on how rows were split.
+#[allow(clippy::too_many_arguments)]
+fn matmul_parallel<W: Sync>(
+    w: &[W],
+    row_len: usize,
+    row_bytes: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+    f: impl Fn(&[W], usize, &[f32], &mut [f32]) + Sync,
+) {
+    let n = x.len() / cols;
+    let rows = out.len() / n.max(1);
+    if n <= 1 {
+        return matvec_parallel(w, row_len, cols, x, out, f);
+    }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let chunk = rows_per_task(rows, cols * n);
+    let tile = (DENSE_TILE_BYTES / row_bytes.max(1)).clamp(1, chunk);
+    SCRATCH.with_borrow_mut(|tmp| {
+        // tmp: per task, (n, its rows)
+        tmp.resize(n * rows, 0.0);
+        pool::global().for_each_chunk(tmp, chunk * n, &|i, part| {
+            let start = i * chunk;
+            let m = part.len() / n;
+            for r0 in (0..m).step_by(tile) {
+                let len = tile.min(m - r0);
+                let wt = &w[(start + r0) * row_len..(start + r0 + len) * row_len];
+                for t in 0..n {
+                    f(wt, len, &x[t * cols..(t + 1) * cols], &mut part[t * m + r0..t * m + r0 + len]);
+                }
+            }
+        });
+        for (i, part) in tmp.chunks(chunk * n).enumerate() {
+            let m = part.len() / n;
+            for (t, row) in part.chunks_exact(m).enumerate() {
+                out[t * rows + i * chunk..t * rows + i * chunk + m].copy_from_slice(row);
+            }
+        }
+    });
+}
+
+/// W (rows, cols) f16 @ x (n, cols) -> out (n, rows), W read once for all n
+/// vectors; each row's result is bit-identical to [`matvec_f16`]'s.
+pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    check_matmul("matmul_f16", rows, cols, x.len(), out.len());
+    reference::check_matvec("matmul_f16", w.len(), rows, cols, cols, rows);
+    let f = kernels().matvec_f16;
+    matmul_parallel(w, cols, cols * 2, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
+}
+
+/// W (rows, cols) f32 @ x (n, cols) -> out (n, rows); see [`matmul_f16`].
+pub fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    check_matmul("matmul_f32", rows, cols, x.len(), out.len());
+    reference::check_matvec("matmul_f32", w.len(), rows, cols, cols, rows);
+    let f = kernels().matvec_f32;
+    matmul_parallel(w, cols, cols * 4, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
+}
+
+/// W (rows, cols) raw Q8_0 @ x (n, cols) -> out (n, rows); see [`matmul_f16`].
+pub fn matmul_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    check_matmul("matmul_q8_0", rows, cols, x.len(), out.len());
+    let row_bytes = reference::check_matvec_q8_0(w.len(), rows, cols, cols, rows);
+    let f = kernels().matvec_q8_0;
+    matmul_parallel(w, row_bytes, row_bytes, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
+}
+
+fn check_matmul(name: &str, rows: usize, cols: usize, x_len: usize, out_len: usize) {
+    assert!(cols > 0 && x_len.is_multiple_of(cols), "{name}: x length {x_len} is not whole rows of {cols}");
+    assert_eq!(out_len, x_len / cols * rows, "{name}: out length vs (n, rows)");
+}
+
 /// x (n,), weight (n,) -> out (n,) = x / sqrt(mean(x²) + eps) * weight.
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     (kernels().rmsnorm)(x, weight, eps, out)
@@ -157,22 +240,19 @@ pub fn softmax(x: &mut [f32]) {
     reference::softmax(x)
 }
 
-/// Causal attention of one query position over `t` cached positions, GQA:
-/// q (n_heads·head_dim,), k/v (t, n_kv·head_dim), scratch (>= t,),
+/// Causal attention of one query position over `kv.len` cached positions
+/// kept in blocks, GQA: q (n_heads·head_dim,), scratch (>= kv.len,),
 /// out (n_heads·head_dim,); scores scaled by 1/sqrt(head_dim).
-#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
+    kv: KvBlocks,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    (kernels().attention)(q, k, v, t, n_heads, n_kv, head_dim, scratch, out)
+    (kernels().attention)(q, kv, n_heads, n_kv, head_dim, scratch, out)
 }
 
 /// gate (n,), up (n,) -> out (n,) = relu(gate)² * up.

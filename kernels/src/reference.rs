@@ -120,16 +120,46 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Causal attention of one query over `t` cached positions, with GQA.
-///
-/// q (n_heads, head_dim), k/v (t, n_kv, head_dim), scratch (>= t,),
-/// out (n_heads, head_dim). Query head h reads kv head `h / (n_heads / n_kv)`.
-#[allow(clippy::too_many_arguments)]
+/// Keys and values of `len` positions kept in blocks of `block_len`
+/// positions: `k[b]` and `v[b]` are (block_len, n_kv·head_dim), position
+/// `j` is row `j % block_len` of block `j / block_len`, and the last block
+/// may be partly filled. One contiguous (len, n_kv·head_dim) pair is one
+/// block of `len` positions ([`KvBlocks::contiguous`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KvBlocks<'a> {
+    pub k: &'a [&'a [f32]],
+    pub v: &'a [&'a [f32]],
+    pub block_len: usize,
+    pub len: usize,
+}
+
+impl<'a> KvBlocks<'a> {
+    /// One block holding every position: `k` and `v` are one-element arrays
+    /// of (len, n_kv·head_dim) slices.
+    pub fn contiguous(k: &'a [&'a [f32]; 1], v: &'a [&'a [f32]; 1], len: usize) -> Self {
+        Self { k, v, block_len: len.max(1), len }
+    }
+
+    /// Blocks with at least one position in use, each with its used rows:
+    /// (keys, values, positions).
+    fn blocks(&self) -> impl Iterator<Item = (&'a [f32], &'a [f32], usize)> + '_ {
+        let (len, bl) = (self.len, self.block_len);
+        self.k
+            .iter()
+            .zip(self.v)
+            .take(len.div_ceil(bl))
+            .enumerate()
+            .map(move |(b, (k, v))| (*k, *v, bl.min(len - b * bl)))
+    }
+}
+
+/// Causal attention of one query over `kv.len` cached positions, GQA:
+/// q (n_heads, head_dim), scratch (>= kv.len,), out (n_heads, head_dim);
+/// scores scaled by 1/sqrt(head_dim). Query head h reads kv head
+/// `h / (n_heads / n_kv)`.
 pub fn attention(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
+    kv: KvBlocks,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -142,7 +172,7 @@ pub fn attention(
             *o += p * xv;
         }
     };
-    attention_with(q, k, v, t, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
+    attention_with(q, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
 }
 
 /// The steps of [`attention`] with its two vector operations supplied by a
@@ -150,9 +180,7 @@ pub fn attention(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_with(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
+    kv: KvBlocks,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -161,23 +189,33 @@ pub(crate) fn attention_with(
     dot: impl Fn(&[f32], &[f32]) -> f32,
     axpy: impl Fn(f32, &[f32], &mut [f32]),
 ) {
-    check_attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
+    check_attention(q, &kv, n_heads, n_kv, head_dim, scratch, out);
     let group = n_heads / n_kv;
     let kv_stride = n_kv * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let t = kv.len;
     for h in 0..n_heads {
         let qh = &q[h * head_dim..(h + 1) * head_dim];
         let kv_off = (h / group) * head_dim;
+        let row = |j: usize| j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim;
         // scores (t,)
         let scores = &mut scratch[..t];
-        for (j, sc) in scores.iter_mut().enumerate() {
-            *sc = dot(qh, &k[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim]) * scale;
+        let mut at = 0;
+        for (kb, _, used) in kv.blocks() {
+            for (j, sc) in scores[at..at + used].iter_mut().enumerate() {
+                *sc = dot(qh, &kb[row(j)]) * scale;
+            }
+            at += used;
         }
         softmax(scores);
         let oh = &mut out[h * head_dim..(h + 1) * head_dim];
         oh.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            axpy(p, &v[j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim], oh);
+        let mut at = 0;
+        for (_, vb, used) in kv.blocks() {
+            for (j, &p) in scores[at..at + used].iter().enumerate() {
+                axpy(p, &vb[row(j)], oh);
+            }
+            at += used;
         }
     }
 }
@@ -290,9 +328,7 @@ pub(crate) fn check_matvec_q8_0(w_len: usize, rows: usize, cols: usize, x_len: u
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn check_attention(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
+    kv: &KvBlocks,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -302,8 +338,15 @@ pub(crate) fn check_attention(
     assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
     assert_eq!(q.len(), n_heads * head_dim, "attention: q length");
     assert_eq!(out.len(), n_heads * head_dim, "attention: out length");
-    assert!(k.len() >= t * n_kv * head_dim && v.len() >= t * n_kv * head_dim, "attention: k/v shorter than t rows");
-    assert!(scratch.len() >= t, "attention: scratch shorter than t");
+    let blocks = kv.len.div_ceil(kv.block_len.max(1));
+    let rows = kv.block_len * n_kv * head_dim;
+    assert!(kv.block_len > 0 || kv.len == 0, "attention: empty blocks");
+    assert!(kv.k.len() >= blocks && kv.v.len() >= blocks, "attention: fewer blocks than positions need");
+    assert!(
+        kv.k.iter().chain(kv.v).take(blocks).all(|b| b.len() >= rows.min(kv.len * n_kv * head_dim)),
+        "attention: a k/v block is shorter than its rows"
+    );
+    assert!(scratch.len() >= kv.len, "attention: scratch shorter than the positions");
 }
 
 /// Bytes per row of a Q8_0 matrix with `cols` columns.

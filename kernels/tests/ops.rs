@@ -123,11 +123,32 @@ fn attention_matches_f64_with_gqa() {
             let k = random_f32(&mut rng, t * n_kv * hd, 1.0);
             let v = random_f32(&mut rng, t * n_kv * hd, 1.0);
             let mut scratch = vec![0f32; t + 3];
-            let mut out = vec![f32::NAN; n_heads * hd];
-            (kern.attention)(&q, &k, &v, t, n_heads, n_kv, hd, &mut scratch, &mut out);
             let want = naive_attention(&q, &k, &v, t, n_heads, n_kv, hd);
+            let mut out = vec![f32::NAN; n_heads * hd];
+            let (kb, vb) = ([&k[..]], [&v[..]]);
+            (kern.attention)(&q, KvBlocks::contiguous(&kb, &vb, t), n_heads, n_kv, hd, &mut scratch, &mut out);
             let err = nmse(&out, &want);
             assert!(err < MAX_ATTENTION_NMSE, "{name} ({n_heads}, {n_kv}, {hd}) t {t}: nmse {err:e}");
+            // The same positions in blocks of 4, the last one partly used and
+            // with stale rows after the end, must give the same bits.
+            let row = n_kv * hd;
+            let padded: Vec<(Vec<f32>, Vec<f32>)> = (0..t.div_ceil(4))
+                .map(|b| {
+                    let take = |x: &[f32]| {
+                        let mut block = vec![f32::NAN; 4 * row];
+                        let rows = &x[b * 4 * row..(t.min(b * 4 + 4)) * row];
+                        block[..rows.len()].copy_from_slice(rows);
+                        block
+                    };
+                    (take(&k), take(&v))
+                })
+                .collect();
+            let kb: Vec<&[f32]> = padded.iter().map(|(k, _)| &k[..]).collect();
+            let vb: Vec<&[f32]> = padded.iter().map(|(_, v)| &v[..]).collect();
+            let mut blocked = vec![f32::NAN; n_heads * hd];
+            let kv = KvBlocks { k: &kb, v: &vb, block_len: 4, len: t };
+            (kern.attention)(&q, kv, n_heads, n_kv, hd, &mut scratch, &mut blocked);
+            assert_eq!(out, blocked, "{name} ({n_heads}, {n_kv}, {hd}) t {t}: blocks changed the result");
         }
     }
 }
@@ -139,7 +160,8 @@ fn attention_over_one_position_returns_its_value() {
     let k = [1.0f32; 6];
     let v: Vec<f32> = (0..6).map(|i| i as f32).collect();
     let mut out = [0f32; 12];
-    attention(&q, &k, &v, 1, n_heads, n_kv, hd, &mut [0.0], &mut out);
+    let (kb, vb) = ([&k[..]], [&v[..]]);
+    attention(&q, KvBlocks::contiguous(&kb, &vb, 1), n_heads, n_kv, hd, &mut [0.0], &mut out);
     assert_eq!(out, [0., 1., 2., 0., 1., 2., 3., 4., 5., 3., 4., 5.]);
 }
 
@@ -314,5 +336,35 @@ fn q8_0_quantisation_round_trips_within_half_a_step() {
         if absmax == 0.0 {
             assert!(yb.iter().all(|&y| y == 0.0));
         }
+    }
+}
+
+#[test]
+fn dense_matmul_rows_equal_matvec_bit_for_bit() {
+    let mut rng = rng(31);
+    // Enough rows to be split over the pool and tiled, and an odd count.
+    for (rows, cols, n) in [(3, 32, 2), (2000, 64, 5), (9001, 128, 3)] {
+        let wf = random_f32(&mut rng, rows * cols, 1.0);
+        let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut wq = vec![0u8; rows * q8_0_row_bytes(cols)];
+        for (r, dst) in wq.chunks_exact_mut(q8_0_row_bytes(cols)).enumerate() {
+            quantize_row_q8_0(&wf[r * cols..(r + 1) * cols], dst);
+        }
+        let x = random_f32(&mut rng, n * cols, 1.0);
+        let check = |name: &str, mv: &dyn Fn(&[f32], &mut [f32]), mm: &dyn Fn(&[f32], &mut [f32])| {
+            let mut batched = vec![f32::NAN; n * rows];
+            mm(&x, &mut batched);
+            for t in 0..n {
+                let mut one = vec![f32::NAN; rows];
+                mv(&x[t * cols..(t + 1) * cols], &mut one);
+                assert!(
+                    one.iter().zip(&batched[t * rows..(t + 1) * rows]).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{name} ({rows}, {cols}) vector {t} of {n}"
+                );
+            }
+        };
+        check("f16", &|x, o| matvec_f16(&wh, rows, cols, x, o), &|x, o| matmul_f16(&wh, rows, cols, x, o));
+        check("f32", &|x, o| matvec_f32(&wf, rows, cols, x, o), &|x, o| matmul_f32(&wf, rows, cols, x, o));
+        check("q8_0", &|x, o| matvec_q8_0(&wq, rows, cols, x, o), &|x, o| matmul_q8_0(&wq, rows, cols, x, o));
     }
 }

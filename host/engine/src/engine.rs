@@ -5,29 +5,35 @@
 //! 2. [`Engine::generate`] tokenizes and validates on the caller's thread
 //!    (cheap), then hands the sequence to the scheduler thread and returns a
 //!    [`Generation`] handle.
-//! 3. The scheduler thread steps every running sequence in turn (a prompt
-//!    chunk or one decoded token each), so one long prompt cannot stall the
-//!    others, and it drops a sequence within one step of its handle being
-//!    dropped or its deadline passing.
+//! 3. The scheduler thread ([`crate::scheduler`]) runs every admitted
+//!    sequence in one batched forward pass per step, with KV blocks from a
+//!    shared pool and prefix reuse; it drops a sequence within one step of
+//!    its handle being dropped or its deadline passing.
 //! 4. A [`Generation`] is read without blocking ([`Generation::next`]) and
 //!    waited on either from async code ([`Generation::ready`]) or a plain
 //!    thread ([`Generation::wait`]).
+//! 5. Detached jobs ([`Engine::submit_job`]) are generations the engine
+//!    itself holds, so they outlive the request that started them; their
+//!    state is read by id until they expire.
 
 use crate::gguf::GgufFile;
-use crate::model::{Backend, KvCache, LoadOptions, Model};
+use crate::kv::{KvPool, SeqKv, BLOCK_TOKENS};
+use crate::model::{Backend, LoadOptions, Model};
 use crate::sampler::{Sampler, SamplingParams};
+use crate::scheduler::{Limits, Queue, Scheduler, Seq, Shared, StopMatcher};
+use crate::stats::{Latencies, Stats};
 use crate::tokenizer::{ChatMessage, Tokenizer, Utf8Stream};
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Prompt tokens processed in one scheduler step of one sequence.
-const PREFILL_CHUNK: usize = 64;
+/// Finished jobs kept at most; the oldest go first.
+const MAX_KEPT_JOBS: usize = 1024;
 
 /// Errors a caller can act on; they map one to one onto the WIT `error`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -59,6 +65,15 @@ pub struct EngineConfig {
     pub default_timeout: Option<Duration>,
     /// Convert dense output heads to Q8_0 at load ([`LoadOptions::q8_0_head`]).
     pub q8_0_head: bool,
+    /// Bytes of KV cache per model (at least one full context is kept).
+    pub kv_memory: usize,
+    /// Tokens one scheduler step runs: every decoding sequence's next token
+    /// plus prompt chunks.
+    pub step_tokens: usize,
+    /// Most prompt tokens of one sequence in one step.
+    pub prefill_chunk: usize,
+    /// How long a finished job's result is kept.
+    pub job_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +85,10 @@ impl Default for EngineConfig {
             max_queue: 64,
             default_timeout: None,
             q8_0_head: false,
+            kv_memory: 2 << 30,
+            step_tokens: 64,
+            prefill_chunk: 16,
+            job_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -137,9 +156,30 @@ pub struct EngineStatus {
     pub load_error: Option<String>,
     pub running: u32,
     pub waiting: u32,
+    pub max_waiting: u32,
+    /// Prompt tokens run through the model (cached ones excluded).
     pub prompt_tokens_total: u64,
     pub generated_tokens_total: u64,
+    /// Generations finished for any reason.
+    pub requests_total: u64,
+    /// Generations whose client left or whose deadline passed.
     pub cancelled_total: u64,
+    /// Generations refused because the queue was full.
+    pub rejected_total: u64,
+    /// Running generations sent back to the queue to free KV blocks.
+    pub preempted_total: u64,
+    pub kv_block_tokens: u32,
+    pub kv_blocks_total: u32,
+    /// Held by running generations.
+    pub kv_blocks_used: u32,
+    /// Held by nobody, kept for prefix reuse.
+    pub kv_blocks_cached: u32,
+    /// Generations that reused cached prefix blocks.
+    pub prefix_hits_total: u64,
+    /// Prompt tokens taken from the prefix cache.
+    pub cached_tokens_total: u64,
+    pub steps_total: u64,
+    pub latencies: Latencies,
 }
 
 /// One message of a conversation.
@@ -172,14 +212,30 @@ pub struct GenerateRequest {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub timeout: Option<Duration>,
+    pub priority: Priority,
+}
+
+/// Which queue a generation waits in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Someone reads it as it comes: starts before any batch work.
+    #[default]
+    Interactive,
+    /// Nobody watches it token by token (`/batch`, queued jobs).
+    Batch,
 }
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
+    /// End of turn or a stop string.
     Stop,
+    /// `max_tokens` or the context.
     Length,
+    /// Cancelled by its owner.
     Cancelled,
+    /// Its deadline passed.
+    Timeout,
 }
 
 /// Counts and times of a generation.
@@ -209,10 +265,10 @@ pub enum Event {
 }
 
 #[derive(Default)]
-struct GenState {
-    text: String,
-    finished: Option<Finished>,
-    error: Option<EngineError>,
+pub(crate) struct GenState {
+    pub text: String,
+    pub finished: Option<Finished>,
+    pub error: Option<EngineError>,
     waker: Option<Waker>,
 }
 
@@ -224,14 +280,14 @@ impl GenState {
 
 /// The state a generation handle and the scheduler share.
 #[derive(Default)]
-struct GenShared {
-    state: Mutex<GenState>,
+pub(crate) struct GenShared {
+    pub state: Mutex<GenState>,
     cond: Condvar,
-    cancelled: AtomicBool,
+    pub cancelled: AtomicBool,
 }
 
 impl GenShared {
-    fn update(&self, f: impl FnOnce(&mut GenState)) {
+    pub fn update(&self, f: impl FnOnce(&mut GenState)) {
         let waker = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut s);
@@ -318,13 +374,37 @@ impl Future for Ready {
     }
 }
 
-#[derive(Default)]
-struct Stats {
-    running: AtomicU32,
-    waiting: AtomicU32,
-    prompt_tokens: AtomicU64,
-    generated_tokens: AtomicU64,
-    cancelled: AtomicU64,
+/// A generation the engine holds for a client that comes back by id.
+struct Job {
+    model: String,
+    seq: u64,
+    shared: Arc<GenShared>,
+    prompt_tokens: u32,
+    created: SystemTime,
+    /// When it was first seen finished; it expires `job_ttl` later.
+    ended: Option<Instant>,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Queued { position: u32, estimated_wait: Duration },
+    Running,
+    Done(Finished),
+    Cancelled,
+    Failed(EngineError),
+}
+
+/// A job as [`Engine::job_status`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInfo {
+    pub id: String,
+    pub model: String,
+    pub state: JobState,
+    /// Text so far (all of it once done).
+    pub text: String,
+    pub prompt_tokens: u32,
+    pub created_at_ms: u64,
 }
 
 struct Inner {
@@ -332,9 +412,10 @@ struct Inner {
     models: RwLock<Vec<Arc<LoadedModel>>>,
     ready: AtomicBool,
     load_error: Mutex<Option<String>>,
-    stats: Stats,
-    jobs: Mutex<mpsc::Sender<Seq>>,
+    shared: Arc<Shared>,
+    jobs: Mutex<HashMap<String, Job>>,
     seed_counter: AtomicU64,
+    seq_counter: AtomicU64,
 }
 
 /// The inference engine. Cheap to clone; all clones share one scheduler.
@@ -383,21 +464,29 @@ impl Engine {
     }
 
     fn empty(config: EngineConfig) -> Self {
-        let (tx, rx) = mpsc::channel();
+        let shared =
+            Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats: Stats::default() });
+        let limits = Limits {
+            max_running: config.max_running,
+            step_tokens: config.step_tokens,
+            prefill_chunk: config.prefill_chunk,
+            kv_memory: config.kv_memory,
+        };
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("tern-scheduler".into())
+            .spawn(move || Scheduler::new(weak, limits).run())
+            .expect("spawning the scheduler thread");
         let inner = Arc::new(Inner {
             config,
             models: RwLock::new(Vec::new()),
             ready: AtomicBool::new(false),
             load_error: Mutex::new(None),
-            stats: Stats::default(),
-            jobs: Mutex::new(tx),
+            shared,
+            jobs: Mutex::new(HashMap::new()),
             seed_counter: AtomicU64::new(0),
+            seq_counter: AtomicU64::new(1),
         });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("tern-scheduler".into())
-            .spawn(move || Scheduler::new(weak, rx).run())
-            .expect("spawning the scheduler thread");
         Self { inner }
     }
 
@@ -435,15 +524,29 @@ impl Engine {
 
     /// Readiness and load.
     pub fn status(&self) -> EngineStatus {
-        let s = &self.inner.stats;
+        let s = &self.inner.shared.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let k = |c: &std::sync::atomic::AtomicU32| c.load(Ordering::Relaxed);
         EngineStatus {
             ready: self.inner.ready.load(Ordering::Acquire),
             load_error: self.inner.load_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            running: s.running.load(Ordering::Relaxed),
-            waiting: s.waiting.load(Ordering::Relaxed),
-            prompt_tokens_total: s.prompt_tokens.load(Ordering::Relaxed),
-            generated_tokens_total: s.generated_tokens.load(Ordering::Relaxed),
-            cancelled_total: s.cancelled.load(Ordering::Relaxed),
+            running: k(&s.running),
+            waiting: k(&s.waiting),
+            max_waiting: self.inner.config.max_queue as u32,
+            prompt_tokens_total: n(&s.prompt_tokens),
+            generated_tokens_total: n(&s.generated_tokens),
+            requests_total: n(&s.requests),
+            cancelled_total: n(&s.cancelled),
+            rejected_total: n(&s.rejected),
+            preempted_total: n(&s.preempted),
+            kv_block_tokens: BLOCK_TOKENS as u32,
+            kv_blocks_total: k(&s.kv_total),
+            kv_blocks_used: k(&s.kv_used),
+            kv_blocks_cached: k(&s.kv_cached),
+            prefix_hits_total: n(&s.prefix_hits),
+            cached_tokens_total: n(&s.cached_tokens),
+            steps_total: n(&s.steps),
+            latencies: s.latencies.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
@@ -467,6 +570,92 @@ impl Engine {
 
     /// Validates a request and queues its generation.
     pub fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
+        let (shared, _, prompt_tokens) = self.enqueue(req)?;
+        Ok(Generation { shared, prompt_tokens })
+    }
+
+    /// Queues a generation the engine holds itself; returns its job id.
+    pub fn submit_job(&self, req: GenerateRequest) -> Result<String, EngineError> {
+        let model = req.model.clone();
+        let (shared, seq, prompt_tokens) = self.enqueue(req)?;
+        let id = format!("job-{seq:x}{:04x}", fresh_seed(&self.inner.seed_counter) & 0xffff);
+        let mut jobs = self.jobs();
+        expire_jobs(&mut jobs, self.inner.config.job_ttl);
+        jobs.insert(id.clone(), Job { model, seq, shared, prompt_tokens, created: SystemTime::now(), ended: None });
+        Ok(id)
+    }
+
+    /// A job's state and text; `None` if the id is unknown or expired.
+    pub fn job_status(&self, id: &str) -> Option<JobInfo> {
+        let mut jobs = self.jobs();
+        expire_jobs(&mut jobs, self.inner.config.job_ttl);
+        let job = jobs.get_mut(id)?;
+        Some(self.job_info(id, job))
+    }
+
+    /// Cancels a job that has not finished; returns its state after.
+    pub fn cancel_job(&self, id: &str) -> Option<JobInfo> {
+        let mut jobs = self.jobs();
+        let job = jobs.get_mut(id)?;
+        job.shared.cancelled.store(true, Ordering::Release);
+        job.shared.update(|s| {
+            if s.finished.is_none() && s.error.is_none() {
+                let usage = Usage { prompt_tokens: job.prompt_tokens, ..Usage::default() };
+                s.finished = Some(Finished { reason: FinishReason::Cancelled, usage });
+            }
+        });
+        self.inner.shared.wake.notify_all();
+        Some(self.job_info(id, job))
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn job_info(&self, id: &str, job: &mut Job) -> JobInfo {
+        let (state, text) = {
+            let s = job.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let state = match (&s.error, &s.finished) {
+                (Some(e), _) => JobState::Failed(e.clone()),
+                (None, Some(f)) if f.reason == FinishReason::Cancelled => JobState::Cancelled,
+                (None, Some(f)) => JobState::Done(f.clone()),
+                (None, None) => {
+                    let position = self.inner.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).position(job.seq);
+                    match position {
+                        Some(position) => {
+                            JobState::Queued { position: position as u32, estimated_wait: self.estimate_wait(position) }
+                        }
+                        None => JobState::Running,
+                    }
+                }
+            };
+            (state, s.text.clone())
+        };
+        if !matches!(state, JobState::Queued { .. } | JobState::Running) {
+            job.ended.get_or_insert_with(Instant::now);
+        }
+        let created_at_ms = job.created.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        JobInfo {
+            id: id.to_string(),
+            model: job.model.clone(),
+            state,
+            text,
+            prompt_tokens: job.prompt_tokens,
+            created_at_ms,
+        }
+    }
+
+    /// Time until the generation `position` places back in the queue starts:
+    /// the slots ahead of it turn over once per average generation time.
+    fn estimate_wait(&self, position: usize) -> Duration {
+        let service = Duration::from_micros(self.inner.shared.stats.service_us.load(Ordering::Relaxed));
+        let rounds = (position / self.inner.config.max_running.max(1) + 1) as u32;
+        service * rounds
+    }
+
+    /// Validates a request and puts its sequence in the queue; returns its
+    /// shared state, sequence id and prompt length.
+    fn enqueue(&self, req: GenerateRequest) -> Result<(Arc<GenShared>, u64, u32), EngineError> {
         let m = self.model(&req.model)?;
         req.sampling.validate().map_err(EngineError::InvalidRequest)?;
         let prompt = match &req.prompt {
@@ -498,20 +687,17 @@ impl Engine {
                 context_length: n_ctx as u32,
             });
         }
-        let stats = &self.inner.stats;
-        if stats.waiting.load(Ordering::Relaxed) as usize >= self.inner.config.max_queue {
-            return Err(EngineError::Overloaded(format!(
-                "{} requests are already waiting; try again shortly",
-                self.inner.config.max_queue
-            )));
-        }
         let seed = req.seed.unwrap_or_else(|| fresh_seed(&self.inner.seed_counter));
         let shared = Arc::new(GenShared::default());
         let timeout = req.timeout.or(self.inner.config.default_timeout);
         let prompt_tokens = prompt.len() as u32;
+        let id = self.inner.seq_counter.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let seq = Seq {
+            id,
             shared: shared.clone(),
-            cache: KvCache::new(m.backend.config()),
+            model: m,
+            priority: req.priority,
             sampler: Sampler::new(SamplingParams { seed, ..req.sampling }),
             utf8: Utf8Stream::new(),
             stop: StopMatcher::new(req.stop),
@@ -519,19 +705,56 @@ impl Engine {
             tokens: prompt,
             max_tokens: req.max_tokens,
             generated: 0,
-            deadline: timeout.map(|t| Instant::now() + t),
-            admitted: Instant::now(),
-            prompt_started: None,
+            deadline: timeout.map(|t| now + t),
+            admitted: now,
+            kv: SeqKv::default(),
+            computed: 0,
+            cached_tokens: None,
+            started: None,
             prompt_done: None,
-            model: m,
+            last_token: None,
+            passed_over: 0,
         };
-        stats.waiting.fetch_add(1, Ordering::Relaxed);
-        let sent = self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner()).send(seq);
-        if sent.is_err() {
-            stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(EngineError::Internal("the scheduler has stopped".into()));
+        let engine = &self.inner.shared;
+        let mut queue = engine.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.len() >= self.inner.config.max_queue {
+            Stats::add(&engine.stats.rejected, 1);
+            return Err(EngineError::Overloaded(format!(
+                "{} requests are already waiting; try again shortly",
+                self.inner.config.max_queue
+            )));
         }
-        Ok(Generation { shared, prompt_tokens })
+        queue.push_back(seq);
+        engine.stats.waiting.store(queue.len() as u32, Ordering::Relaxed);
+        drop(queue);
+        engine.wake.notify_all();
+        Ok((shared, id, prompt_tokens))
+    }
+
+    /// Bytes of KV cache one position of `model` takes.
+    pub fn kv_bytes_per_token(&self, model: &str) -> Result<usize, EngineError> {
+        let c = self.model(model)?.backend.config().clone();
+        Ok(KvPool::block_bytes(c.n_layer, c.kv_dim()) / BLOCK_TOKENS)
+    }
+}
+
+/// Forgets finished jobs older than `ttl`, and the oldest finished ones
+/// beyond [`MAX_KEPT_JOBS`].
+fn expire_jobs(jobs: &mut HashMap<String, Job>, ttl: Duration) {
+    for job in jobs.values_mut() {
+        let s = job.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.finished.is_some() || s.error.is_some() {
+            job.ended.get_or_insert_with(Instant::now);
+        }
+    }
+    jobs.retain(|_, j| j.ended.is_none_or(|t| t.elapsed() < ttl));
+    let mut ended: Vec<(Instant, String)> =
+        jobs.iter().filter_map(|(id, j)| j.ended.map(|t| (t, id.clone()))).collect();
+    if ended.len() > MAX_KEPT_JOBS {
+        ended.sort();
+        for (_, id) in &ended[..ended.len() - MAX_KEPT_JOBS] {
+            jobs.remove(id);
+        }
     }
 }
 
@@ -558,227 +781,4 @@ fn chat_messages(messages: &[Message]) -> Vec<ChatMessage<'_>> {
 fn fresh_seed(counter: &AtomicU64) -> u64 {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     nanos ^ counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
-/// Holds back generated text that might be the start of a stop string.
-struct StopMatcher {
-    stops: Vec<String>,
-    held: String,
-}
-
-impl StopMatcher {
-    fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
-    }
-
-    /// Adds text; returns what can be shown and whether a stop string appeared.
-    fn push(&mut self, text: &str) -> (String, bool) {
-        self.held.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
-            let out = self.held[..at].to_string();
-            self.held.clear();
-            return (out, true);
-        }
-        // Keep the longest tail that could still grow into a stop string.
-        let keep = self
-            .stops
-            .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
-            .filter(|prefix| self.held.ends_with(prefix))
-            .map(str::len)
-            .max()
-            .unwrap_or(0);
-        let cut = self.held.len() - keep;
-        let out = self.held[..cut].to_string();
-        self.held.drain(..cut);
-        (out, false)
-    }
-
-    fn flush(&mut self) -> String {
-        std::mem::take(&mut self.held)
-    }
-}
-
-/// A sequence as the scheduler runs it.
-struct Seq {
-    shared: Arc<GenShared>,
-    model: Arc<LoadedModel>,
-    cache: KvCache,
-    sampler: Sampler,
-    utf8: Utf8Stream,
-    stop: StopMatcher,
-    /// Prompt followed by generated tokens.
-    tokens: Vec<u32>,
-    n_prompt: usize,
-    max_tokens: u32,
-    generated: u32,
-    deadline: Option<Instant>,
-    admitted: Instant,
-    prompt_started: Option<Instant>,
-    prompt_done: Option<Instant>,
-}
-
-impl Seq {
-    fn usage(&self) -> Usage {
-        let now = Instant::now();
-        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
-        let started = self.prompt_started.unwrap_or(now);
-        let done = self.prompt_done.unwrap_or(now);
-        Usage {
-            prompt_tokens: self.n_prompt as u32,
-            completion_tokens: self.generated,
-            cached_tokens: 0,
-            queue_ms: ms(self.admitted, started),
-            prompt_ms: ms(started, done),
-            generation_ms: ms(done, now),
-        }
-    }
-
-    /// Ends the generation; `flush` releases text held back for UTF-8 or
-    /// stop-string matching (not after a stop string, where it is cut off).
-    fn finish(&mut self, reason: FinishReason, flush: bool) {
-        let mut tail = String::new();
-        if flush {
-            let rest = self.utf8.flush();
-            let (shown, _) = self.stop.push(&rest);
-            tail = shown + &self.stop.flush();
-        }
-        let usage = self.usage();
-        self.shared.update(|s| {
-            s.text.push_str(&tail);
-            s.finished = Some(Finished { reason, usage });
-        });
-    }
-
-    /// Runs one step; returns false once the sequence is over.
-    fn step(&mut self, stats: &Stats) -> bool {
-        if self.shared.cancelled.load(Ordering::Acquire) {
-            stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(generated = self.generated, "generation cancelled");
-            return false;
-        }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            self.finish(FinishReason::Cancelled, true);
-            return false;
-        }
-        let backend = &self.model.backend;
-        let done = self.cache.len();
-        let logits = if done < self.n_prompt {
-            self.prompt_started.get_or_insert_with(Instant::now);
-            let end = (done + PREFILL_CHUNK).min(self.n_prompt);
-            let logits = backend.forward(&mut self.cache, &self.tokens[done..end], false);
-            stats.prompt_tokens.fetch_add((end - done) as u64, Ordering::Relaxed);
-            if end < self.n_prompt {
-                return true;
-            }
-            self.prompt_done = Some(Instant::now());
-            logits
-        } else {
-            let last = self.tokens[self.tokens.len() - 1];
-            backend.forward(&mut self.cache, &[last], false)
-        };
-        let token = self.sampler.sample(&logits, &self.tokens);
-        let tok = &self.model.tokenizer;
-        if tok.is_end(token) {
-            self.finish(FinishReason::Stop, true);
-            return false;
-        }
-        self.tokens.push(token);
-        self.generated += 1;
-        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        if !tok.is_control(token) {
-            let text = self.utf8.push(&tok.token_bytes(token));
-            let (shown, stopped) = self.stop.push(&text);
-            if !shown.is_empty() {
-                self.shared.update(|s| s.text.push_str(&shown));
-            }
-            if stopped {
-                self.finish(FinishReason::Stop, false);
-                return false;
-            }
-        }
-        let full = self.cache.len() + 1 >= backend.config().n_ctx;
-        if full || (self.max_tokens > 0 && self.generated >= self.max_tokens) {
-            self.finish(FinishReason::Length, true);
-            return false;
-        }
-        true
-    }
-}
-
-struct Scheduler {
-    inner: std::sync::Weak<Inner>,
-    jobs: mpsc::Receiver<Seq>,
-    waiting: VecDeque<Seq>,
-    running: Vec<Seq>,
-}
-
-impl Scheduler {
-    fn new(inner: std::sync::Weak<Inner>, jobs: mpsc::Receiver<Seq>) -> Self {
-        Self { inner, jobs, waiting: VecDeque::new(), running: Vec::new() }
-    }
-
-    fn run(mut self) {
-        loop {
-            if self.running.is_empty() && self.waiting.is_empty() {
-                match self.jobs.recv() {
-                    Ok(seq) => self.waiting.push_back(seq),
-                    Err(_) => return, // every engine handle is gone
-                }
-            }
-            while let Ok(seq) = self.jobs.try_recv() {
-                self.waiting.push_back(seq);
-            }
-            let Some(inner) = self.inner.upgrade() else { return };
-            let stats = &inner.stats;
-            // Requests whose client left while queued never start.
-            self.waiting.retain(|s| {
-                let gone = s.shared.cancelled.load(Ordering::Acquire);
-                if gone {
-                    stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                    stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                }
-                !gone
-            });
-            while self.running.len() < inner.config.max_running.max(1) {
-                let Some(seq) = self.waiting.pop_front() else { break };
-                stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                self.running.push(seq);
-            }
-            stats.running.store(self.running.len() as u32, Ordering::Relaxed);
-            self.running.retain_mut(|seq| seq.step(stats));
-            stats.running.store(self.running.len() as u32, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_matcher_holds_back_possible_prefix_and_cuts_at_stop() {
-        let mut m = StopMatcher::new(vec!["\nUser:".into()]);
-        assert_eq!(m.push("Hello"), ("Hello".into(), false));
-        assert_eq!(m.push(" there\nUs"), (" there".into(), false));
-        assert_eq!(m.push("er: hi"), ("".into(), true));
-    }
-
-    #[test]
-    fn stop_matcher_releases_text_that_stops_matching() {
-        let mut m = StopMatcher::new(vec!["END".into()]);
-        assert_eq!(m.push("EN"), ("".into(), false));
-        assert_eq!(m.push("D?"), ("".into(), true));
-        let mut m = StopMatcher::new(vec!["END".into()]);
-        assert_eq!(m.push("EN"), ("".into(), false));
-        assert_eq!(m.push("ough"), ("ENough".into(), false));
-        assert_eq!(m.flush(), "");
-    }
-
-    #[test]
-    fn stop_matcher_is_safe_with_multibyte_stops() {
-        let mut m = StopMatcher::new(vec!["日本".into()]);
-        assert_eq!(m.push("a日"), ("a".into(), false));
-        assert_eq!(m.push("x"), ("日x".into(), false));
-    }
 }

@@ -6,15 +6,17 @@
 //!    (control tokens only where the template puts them) and back.
 //! 3. [`model`] repacks the weights into the kernels' layout and runs the
 //!    BitNet b1.58 forward pass behind the [`model::Backend`] trait.
-//! 4. [`sampler`] picks tokens; [`engine`] admits requests and runs every
-//!    generation on the scheduler thread, handing out [`Generation`] handles
-//!    that stream text and cancel on drop.
+//! 4. [`sampler`] picks tokens; [`engine`] admits requests and hands out
+//!    [`Generation`] handles that stream text and cancel on drop; the
+//!    scheduler thread batches every running generation into one forward
+//!    pass per step over a shared, prefix-reusing KV pool ([`kv`]), and
+//!    [`stats`] counts what it does.
 //! 5. [`gguf_write`] streams GGUF files out; [`synth`] uses it to write
 //!    full-size models with random ternary weights for benchmarks, and
 //!    [`bench`] measures bandwidth, products and models against each other.
 //!
 //! ```no_run
-//! use tern_engine::{Engine, EngineConfig, GenerateRequest, Prompt, SamplingParams};
+//! use tern_engine::{Engine, EngineConfig, GenerateRequest, Priority, Prompt, SamplingParams};
 //! use std::time::Duration;
 //!
 //! let engine = Engine::load(EngineConfig { models: vec!["models/tern-tiny.gguf".into()], ..Default::default() })?;
@@ -26,6 +28,7 @@
 //!     seed: Some(1),
 //!     stop: vec![],
 //!     timeout: Some(Duration::from_secs(10)),
+//!     priority: Priority::Interactive,
 //! })?;
 //! let (text, finished) = generation.collect()?;
 //! println!("{text} ({:?})", finished.reason);
@@ -37,14 +40,17 @@ pub mod chat;
 pub mod engine;
 pub mod gguf;
 pub mod gguf_write;
+pub mod kv;
 pub mod model;
 pub mod sampler;
+mod scheduler;
+pub mod stats;
 pub mod synth;
 pub mod tokenizer;
 
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineStatus, Event, FinishReason, Finished, GenerateRequest, Generation,
-    LoadedModel, Message, ModelInfo, Prompt, Usage,
+    JobInfo, JobState, LoadedModel, Message, ModelInfo, Priority, Prompt, Usage,
 };
 pub use sampler::SamplingParams;
 

@@ -11,7 +11,8 @@
 //!    the same trait.
 
 use crate::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
-use tern_kernels::{self as k, f16, TernaryMatrix};
+use crate::kv::{KvPool, SeqKv, BLOCK_TOKENS};
+use tern_kernels::{self as k, f16, KvBlocks, TernaryMatrix};
 
 /// Errors found while loading a model file.
 #[derive(Debug, thiserror::Error)]
@@ -153,12 +154,12 @@ impl Dense {
         }
     }
 
-    /// W (rows, cols) @ x (cols,) -> out (rows,)
-    fn matvec(&self, rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    /// W (rows, cols) @ x (n, cols) -> out (n, rows), W read once.
+    fn matmul(&self, rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
         match self {
-            Dense::F32(w) => k::matvec_f32(w, rows, cols, x, out),
-            Dense::F16(w) => k::matvec_f16(w, rows, cols, x, out),
-            Dense::Q8_0(w) => k::matvec_q8_0(w, rows, cols, x, out),
+            Dense::F32(w) => k::matmul_f32(w, rows, cols, x, out),
+            Dense::F16(w) => k::matmul_f16(w, rows, cols, x, out),
+            Dense::Q8_0(w) => k::matmul_q8_0(w, rows, cols, x, out),
         }
     }
 
@@ -209,23 +210,42 @@ struct Layer {
     ffn_sub_norm: Vec<f32>,
 }
 
-/// Keys and values of every position a sequence has seen, per layer.
+/// Which logits a [`BatchItem`] wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// Of its last token: what the scheduler samples from.
+    Last,
+    /// Of every token (tests, scoring).
+    All,
+}
+
+/// One sequence's share of a batched forward step.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    /// Its KV blocks, which must hold positions up to `pos + tokens.len()`.
+    pub blocks: &'a [u32],
+    /// Position of its first token: how many positions are already cached.
+    pub pos: usize,
+    pub tokens: &'a [u32],
+    pub logits: Logits,
+}
+
+/// One sequence with a KV pool of its own, for running a model outside
+/// the scheduler (tests, benchmarks, `tern generate`'s reference paths).
 pub struct KvCache {
-    /// k[layer]: (len, kv_dim), grown as positions are appended.
-    k: Vec<Vec<f32>>,
-    /// v[layer]: (len, kv_dim)
-    v: Vec<Vec<f32>>,
+    pool: KvPool,
+    seq: SeqKv,
     len: usize,
-    kv_dim: usize,
 }
 
 impl KvCache {
+    /// Room for the model's whole context; memory is taken as it is used.
     pub fn new(config: &ModelConfig) -> Self {
         Self {
-            k: vec![Vec::new(); config.n_layer],
-            v: vec![Vec::new(); config.n_layer],
+            pool: KvPool::new(config.n_layer, config.kv_dim(), config.n_ctx.div_ceil(BLOCK_TOKENS)),
+            seq: SeqKv::default(),
             len: 0,
-            kv_dim: config.kv_dim(),
         }
     }
 
@@ -237,29 +257,37 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// Forgets every position from `len` on (keeps a shared prefix).
-    pub fn truncate(&mut self, len: usize) {
-        let len = len.min(self.len);
-        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
-            layer.truncate(len * self.kv_dim);
-        }
-        self.len = len;
-    }
-
-    /// Bytes held by the cache.
-    pub fn size_bytes(&self) -> usize {
-        self.k.iter().chain(self.v.iter()).map(|l| l.len() * 4).sum()
-    }
 }
 
 /// What the scheduler needs from a compute backend.
 pub trait Backend: Send + Sync {
     fn config(&self) -> &ModelConfig;
-    /// Runs `tokens` at positions `cache.len()..`, appends their keys and
-    /// values to `cache`, and returns logits: (1, vocab) for the last token,
-    /// or (tokens, vocab) when `all_logits` is set.
-    fn forward(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32>;
+
+    /// Runs every item's tokens in one pass over the weights: positions
+    /// `pos..` of each item's sequence, keys and values written to its
+    /// blocks in `kv`. Returns the logits the items asked for, (rows, vocab)
+    /// in item order. An item's results never depend on the other items.
+    fn forward_batch(&self, kv: &mut KvPool, items: &[BatchItem]) -> Vec<f32>;
+
+    /// Runs `tokens` of one sequence at positions `cache.len()..` and
+    /// returns logits: (1, vocab) for the last token, or (tokens, vocab)
+    /// when `all_logits` is set.
+    ///
+    /// # Panics
+    /// If the tokens overflow the model's context.
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32> {
+        let end = cache.len + tokens.len();
+        assert!(cache.pool.grow(&mut cache.seq, end), "forward: {end} positions overflow the context");
+        let item = BatchItem {
+            blocks: cache.seq.blocks(),
+            pos: cache.len,
+            tokens,
+            logits: if all_logits { Logits::All } else { Logits::Last },
+        };
+        let logits = self.forward_batch(&mut cache.pool, &[item]);
+        cache.len = end;
+        logits
+    }
 }
 
 /// A BitNet model loaded for the CPU backend.
@@ -468,15 +496,25 @@ impl Backend for Model {
         &self.config
     }
 
-    fn forward(&self, cache: &mut KvCache, tokens: &[u32], all_logits: bool) -> Vec<f32> {
+    fn forward_batch(&self, kv: &mut KvPool, items: &[BatchItem]) -> Vec<f32> {
         let c = &self.config;
-        let n = tokens.len();
+        // Every token of the step with its item and position.
+        let mut owner = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            let end = it.pos + it.tokens.len();
+            assert!(
+                it.blocks.len() * BLOCK_TOKENS >= end,
+                "forward_batch: item {i} has no KV room for {end} positions"
+            );
+            assert!(!it.tokens.is_empty() || it.logits == Logits::None, "forward_batch: logits of no tokens");
+            owner.extend((it.pos..end).map(|pos| (i, pos)));
+        }
+        let n = owner.len();
         if n == 0 {
             return Vec::new();
         }
         let (d, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
         let widest = d.max(qd).max(ff);
-        let pos0 = cache.len;
         let mut s = Scratch {
             x: vec![0.0; n * d],
             xn: vec![0.0; n * widest],
@@ -490,9 +528,10 @@ impl Backend for Model {
             gate: vec![0.0; n * ff],
             up: vec![0.0; n * ff],
             h: vec![0.0; n * ff],
-            probs: vec![0.0; pos0 + n],
+            probs: vec![0.0; owner.iter().map(|&(_, pos)| pos + 1).max().unwrap_or(0)],
         };
-        for (i, &t) in tokens.iter().enumerate() {
+        let tokens = items.iter().flat_map(|it| it.tokens);
+        for (i, &t) in tokens.enumerate() {
             // Ids were checked against the vocabulary when the prompt was admitted.
             self.token_embd.row(d, t as usize, &mut s.x[i * d..(i + 1) * d]);
         }
@@ -503,26 +542,28 @@ impl Backend for Model {
             bitlinear_quantized(&layer.wq, &s.xq[..n * d], &s.xs, n, &mut s.q);
             bitlinear_quantized(&layer.wk, &s.xq[..n * d], &s.xs, n, &mut s.k);
             bitlinear_quantized(&layer.wv, &s.xq[..n * d], &s.xs, n, &mut s.v);
-            for i in 0..n {
-                let pos = pos0 + i;
-                k::rope_neox(&mut s.q[i * qd..(i + 1) * qd], c.n_head, c.head_dim, c.rope_dim, pos, c.rope_theta);
-                k::rope_neox(&mut s.k[i * kvd..(i + 1) * kvd], c.n_head_kv, c.head_dim, c.rope_dim, pos, c.rope_theta);
+            for (t, &(i, pos)) in owner.iter().enumerate() {
+                k::rope_neox(&mut s.q[t * qd..(t + 1) * qd], c.n_head, c.head_dim, c.rope_dim, pos, c.rope_theta);
+                let kt = &mut s.k[t * kvd..(t + 1) * kvd];
+                k::rope_neox(kt, c.n_head_kv, c.head_dim, c.rope_dim, pos, c.rope_theta);
+                kv.write(l, items[i].blocks, pos, kt, &s.v[t * kvd..(t + 1) * kvd]);
             }
-            cache.k[l].extend_from_slice(&s.k);
-            cache.v[l].extend_from_slice(&s.v);
-            let (kl, vl) = (&cache.k[l], &cache.v[l]);
-            let attend = |i: usize, probs: &mut [f32], out: &mut [f32]| {
-                let t = pos0 + i + 1; // causal: position i sees everything up to itself
-                let q = &s.q[i * qd..(i + 1) * qd];
-                k::attention(q, &kl[..t * kvd], &vl[..t * kvd], t, c.n_head, c.n_head_kv, c.head_dim, probs, out);
+            let views: Vec<_> = items.iter().map(|it| kv.layer_blocks(l, it.blocks)).collect();
+            let attend = |t: usize, probs: &mut [f32], out: &mut [f32]| {
+                let (i, pos) = owner[t];
+                let (kb, vb) = &views[i];
+                // Causal: a position sees everything up to itself.
+                let blocks = KvBlocks { k: kb, v: vb, block_len: BLOCK_TOKENS, len: pos + 1 };
+                k::attention(&s.q[t * qd..(t + 1) * qd], blocks, c.n_head, c.n_head_kv, c.head_dim, probs, out);
             };
             if n == 1 {
                 attend(0, &mut s.probs, &mut s.att);
             } else {
                 // Positions are independent once the cache holds them all.
                 k::pool::global()
-                    .for_each_chunk(&mut s.att, qd, &|i, out| attend(i, &mut vec![0.0; pos0 + i + 1], out));
+                    .for_each_chunk(&mut s.att, qd, &|t, out| attend(t, &mut vec![0.0; owner[t].1 + 1], out));
             }
+            drop(views);
             rmsnorm_rows(&s.att, &layer.attn_sub_norm, c.rms_eps, n, &mut s.xn);
             bitlinear(&layer.wo, &s.xn[..n * qd], n, &mut s.xq, &mut s.xs, &mut s.out);
             s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
@@ -540,16 +581,26 @@ impl Backend for Model {
             bitlinear(&layer.w_down, &s.gate, n, &mut s.xq, &mut s.xs, &mut s.out);
             s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
         }
-        cache.len += n;
 
-        let first = if all_logits { 0 } else { n - 1 };
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        let mut logits = vec![0.0; (n - first) * c.n_vocab];
-        let mut normed = vec![0.0; d];
-        for (j, i) in (first..n).enumerate() {
-            k::rmsnorm(&s.x[i * d..(i + 1) * d], &self.output_norm, c.rms_eps, &mut normed);
-            head.matvec(c.n_vocab, d, &normed, &mut logits[j * c.n_vocab..(j + 1) * c.n_vocab]);
+        // The head, once for every row that wants logits.
+        let mut rows = Vec::new();
+        let mut first = 0;
+        for it in items {
+            let len = it.tokens.len();
+            match it.logits {
+                Logits::None => {}
+                Logits::Last => rows.push(first + len - 1),
+                Logits::All => rows.extend(first..first + len),
+            }
+            first += len;
         }
+        let mut normed = vec![0.0; rows.len() * d];
+        for (j, &i) in rows.iter().enumerate() {
+            k::rmsnorm(&s.x[i * d..(i + 1) * d], &self.output_norm, c.rms_eps, &mut normed[j * d..(j + 1) * d]);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let mut logits = vec![0.0; rows.len() * c.n_vocab];
+        head.matmul(c.n_vocab, d, &normed, &mut logits);
         logits
     }
 }

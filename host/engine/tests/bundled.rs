@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use tern_engine::model::KvCache;
 use tern_engine::tokenizer::ChatMessage;
-use tern_engine::{Engine, EngineConfig, GenerateRequest, Message, Prompt, SamplingParams};
+use tern_engine::{Engine, EngineConfig, GenerateRequest, Message, Priority, Prompt, SamplingParams};
 
 /// Share of sampled words that must occur in the training corpus.
 const MIN_REAL_WORD_SHARE: f64 = 0.8;
@@ -91,6 +91,7 @@ fn sampled_text_is_mostly_words_of_the_training_corpus() {
                 seed: Some(11 + round),
                 stop: vec![],
                 timeout: None,
+                priority: Priority::Interactive,
             })
             .unwrap();
         let (text, finished) = g.collect().unwrap();

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tern_engine::{
-    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Generation, Message, Prompt,
+    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Generation, Message, Priority, Prompt,
     SamplingParams,
 };
 
@@ -27,18 +27,7 @@ fn request(prompt: &str, max_tokens: u32) -> GenerateRequest {
         seed: Some(1),
         stop: vec![],
         timeout: None,
-    }
-}
-
-/// Reads events until `n` tokens' worth of text has arrived or the end.
-fn read_some(g: &Generation, pieces: usize) {
-    let mut seen = 0;
-    while seen < pieces {
-        match g.next().unwrap() {
-            Event::Pending => g.wait(),
-            Event::Text(_) => seen += 1,
-            Event::Finished(f) => panic!("finished early: {f:?}"),
-        }
+        priority: Priority::Interactive,
     }
 }
 
@@ -101,31 +90,47 @@ fn stop_string_ends_generation_and_is_not_shown() {
 
 #[test]
 fn dropping_a_generation_cancels_it_within_one_decode_step() {
+    // The fixture is so small that a whole generation can end before the
+    // reader gets its first text; try until one is dropped mid-way.
     let e = engine();
-    let g = e.generate(request("the", 0)).unwrap();
-    read_some(&g, 3);
-    let generated_at_drop = e.status().generated_tokens_total;
-    drop(g);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.status().running > 0 {
-        assert!(Instant::now() < deadline, "still running");
-        std::thread::sleep(Duration::from_millis(1));
+    for _ in 0..200 {
+        let before = e.status().cancelled_total;
+        let g = e.generate(request("the", 0)).unwrap();
+        loop {
+            match g.next().unwrap() {
+                Event::Pending => g.wait(),
+                Event::Text(_) | Event::Finished(_) => break,
+            }
+        }
+        drop(g);
+        let generated_at_drop = e.status().generated_tokens_total;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while e.status().running > 0 {
+            assert!(Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let s = e.status();
+        if s.cancelled_total == before {
+            continue; // it had finished before the drop
+        }
+        assert_eq!(s.cancelled_total, before + 1);
+        // At most the step that was under way when the drop landed.
+        assert!(
+            s.generated_tokens_total <= generated_at_drop + 1,
+            "{} after {generated_at_drop}",
+            s.generated_tokens_total
+        );
+        return;
     }
-    let s = e.status();
-    assert_eq!(s.cancelled_total, 1);
-    assert!(
-        s.generated_tokens_total <= generated_at_drop + 1,
-        "{} after {generated_at_drop}",
-        s.generated_tokens_total
-    );
+    panic!("no generation was still running when it was dropped");
 }
 
 #[test]
-fn a_passed_deadline_finishes_as_cancelled() {
+fn a_passed_deadline_finishes_as_timeout() {
     let mut r = request("the", 0);
     r.timeout = Some(Duration::ZERO);
     let (_, f) = engine().generate(r).unwrap().collect().unwrap();
-    assert_eq!(f.reason, FinishReason::Cancelled);
+    assert_eq!(f.reason, FinishReason::Timeout);
 }
 
 #[test]

@@ -281,15 +281,12 @@ fn hmax_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(x)
 }
 
-/// Causal attention of one query over `t` positions, GQA. See
+/// Causal attention of one query over `kv.len` positions, GQA. See
 /// [`reference::attention`]: the same steps, with vector dot products for
 /// the scores and fused multiply-adds for the weighted sum of values.
-#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
+    kv: reference::KvBlocks,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -297,12 +294,12 @@ pub fn attention(
     out: &mut [f32],
 ) {
     if !has_fma_f16c() {
-        return reference::attention(q, k, v, t, n_heads, n_kv, head_dim, scratch, out);
+        return reference::attention(q, kv, n_heads, n_kv, head_dim, scratch, out);
     }
     // SAFETY (both closures): AVX2 and FMA were detected above.
     let dot = |a: &[f32], b: &[f32]| unsafe { dot_f32(a, b) };
     let axpy = |p: f32, x: &[f32], y: &mut [f32]| unsafe { axpy_f32(p, x, y) };
-    reference::attention_with(q, k, v, t, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
+    reference::attention_with(q, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
 }
 
 /// y += a·x
