@@ -1,6 +1,8 @@
 //! `tern bench`: a model's prefill and decode speed against the memory
-//! bandwidth measured in the same run, or (`--kernels`) the ternary
-//! products alone on 2B-4T's matrix shapes.
+//! bandwidth measured in the same run, (`--kernels`) the ternary products
+//! alone on 2B-4T's matrix shapes, or (`--concurrency`) the engine serving
+//! many streams at once against one stream, and time to first token behind
+//! a long prompt against idle.
 
 use crate::ModelArgs;
 use anyhow::Context as _;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use tern_engine::bench;
 use tern_engine::gguf::GgufFile;
 use tern_engine::model::{Backend, LoadOptions, Model};
+use tern_engine::{Engine, Event, GenerateRequest, Priority, Prompt, SamplingParams};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -30,6 +33,19 @@ pub struct BenchArgs {
     /// Benchmark the ternary products on 2B-4T's shapes instead of a model.
     #[arg(long)]
     kernels: bool,
+    /// Serve this many concurrent streams through the engine's scheduler,
+    /// each `--prompt-tokens` long and `--decode-tokens` generated, e.g.
+    /// `1,4,16`; ratios are against the first count.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// With `--concurrency`: also time the first token of short prompts
+    /// arriving while a prompt of this many tokens is read, against idle.
+    #[arg(long)]
+    ttft_behind: Option<usize>,
+    /// With `--concurrency`: most prompt tokens of one sequence per step
+    /// (as `tern serve --prefill-chunk`).
+    #[arg(long, default_value_t = 16)]
+    prefill_chunk: usize,
     /// Print one JSON line on stdout (the human-readable report goes to stderr).
     #[arg(long)]
     json: bool,
@@ -37,7 +53,13 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let threads = crate::apply_threads(&args.model);
-    let report = if args.kernels { kernels(&args, threads) } else { model(&args, threads)? };
+    let report = if args.kernels {
+        kernels(&args, threads)
+    } else if !args.concurrency.is_empty() {
+        serving(&args, threads)?
+    } else {
+        model(&args, threads)?
+    };
     if args.json {
         println!("{report}");
     }
@@ -173,4 +195,147 @@ fn kernels(args: &BenchArgs, threads: usize) -> serde_json::Value {
         heads.push(json!({ "type": name, "rows": rows, "cols": cols, "us": seconds * 1e6, "gbs": gbs, "bandwidth_fraction": gbs / bw }));
     }
     json!({ "threads": threads, "ternary_isa": isa, "read_bandwidth_gbs": bw, "products": results, "heads": heads })
+}
+
+/// Short prompts timed for first-token latency.
+const PROBE_TOKENS: usize = 16;
+/// Probes timed on the idle engine.
+const IDLE_PROBES: usize = 8;
+
+fn serving(args: &BenchArgs, threads: usize) -> anyhow::Result<serde_json::Value> {
+    let most = args.concurrency.iter().copied().max().unwrap_or(1);
+    let mut config = crate::engine_config(&args.model);
+    // As `tern serve` by default, or more: probes must not queue.
+    config.max_running = most.max(16);
+    config.max_queue = most.max(64);
+    config.prefill_chunk = args.prefill_chunk;
+    let started = Instant::now();
+    let engine = Engine::load(config)?;
+    let info = engine.models().remove(0);
+    say!(
+        args,
+        "model            {} ({}, context {}) loaded in {:.1} s, {threads} threads",
+        info.id,
+        info.quantization,
+        info.context_length,
+        started.elapsed().as_secs_f64()
+    );
+    // Distinct random prompts: no stream reuses another's prefix.
+    let mut salt: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut prompt = |len: usize| -> Vec<u32> {
+        (0..len)
+            .map(|_| {
+                salt = salt.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (salt >> 40) as u32 % 1000 + 100
+            })
+            .collect()
+    };
+    let request = |tokens: Vec<u32>, max_tokens: usize| GenerateRequest {
+        model: info.id.clone(),
+        prompt: Prompt::Tokens(tokens),
+        max_tokens: max_tokens as u32,
+        sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+        seed: Some(1),
+        stop: vec![],
+        timeout: None,
+        priority: Priority::Interactive,
+    };
+    let mut rows = Vec::new();
+    let mut base = None;
+    for &streams in &args.concurrency {
+        let begun = Instant::now();
+        let gens: Vec<_> = (0..streams)
+            .map(|_| engine.generate(request(prompt(args.prompt_tokens), args.decode_tokens)))
+            .collect::<Result<_, _>>()?;
+        let mut tokens = 0;
+        let mut decode_rate = 0.0;
+        for g in gens {
+            let (_, f) = g.collect()?;
+            tokens += f.usage.completion_tokens as usize;
+            decode_rate += f.usage.completion_tokens.saturating_sub(1) as f64 / (f.usage.generation_ms / 1e3);
+        }
+        let wall = begun.elapsed().as_secs_f64();
+        let aggregate = tokens as f64 / wall;
+        let ratio = aggregate / *base.get_or_insert(aggregate);
+        say!(args, "streams {streams:>3}      {aggregate:7.2} tok/s aggregate ({tokens} tokens in {wall:.1} s, prompts included), \
+            {decode_rate:7.2} tok/s summed decode rate: {ratio:.2}× {} stream(s)", args.concurrency[0]);
+        rows.push(json!({ "streams": streams, "tokens": tokens, "wall_s": wall, "aggregate_tok_s": aggregate,
+            "summed_decode_tok_s": decode_rate, "ratio_to_first": ratio }));
+    }
+    let ttft = match args.ttft_behind {
+        Some(long) => Some(ttft_behind(args, &engine, long, &mut prompt, &request)?),
+        None => None,
+    };
+    Ok(json!({ "model": info.id, "threads": threads, "prompt_tokens": args.prompt_tokens,
+        "decode_tokens": args.decode_tokens, "concurrency": rows, "ttft": ttft }))
+}
+
+/// Time from submitting a one-token generation of a short prompt to its end.
+fn probe(engine: &Engine, req: GenerateRequest) -> anyhow::Result<f64> {
+    let asked = Instant::now();
+    let g = engine.generate(req)?;
+    loop {
+        match g.next()? {
+            Event::Pending => g.wait(),
+            Event::Text(_) => {}
+            Event::Finished(_) => return Ok(asked.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+fn ttft_behind(
+    args: &BenchArgs,
+    engine: &Engine,
+    long: usize,
+    prompt: &mut dyn FnMut(usize) -> Vec<u32>,
+    request: &dyn Fn(Vec<u32>, usize) -> GenerateRequest,
+) -> anyhow::Result<serde_json::Value> {
+    let quantile = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    let mut idle = Vec::new();
+    for _ in 0..IDLE_PROBES {
+        idle.push(probe(engine, request(prompt(PROBE_TOKENS), 1))?);
+    }
+    let reader = engine.generate(request(prompt(long), 1))?;
+    // Let the long prompt get going before the first probe.
+    while engine.status().running == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Probes arrive at random moments relative to the scheduler's steps:
+    // a pause of up to twice the idle first-token time before each.
+    let spread = quantile(&mut idle, 0.5) * 2.0;
+    let mut behind = Vec::new();
+    loop {
+        let pause = (prompt(1)[0] % 1000) as f64 / 1000.0 * spread;
+        std::thread::sleep(Duration::from_secs_f64(pause));
+        let t = probe(engine, request(prompt(PROBE_TOKENS), 1))?;
+        if !matches!(reader.next()?, Event::Pending) {
+            break; // the long prompt ended while this probe ran: not behind it
+        }
+        behind.push(t);
+    }
+    anyhow::ensure!(!behind.is_empty(), "the {long}-token prompt ended before any probe ran behind it");
+    let (idle50, idle99) = (quantile(&mut idle, 0.5), quantile(&mut idle, 0.99));
+    let (b50, b99) = (quantile(&mut behind, 0.5), quantile(&mut behind, 0.99));
+    say!(
+        args,
+        "ttft idle        p50 {:7.1} ms  p99 {:7.1} ms  ({} probes of {PROBE_TOKENS} tokens)",
+        idle50 * 1e3,
+        idle99 * 1e3,
+        idle.len()
+    );
+    say!(
+        args,
+        "ttft behind {long:<5}p50 {:7.1} ms  p99 {:7.1} ms  ({} probes): p99 {:.2}× idle p99, {:.2}× idle p50",
+        b50 * 1e3,
+        b99 * 1e3,
+        behind.len(),
+        b99 / idle99,
+        b99 / idle50
+    );
+    Ok(json!({ "long_prompt_tokens": long, "probe_tokens": PROBE_TOKENS,
+        "idle_p50_ms": idle50 * 1e3, "idle_p99_ms": idle99 * 1e3, "behind_p50_ms": b50 * 1e3,
+        "behind_p99_ms": b99 * 1e3, "probes_behind": behind.len(), "p99_ratio": b99 / idle99 }))
 }

@@ -45,6 +45,7 @@ fn to_wit_finished(f: engine::Finished) -> wit::Finished {
             engine::FinishReason::Stop => wit::FinishReason::Stop,
             engine::FinishReason::Length => wit::FinishReason::Length,
             engine::FinishReason::Cancelled => wit::FinishReason::Cancelled,
+            engine::FinishReason::Timeout => wit::FinishReason::Timeout,
         },
         usage: wit::Usage {
             prompt_tokens: u.prompt_tokens,
@@ -53,6 +54,60 @@ fn to_wit_finished(f: engine::Finished) -> wit::Finished {
             queue_ms: u.queue_ms,
             prompt_ms: u.prompt_ms,
             generation_ms: u.generation_ms,
+        },
+    }
+}
+
+fn to_wit_histogram(h: engine::stats::Histogram) -> wit::Histogram {
+    wit::Histogram { bounds: h.bounds, counts: h.counts, sum: h.sum, count: h.count }
+}
+
+fn to_wit_job(j: engine::JobInfo) -> wit::JobInfo {
+    let state = match j.state {
+        engine::JobState::Queued { position, estimated_wait } => {
+            wit::JobState::Queued(wit::QueuePlace { position, estimated_wait_ms: estimated_wait.as_millis() as u64 })
+        }
+        engine::JobState::Running => wit::JobState::Running,
+        engine::JobState::Done(f) => wit::JobState::Done(to_wit_finished(f)),
+        engine::JobState::Cancelled => wit::JobState::Cancelled,
+        engine::JobState::Failed(e) => wit::JobState::Failed(to_wit_error(e)),
+    };
+    wit::JobInfo {
+        id: j.id,
+        model: j.model,
+        state,
+        text: j.text,
+        prompt_tokens: j.prompt_tokens,
+        created_at_ms: j.created_at_ms,
+    }
+}
+
+/// The engine's request for a WIT generate call.
+fn to_engine_request(model: String, prompt: wit::Prompt, params: wit::SamplingParams) -> engine::GenerateRequest {
+    let prompt = match prompt {
+        wit::Prompt::Text(t) => engine::Prompt::Text(t),
+        wit::Prompt::Chat(m) => engine::Prompt::Chat(to_engine_messages(m)),
+        wit::Prompt::Tokens(t) => engine::Prompt::Tokens(t),
+    };
+    engine::GenerateRequest {
+        model,
+        prompt,
+        max_tokens: params.max_tokens,
+        sampling: engine::SamplingParams {
+            temperature: params.temperature,
+            top_k: params.top_k as usize,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            repeat_penalty: params.repeat_penalty,
+            repeat_last_n: params.repeat_last_n as usize,
+            seed: 0,
+        },
+        seed: params.seed,
+        stop: params.stop,
+        timeout: params.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
+        priority: match params.priority {
+            wit::Priority::Interactive => engine::Priority::Interactive,
+            wit::Priority::Batch => engine::Priority::Batch,
         },
     }
 }
@@ -81,12 +136,29 @@ impl Host for HostState {
 
     fn status(&mut self) -> wasmtime::Result<wit::EngineStatus> {
         let s = self.engine.status();
+        let l = s.latencies;
         Ok(wit::EngineStatus {
             ready: s.ready,
             running: s.running,
             waiting: s.waiting,
+            max_waiting: s.max_waiting,
             prompt_tokens_total: s.prompt_tokens_total,
             generated_tokens_total: s.generated_tokens_total,
+            requests_total: s.requests_total,
+            cancelled_total: s.cancelled_total,
+            rejected_total: s.rejected_total,
+            preempted_total: s.preempted_total,
+            kv_block_tokens: s.kv_block_tokens,
+            kv_blocks_total: s.kv_blocks_total,
+            kv_blocks_used: s.kv_blocks_used,
+            kv_blocks_cached: s.kv_blocks_cached,
+            prefix_hits_total: s.prefix_hits_total,
+            cached_tokens_total: s.cached_tokens_total,
+            steps_total: s.steps_total,
+            time_to_first_token: to_wit_histogram(l.time_to_first_token),
+            inter_token_latency: to_wit_histogram(l.inter_token),
+            queue_time: to_wit_histogram(l.queue_time),
+            request_latency: to_wit_histogram(l.request),
         })
     }
 
@@ -112,32 +184,28 @@ impl Host for HostState {
         prompt: wit::Prompt,
         params: wit::SamplingParams,
     ) -> wasmtime::Result<Result<Resource<GenerationResource>, wit::Error>> {
-        let prompt = match prompt {
-            wit::Prompt::Text(t) => engine::Prompt::Text(t),
-            wit::Prompt::Chat(m) => engine::Prompt::Chat(to_engine_messages(m)),
-            wit::Prompt::Tokens(t) => engine::Prompt::Tokens(t),
-        };
-        let request = engine::GenerateRequest {
-            model,
-            prompt,
-            max_tokens: params.max_tokens,
-            sampling: engine::SamplingParams {
-                temperature: params.temperature,
-                top_k: params.top_k as usize,
-                top_p: params.top_p,
-                min_p: params.min_p,
-                repeat_penalty: params.repeat_penalty,
-                repeat_last_n: params.repeat_last_n as usize,
-                seed: 0,
-            },
-            seed: params.seed,
-            stop: params.stop,
-            timeout: params.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
-        };
+        let request = to_engine_request(model, prompt, params);
         match self.engine.generate(request) {
             Ok(generation) => Ok(Ok(self.table.push(GenerationResource { generation })?)),
             Err(e) => Ok(Err(to_wit_error(e))),
         }
+    }
+
+    fn submit_job(
+        &mut self,
+        model: String,
+        prompt: wit::Prompt,
+        params: wit::SamplingParams,
+    ) -> wasmtime::Result<Result<String, wit::Error>> {
+        Ok(self.engine.submit_job(to_engine_request(model, prompt, params)).map_err(to_wit_error))
+    }
+
+    fn job_status(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
+        Ok(self.engine.job_status(&id).map(to_wit_job))
+    }
+
+    fn cancel_job(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
+        Ok(self.engine.cancel_job(&id).map(to_wit_job))
     }
 }
 

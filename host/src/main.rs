@@ -81,6 +81,23 @@ struct ServeArgs {
     /// Sequences allowed to wait; more are refused with 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
+    /// KV cache per model, in MiB (at least one full context is kept).
+    #[arg(long, default_value_t = 2048)]
+    kv_memory_mib: usize,
+    /// Tokens one scheduler step runs: every decoding sequence's next
+    /// token plus prompt chunks.
+    #[arg(long, default_value_t = 64)]
+    step_tokens: usize,
+    /// Most prompt tokens of one sequence per step: smaller keeps other
+    /// sequences' tokens coming while a long prompt is read.
+    #[arg(long, default_value_t = 16)]
+    prefill_chunk: usize,
+    /// Seconds a finished `/api/chat-queue` job's result is kept.
+    #[arg(long, default_value_t = 600)]
+    job_ttl: u64,
+    /// Most prompts one `POST /batch` may carry.
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
     /// Seconds a request may take, queueing and generation included.
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
@@ -171,6 +188,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_running = args.max_running;
     config.max_queue = args.max_queue;
     config.default_timeout = Some(Duration::from_secs(args.request_timeout));
+    config.kv_memory = args.kv_memory_mib << 20;
+    config.step_tokens = args.step_tokens;
+    config.prefill_chunk = args.prefill_chunk;
+    config.job_ttl = Duration::from_secs(args.job_ttl);
     let model = config.models[0].clone();
     anyhow::ensure!(model.exists(), "model file {} not found (give one with --model)", model.display());
     let engine = Engine::start(config);
@@ -179,6 +200,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         memory_bytes: args.instance_memory_mib << 20,
         request_timeout: Duration::from_secs(args.request_timeout),
         max_instances: args.max_instances,
+        max_batch: args.max_batch,
     };
     let wasm_engine = server::wasm_engine(&limits)?;
     let wasm = match &args.component {
@@ -228,6 +250,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         stop: args.stop,
         timeout: None,
+        priority: tern_engine::Priority::Interactive,
     })?;
     let mut out = std::io::stdout().lock();
     if !args.chat {

@@ -38,6 +38,9 @@ pub struct ServeLimits {
     pub request_timeout: Duration,
     /// Instances alive at once (pooling allocator slots).
     pub max_instances: u32,
+    /// Most prompts one `POST /batch` may carry (the handler reads it from
+    /// its environment as `TERN_MAX_BATCH`).
+    pub max_batch: usize,
 }
 
 /// A compiled handler, ready to instantiate per request.
@@ -84,7 +87,7 @@ impl Handler {
 
     fn new_store(&self) -> Store<HostState> {
         let state = HostState {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
+            wasi: WasiCtx::builder().inherit_stderr().env("TERN_MAX_BATCH", self.limits.max_batch.to_string()).build(),
             http: WasiHttpCtx::new(),
             hooks: crate::state::NoOutgoingRequests,
             table: ResourceTable::new(),

@@ -51,6 +51,12 @@ pub struct SynthArgs {
     /// Number of layers, instead of the model's.
     #[arg(long)]
     layers: Option<usize>,
+    /// Context length (default: the preset's).
+    #[arg(long)]
+    context: Option<usize>,
+    /// `general.name`, the id clients use (default: the preset's name with `-synth`).
+    #[arg(long)]
+    name: Option<String>,
     /// Seed of the weights: one seed gives the same model in every format.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -71,6 +77,10 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         Head::Q8_0 => GgmlType::Q8_0,
     };
     spec.n_layer = args.layers.unwrap_or(spec.n_layer);
+    spec.n_ctx = args.context.unwrap_or(spec.n_ctx);
+    if let Some(name) = args.name {
+        spec.name = name;
+    }
     spec.seed = args.seed;
     spec.check()?;
 

@@ -6,8 +6,8 @@
 //! imports; unit tests implement it with a scripted generation.
 
 pub use crate::bindings::tern::llm::inference::{
-    ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, Message, ModelInfo, Prompt, SamplingParams,
-    Usage,
+    ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo, JobState, Message,
+    ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
 };
 
 /// The inference functions the routes use.
@@ -24,6 +24,12 @@ pub trait Backend {
         prompt: &Prompt,
         params: &SamplingParams,
     ) -> Result<Box<dyn GenerationStream>, Error>;
+    /// Starts a generation the engine holds (`submit-job`); returns its id.
+    fn submit_job(&self, model: &str, prompt: &Prompt, params: &SamplingParams) -> Result<String, Error>;
+    /// A job by id (`job-status`).
+    fn job_status(&self, id: &str) -> Option<JobInfo>;
+    /// Cancels a job (`cancel-job`) and returns its state after.
+    fn cancel_job(&self, id: &str) -> Option<JobInfo>;
 }
 
 /// A running generation read one event at a time. Dropping it cancels the

@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use crate::backend::{
-    Backend, Error, Event, FinishReason, Finished, GenerationStream, Message, Prompt, SamplingParams, Usage,
+    Backend, Error, Event, FinishReason, Finished, GenerationStream, Message, Priority, Prompt, SamplingParams, Usage,
 };
-use crate::error::{error_response, ApiError};
-use crate::http::{Body, Request, Response};
+use crate::error::{error_body, ApiError};
+use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 
 /// Field holding the prompt, named by context-overflow errors.
@@ -46,8 +46,13 @@ pub struct ChatRequest {
 /// the `repeat_penalty` extension. `logit_bias` and `user` are checked and
 /// ignored likewise; the engine has no per-token bias.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let map = json::parse_object(body)?;
-    let f = Fields::new(&map);
+    parse_fields(&json::parse_object(body)?, Priority::Interactive)
+}
+
+/// Validates a chat completion request already read into a JSON object;
+/// `default_priority` applies when the request names none.
+pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Result<ChatRequest, ApiError> {
+    let f = Fields::new(map);
 
     let messages = parse_messages(&f)?;
     let model = f.required_string("model")?.to_string();
@@ -91,6 +96,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let repeat_penalty = f.number_above("repeat_penalty", 0.0)?.unwrap_or(1.0);
     let repeat_last_n = f.integer_at_least("repeat_last_n", 0)?.unwrap_or(DEFAULT_REPEAT_LAST_N);
     let timeout_ms = f.integer_at_least("timeout_ms", 1)?;
+    let priority = parse_priority(&f, default_priority)?;
 
     Ok(ChatRequest {
         model,
@@ -106,6 +112,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
             seed,
             stop,
             timeout_ms,
+            priority,
         },
         stream,
         include_usage,
@@ -311,18 +318,47 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
             "finish_reason": finish_reason(finished.reason),
         }],
         "usage": usage_json(&finished.usage),
+        "timings": timings_json(&finished.usage),
     });
     Ok(Response::json(200, &body))
 }
 
-/// OpenAI's name for why a generation ended. A cancelled generation here is
-/// one whose deadline passed (a vanished client never reads the answer).
+/// The optional `priority` field: `"interactive"` or `"batch"`.
+pub fn parse_priority(f: &Fields<'_>, default: Priority) -> Result<Priority, ApiError> {
+    match f.string("priority")? {
+        None => Ok(default),
+        Some("interactive") => Ok(Priority::Interactive),
+        Some("batch") => Ok(Priority::Batch),
+        Some(other) => {
+            Err(ApiError::param("priority", format!("'priority' must be 'interactive' or 'batch', not {other:?}.")))
+        }
+    }
+}
+
+/// OpenAI's name for why a generation ended (`timeout` and `cancelled` are
+/// tern's own: a deadline passed, or a job was cancelled).
 pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
-        FinishReason::Cancelled => "timeout",
+        FinishReason::Cancelled => "cancelled",
+        FinishReason::Timeout => "timeout",
     }
+}
+
+/// llama.cpp server's `timings` object.
+pub fn timings_json(usage: &Usage) -> Value {
+    let per_second = |n: u32, ms: f64| if ms > 0.0 { f64::from(n) * 1000.0 / ms } else { 0.0 };
+    let prompt_n = usage.prompt_tokens.saturating_sub(usage.cached_tokens);
+    json!({
+        "prompt_n": prompt_n,
+        "prompt_ms": usage.prompt_ms,
+        "prompt_per_second": per_second(prompt_n, usage.prompt_ms),
+        "predicted_n": usage.completion_tokens,
+        "predicted_ms": usage.generation_ms,
+        "predicted_per_second": per_second(usage.completion_tokens, usage.generation_ms),
+        "cache_n": usage.cached_tokens,
+    })
 }
 
 /// OpenAI's usage object.
@@ -363,7 +399,7 @@ struct ChatEvents {
 }
 
 impl ChatEvents {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Vec<u8> {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Map<String, Value> {
         let mut chunk = self.envelope(json!([{
             "index": 0,
             "delta": delta,
@@ -373,7 +409,7 @@ impl ChatEvents {
         if self.include_usage {
             chunk.insert("usage".into(), Value::Null);
         }
-        sse_data(&Value::Object(chunk))
+        chunk
     }
 
     fn envelope(&self, choices: Value) -> Map<String, Value> {
@@ -387,24 +423,28 @@ impl ChatEvents {
         chunk
     }
 
+    /// The chunk with the finish reason, then the usage chunk if asked
+    /// for, then `[DONE]`. `timings` ride on the last JSON chunk, as in
+    /// llama.cpp's server.
     fn finish(&mut self, finished: &Finished) -> Vec<u8> {
-        let last = self.chunk(json!({}), Some(finish_reason(finished.reason)));
+        let mut last = self.chunk(json!({}), Some(finish_reason(finished.reason)));
+        let timings = timings_json(&finished.usage);
         if self.include_usage {
             let mut usage = self.envelope(json!([]));
             usage.insert("usage".into(), usage_json(&finished.usage));
-            self.queued.push_back(sse_data(&Value::Object(usage)));
+            usage.insert("timings".into(), timings);
+            self.queued.push_back(sse_data(usage));
+        } else {
+            last.insert("timings".into(), timings);
         }
         self.queued.push_back(b"data: [DONE]\n\n".to_vec());
-        last
+        sse_data(last)
     }
 
     /// The error object a whole response would have carried, as one last
     /// event: the status line is long gone.
     fn fail(&mut self, error: Error) -> Vec<u8> {
-        match error_response(&ApiError::engine(error, PROMPT_PARAM)).body {
-            Body::Full(object) => [b"data: ", object.as_slice(), b"\n\n"].concat(),
-            Body::Stream(_) => Vec::new(),
-        }
+        sse_data(error_body(&ApiError::engine(error, PROMPT_PARAM)).1)
     }
 }
 
@@ -417,13 +457,13 @@ impl Iterator for ChatEvents {
         }
         if !self.started {
             self.started = true;
-            return Some(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            return Some(sse_data(self.chunk(json!({"role": "assistant", "content": ""}), None)));
         }
         loop {
             let generation = self.generation.as_mut()?;
             match generation.next_event() {
                 Ok(Event::Text(text)) if text.is_empty() => {}
-                Ok(Event::Text(text)) => return Some(self.chunk(json!({"content": text}), None)),
+                Ok(Event::Text(text)) => return Some(sse_data(self.chunk(json!({"content": text}), None))),
                 Ok(Event::Pending) => {}
                 Ok(Event::Finished(finished)) => {
                     self.generation = None;
@@ -438,6 +478,6 @@ impl Iterator for ChatEvents {
     }
 }
 
-fn sse_data(value: &Value) -> Vec<u8> {
-    format!("data: {value}\n\n").into_bytes()
+fn sse_data(value: impl Into<Value>) -> Vec<u8> {
+    format!("data: {}\n\n", value.into()).into_bytes()
 }

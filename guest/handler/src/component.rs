@@ -11,8 +11,8 @@ use crate::bindings::wasi::http::types::{
 use crate::bindings::wasi::io::streams::{OutputStream, StreamError};
 use crate::http;
 use crate::{
-    refuse, route, ApiError, Backend, Body, EngineStatus, Error, Event, GenerationStream, ModelInfo, Prompt, Request,
-    Response, SamplingParams,
+    refuse, route, ApiError, Backend, Body, EngineStatus, Error, Event, GenerationStream, JobInfo, ModelInfo, Prompt,
+    Request, Response, SamplingParams,
 };
 
 /// Most bytes one `blocking-write-and-flush` may carry (wasi:io's limit).
@@ -55,6 +55,18 @@ impl Backend for HostBackend {
     ) -> Result<Box<dyn GenerationStream>, Error> {
         let generation = inference::generate(model, prompt, params)?;
         Ok(Box::new(HostGeneration { ready: generation.subscribe(), generation }))
+    }
+
+    fn submit_job(&self, model: &str, prompt: &Prompt, params: &SamplingParams) -> Result<String, Error> {
+        inference::submit_job(model, prompt, params)
+    }
+
+    fn job_status(&self, id: &str) -> Option<JobInfo> {
+        inference::job_status(id)
+    }
+
+    fn cancel_job(&self, id: &str) -> Option<JobInfo> {
+        inference::cancel_job(id)
     }
 }
 

@@ -38,6 +38,8 @@ pub enum ApiError {
     },
     /// No model is loaded yet (llama.cpp's `/health` answer while loading).
     Loading,
+    /// No queued job has this id (or its result expired).
+    JobNotFound(String),
     /// The engine refused or failed; `prompt_param` names the request field
     /// holding the prompt, for context-overflow errors.
     Engine {
@@ -65,6 +67,18 @@ impl ApiError {
 /// present. Messages never carry internals beyond what the engine marks as
 /// safe to show.
 pub fn error_response(err: &ApiError) -> Response {
+    let (status, body) = error_body(err);
+    let response = Response::json(status, &body);
+    match err {
+        ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
+        ApiError::Engine { error: Error::Overloaded(_), .. } => response.with_header("retry-after", "1"),
+        _ => response,
+    }
+}
+
+/// The status and body [`error_response`] sends for `err`, for answers that
+/// carry an error inside another body (a failed job, a stream's last event).
+pub fn error_body(err: &ApiError) -> (u16, Value) {
     let (status, kind, message, param, code): (u16, &str, String, Option<&str>, Option<&str>) = match err {
         ApiError::MalformedJson(why) => (
             400,
@@ -96,6 +110,13 @@ pub fn error_response(err: &ApiError) -> Response {
             None,
             Some("method_not_allowed"),
         ),
+        ApiError::JobNotFound(id) => (
+            404,
+            "not_found_error",
+            format!("No job `{id}`: it never existed or its result has expired."),
+            None,
+            Some("job_not_found"),
+        ),
         ApiError::Loading => {
             // llama.cpp's exact shape, which its clients poll for; `param`
             // is added so the object still has all four keys.
@@ -105,7 +126,7 @@ pub fn error_response(err: &ApiError) -> Response {
                 "type": "unavailable_error",
                 "param": null,
             }});
-            return Response::json(503, &body);
+            return (503, body);
         }
         ApiError::Engine { error, prompt_param } => match error {
             Error::InvalidRequest(why) => (400, "invalid_request_error", why.clone(), None, None),
@@ -141,10 +162,5 @@ pub fn error_response(err: &ApiError) -> Response {
         "param": param.map_or(Value::Null, Value::from),
         "code": code.map_or(Value::Null, Value::from),
     }});
-    let response = Response::json(status, &body);
-    match err {
-        ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
-        ApiError::Engine { error: Error::Overloaded(_), .. } => response.with_header("retry-after", "1"),
-        _ => response,
-    }
+    (status, body)
 }

@@ -94,6 +94,11 @@ impl Response {
         }
     }
 
+    /// `status` with `body` of type `content_type`.
+    pub fn text(status: u16, content_type: &str, body: Vec<u8>) -> Self {
+        Response { status, headers: vec![("content-type".into(), content_type.into())], body: Body::Full(body) }
+    }
+
     /// A 200 `text/event-stream` whose events come from `events`.
     pub fn event_stream(events: impl Iterator<Item = Vec<u8>> + 'static) -> Self {
         Response {

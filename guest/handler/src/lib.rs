@@ -38,13 +38,15 @@ mod error;
 mod generate;
 mod http;
 mod json;
+mod metrics;
+mod queue;
 mod router;
 #[cfg(test)]
 mod tests;
 
 pub use backend::{
-    Backend, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, Message, ModelInfo,
-    Prompt, SamplingParams, Usage,
+    Backend, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, Histogram, JobInfo,
+    JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
 };
 pub use chat::{parse_request as parse_chat_request, ChatRequest};
 pub use error::{error_response, ApiError};

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use crate::backend::{Backend, ModelInfo};
 use crate::error::{error_response, ApiError};
 use crate::http::{Request, Response};
-use crate::{chat, generate};
+use crate::{chat, generate, metrics, queue};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
@@ -35,32 +35,49 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
     let path = req.path.as_str();
     let (allow, handler): (&'static str, Handler) = match path {
         "/health" => ("GET", Handler::Health),
+        "/metrics" => ("GET", Handler::Metrics),
         "/v1/models" => ("GET", Handler::Models),
         "/v1/chat/completions" => ("POST", Handler::Chat),
         "/generate" => ("POST", Handler::Generate),
-        _ => match path.strip_prefix("/v1/models/") {
-            Some(id) if !id.is_empty() => ("GET", Handler::Model(id)),
+        "/batch" => ("POST", Handler::Batch),
+        "/api/chat-queue" => ("POST", Handler::QueueSubmit),
+        _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
+            (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
+            (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
+                "DELETE" => ("GET, DELETE", Handler::QueueCancel(id)),
+                _ => ("GET, DELETE", Handler::QueueStatus(id)),
+            },
             _ => return Err(ApiError::NotFound { method: req.method.clone(), path: req.path.clone() }),
         },
     };
-    if req.method != allow {
+    if !allow.split(", ").any(|m| m == req.method) {
         return Err(ApiError::MethodNotAllowed { method: req.method.clone(), allow });
     }
     match handler {
         Handler::Health => health(backend),
+        Handler::Metrics => Ok(metrics::render(&backend.status())),
         Handler::Models => Ok(models(backend)),
         Handler::Model(id) => model(backend, id),
         Handler::Chat => chat::handle(req, backend),
         Handler::Generate => generate::handle(req, backend),
+        Handler::Batch => queue::batch(req, backend),
+        Handler::QueueSubmit => queue::submit(req, backend),
+        Handler::QueueStatus(id) => queue::status(id, backend),
+        Handler::QueueCancel(id) => queue::cancel(id, backend),
     }
 }
 
 enum Handler<'a> {
     Health,
+    Metrics,
     Models,
     Model(&'a str),
     Chat,
     Generate,
+    Batch,
+    QueueSubmit,
+    QueueStatus(&'a str),
+    QueueCancel(&'a str),
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),
@@ -74,8 +91,12 @@ fn health(backend: &dyn Backend) -> Result<Response, ApiError> {
                 "status": "ok",
                 "running": s.running,
                 "waiting": s.waiting,
+                "max_waiting": s.max_waiting,
                 "prompt_tokens_total": s.prompt_tokens_total,
                 "generated_tokens_total": s.generated_tokens_total,
+                "kv_blocks_total": s.kv_blocks_total,
+                "kv_blocks_used": s.kv_blocks_used,
+                "kv_blocks_cached": s.kv_blocks_cached,
             }),
         ))
     } else {

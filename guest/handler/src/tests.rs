@@ -10,8 +10,8 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use crate::backend::{
-    Backend, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, ModelInfo, Prompt,
-    SamplingParams, Usage,
+    Backend, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, Histogram, JobInfo,
+    JobState, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
 };
 use crate::error::{error_response, ApiError};
 use crate::http::{self, Body, Request, Response, MAX_BODY_BYTES};
@@ -30,11 +30,15 @@ struct Script {
     ready: bool,
     /// Events the generation replays, in order; `Finished` repeats at the end.
     events: Vec<Result<Event, Error>>,
-    /// Returned by `generate` instead of a generation.
+    /// Returned by `generate` and `submit-job` instead of starting work, once
+    /// `refuse_after` starts have succeeded.
     refuse_with: Option<Error>,
+    refuse_after: usize,
     started: RefCell<Option<Started>>,
     /// Set when the generation is dropped (cancelled, in the real host).
     dropped: Rc<RefCell<bool>>,
+    /// What happened to generations, in order: `start`, `read`, `drop`.
+    log: Rc<RefCell<Vec<&'static str>>>,
 }
 
 impl Script {
@@ -43,9 +47,32 @@ impl Script {
             ready: true,
             events,
             refuse_with: None,
+            refuse_after: 0,
             started: RefCell::new(None),
             dropped: Rc::new(RefCell::new(false)),
+            log: Rc::new(RefCell::new(Vec::new())),
         }
+    }
+
+    /// Refuses with `error` once `starts` generations have started.
+    fn refusing_after(starts: usize, error: Error) -> Self {
+        let mut script = Script::saying(&["x"], FinishReason::Stop);
+        script.refuse_with = Some(error);
+        script.refuse_after = starts;
+        script
+    }
+
+    /// Starts so far, and the refusal if it is due now.
+    fn admit(&self) -> Result<(), Error> {
+        let starts = self.log.borrow().iter().filter(|&&e| e == "start").count();
+        match &self.refuse_with {
+            Some(error) if starts >= self.refuse_after => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn log(&self) -> Vec<&'static str> {
+        self.log.borrow().clone()
     }
 
     /// A generation that says `pieces` and then stops for `reason`.
@@ -63,6 +90,28 @@ impl Script {
 
     fn started(&self) -> Started {
         self.started.borrow_mut().take().expect("generate was called")
+    }
+}
+
+fn job(id: &str, state: JobState) -> JobInfo {
+    JobInfo {
+        id: id.into(),
+        model: MODEL.into(),
+        state,
+        text: "Once upon".into(),
+        prompt_tokens: 7,
+        created_at_ms: 1_700_000_000_500,
+    }
+}
+
+trait WithText {
+    fn with_text(self, text: String) -> Self;
+}
+
+impl WithText for JobInfo {
+    fn with_text(mut self, text: String) -> Self {
+        self.text = text;
+        self
     }
 }
 
@@ -84,7 +133,55 @@ impl Backend for Script {
     }
 
     fn status(&self) -> EngineStatus {
-        EngineStatus { ready: self.ready, running: 0, waiting: 0, prompt_tokens_total: 0, generated_tokens_total: 0 }
+        let latency = Histogram { bounds: vec![0.1, 1.0], counts: vec![2, 1, 1], sum: 3.5, count: 4 };
+        EngineStatus {
+            ready: self.ready,
+            running: 1,
+            waiting: 2,
+            max_waiting: 64,
+            prompt_tokens_total: 100,
+            generated_tokens_total: 50,
+            requests_total: 4,
+            cancelled_total: 1,
+            rejected_total: 0,
+            preempted_total: 0,
+            kv_block_tokens: 16,
+            kv_blocks_total: 200,
+            kv_blocks_used: 50,
+            kv_blocks_cached: 10,
+            prefix_hits_total: 1,
+            cached_tokens_total: 32,
+            steps_total: 40,
+            time_to_first_token: latency.clone(),
+            inter_token_latency: latency.clone(),
+            queue_time: latency.clone(),
+            request_latency: latency,
+        }
+    }
+
+    fn submit_job(&self, model: &str, prompt: &Prompt, params: &SamplingParams) -> Result<String, Error> {
+        self.admit()?;
+        if model != MODEL {
+            return Err(Error::UnknownModel(model.to_string()));
+        }
+        *self.started.borrow_mut() =
+            Some(Started { model: model.to_string(), prompt: prompt.clone(), params: params.clone() });
+        Ok("job-1".into())
+    }
+
+    fn job_status(&self, id: &str) -> Option<JobInfo> {
+        let state = match id {
+            "job-1" => JobState::Queued(QueuePlace { position: 3, estimated_wait_ms: 1500 }),
+            "job-running" => JobState::Running,
+            "job-done" => JobState::Done(Finished { reason: FinishReason::Stop, usage: usage(7, 2) }),
+            "job-failed" => JobState::Failed(Error::Internal("the engine fell over".into())),
+            _ => return None,
+        };
+        Some(job(id, state))
+    }
+
+    fn cancel_job(&self, id: &str) -> Option<JobInfo> {
+        self.job_status(id).map(|j| job(id, JobState::Cancelled).with_text(j.text))
     }
 
     fn generate(
@@ -93,25 +190,30 @@ impl Backend for Script {
         prompt: &Prompt,
         params: &SamplingParams,
     ) -> Result<Box<dyn GenerationStream>, Error> {
-        if let Some(error) = &self.refuse_with {
-            return Err(error.clone());
-        }
+        self.admit()?;
         if model != MODEL {
             return Err(Error::UnknownModel(model.to_string()));
         }
         *self.started.borrow_mut() =
             Some(Started { model: model.to_string(), prompt: prompt.clone(), params: params.clone() });
-        Ok(Box::new(Replay { events: self.events.clone().into_iter().collect(), dropped: self.dropped.clone() }))
+        self.log.borrow_mut().push("start");
+        Ok(Box::new(Replay {
+            events: self.events.clone().into_iter().collect(),
+            dropped: self.dropped.clone(),
+            log: self.log.clone(),
+        }))
     }
 }
 
 struct Replay {
     events: std::collections::VecDeque<Result<Event, Error>>,
     dropped: Rc<RefCell<bool>>,
+    log: Rc<RefCell<Vec<&'static str>>>,
 }
 
 impl GenerationStream for Replay {
     fn next_event(&mut self) -> Result<Event, Error> {
+        self.log.borrow_mut().push("read");
         match self.events.pop_front() {
             Some(Ok(Event::Finished(finished))) => {
                 self.events.push_front(Ok(Event::Finished(finished)));
@@ -126,6 +228,7 @@ impl GenerationStream for Replay {
 impl Drop for Replay {
     fn drop(&mut self) {
         *self.dropped.borrow_mut() = true;
+        self.log.borrow_mut().push("drop");
     }
 }
 
@@ -255,8 +358,12 @@ fn health_is_503_until_ready() {
     assert_eq!(response.status, 200);
     let body = json_of(response);
     assert_eq!(body["status"], "ok");
-    assert_eq!(body["running"], 0);
-    assert_eq!(body["waiting"], 0);
+    assert_eq!(body["running"], 1);
+    assert_eq!(body["waiting"], 2);
+    assert_eq!(body["max_waiting"], 64);
+    assert_eq!(body["kv_blocks_total"], 200);
+    assert_eq!(body["kv_blocks_used"], 50);
+    assert_eq!(body["kv_blocks_cached"], 10);
 }
 
 #[test]
@@ -615,12 +722,21 @@ fn chat_completion_has_openai_shape_and_usage() {
 
 #[test]
 fn finish_reasons_map_to_openai_names() {
-    for (reason, name) in
-        [(FinishReason::Stop, "stop"), (FinishReason::Length, "length"), (FinishReason::Cancelled, "timeout")]
-    {
+    for (reason, name) in [
+        (FinishReason::Stop, "stop"),
+        (FinishReason::Length, "length"),
+        (FinishReason::Cancelled, "cancelled"),
+        (FinishReason::Timeout, "timeout"),
+    ] {
         let script = Script::saying(&["x"], reason);
         let body = json_of(route(&chat(hello(json!({}))), &script));
         assert_eq!(body["choices"][0]["finish_reason"], name);
+        let frames = frames(route(&chat(hello(json!({"stream": true}))), &script));
+        assert_eq!(frame_json(&frames[2])["choices"][0]["finish_reason"], name);
+        let body = json_of(route(&post("/generate", &json!({"prompt": "x"})), &script));
+        assert_eq!(body["finish_reason"], name);
+        let body = json_of(route(&post("/batch", &json!({"prompts": ["x"]})), &script));
+        assert_eq!(body["results"][0]["finish_reason"], name);
     }
 }
 
@@ -668,6 +784,10 @@ fn sse_stream_frames_role_content_finish_usage_done() {
     assert_eq!(chunks[4]["usage"]["prompt_tokens"], 7);
     assert_eq!(chunks[4]["usage"]["completion_tokens"], 2);
     assert_eq!(chunks[4]["usage"]["total_tokens"], 9);
+    assert_eq!(chunks[4]["usage"]["prompt_tokens_details"], json!({"cached_tokens": 3}));
+    assert_eq!(chunks[4]["timings"]["cache_n"], 3);
+    assert_eq!(chunks[4]["timings"]["predicted_n"], 2);
+    assert!(chunks[..4].iter().all(|c| c.get("timings").is_none()), "timings ride on the last chunk only");
 }
 
 #[test]
@@ -679,6 +799,8 @@ fn sse_stream_without_include_usage_has_no_usage_chunk() {
     let last = frame_json(&frames[2]);
     assert_eq!(last["choices"][0]["finish_reason"], "stop");
     assert!(frames[..3].iter().all(|f| !frame_json(f).as_object().unwrap().contains_key("usage")));
+    assert_eq!(last["timings"]["prompt_n"], 4, "the finish chunk is the last one and carries the timings");
+    assert!(frames[..2].iter().all(|f| !frame_json(f).as_object().unwrap().contains_key("timings")));
 }
 
 #[test]
@@ -754,6 +876,9 @@ fn generate_answers_with_text_timing_and_usage() {
     assert_eq!(body["tokens_per_second"], 100.0);
     assert_eq!(body["finish_reason"], "length");
     assert_eq!(body["usage"], json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}));
+    assert_eq!(body["prompt_tokens"], 7);
+    assert_eq!(body["completion_tokens"], 2);
+    assert_eq!(body["cached_tokens"], 3);
 
     let started = script.started();
     assert_eq!(started.model, MODEL, "the first model serves requests that name none");
@@ -761,6 +886,7 @@ fn generate_answers_with_text_timing_and_usage() {
     assert_eq!(started.params.max_tokens, 128);
     assert_eq!(started.params.temperature, 0.7);
     assert_eq!(started.params.top_p, 0.9);
+    assert_eq!(started.params.priority, Priority::Interactive);
 }
 
 #[test]
@@ -781,4 +907,525 @@ fn generate_context_overflow_names_the_prompt() {
     assert_eq!(error["param"], "prompt");
     assert!(error["message"].as_str().unwrap().contains("2048"));
     assert!(error["message"].as_str().unwrap().contains("9000"));
+}
+
+#[test]
+fn priority_is_interactive_by_default_and_validated() {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    route(&chat(hello(json!({}))), &script);
+    assert_eq!(script.started().params.priority, Priority::Interactive);
+    route(&chat(hello(json!({"priority": "batch"}))), &script);
+    assert_eq!(script.started().params.priority, Priority::Batch);
+    assert_eq!(param_error(chat(hello(json!({"priority": "urgent"}))))["param"], "priority");
+    assert_eq!(param_error(post("/generate", &json!({"prompt": "x", "priority": 3})))["param"], "priority");
+}
+
+#[test]
+fn chat_reports_cached_tokens_and_llama_cpp_timings() {
+    let script = Script::saying(&["Once", " upon"], FinishReason::Stop);
+    let body = json_of(route(&chat(hello(json!({}))), &script));
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 3);
+    assert_eq!(
+        body["timings"],
+        json!({
+            "prompt_n": 4,
+            "prompt_ms": 4.0,
+            "prompt_per_second": 1000.0,
+            "predicted_n": 2,
+            "predicted_ms": 15.0,
+            "predicted_per_second": 2000.0 / 15.0,
+            "cache_n": 3,
+        })
+    );
+}
+
+#[test]
+fn timings_survive_zero_durations_and_more_cached_than_prompt_tokens() {
+    let mut u = usage(2, 0);
+    u.cached_tokens = 5;
+    u.prompt_ms = 0.0;
+    u.generation_ms = 0.0;
+    let t = crate::chat::timings_json(&u);
+    assert_eq!(t["prompt_n"], 0);
+    assert_eq!(t["prompt_per_second"], 0.0);
+    assert_eq!(t["predicted_per_second"], 0.0);
+}
+
+// Metrics
+
+fn metrics_text(script: &Script) -> String {
+    let response = route(&Request::new("GET", "/metrics"), script);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    let Body::Full(bytes) = response.body else { panic!("streamed metrics") };
+    String::from_utf8(bytes).expect("metrics are UTF-8")
+}
+
+/// The value of the sample line starting with `series ` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("not a number: {line}"))
+}
+
+/// Checks the exposition the way a scraper would: every family declared
+/// once with help and type, every sample in a declared family, every value
+/// a number, and histograms with non-decreasing buckets ending in `+Inf`
+/// equal to `_count`.
+fn assert_valid_exposition(text: &str) {
+    let mut helps = std::collections::HashSet::new();
+    let mut types = std::collections::HashMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.splitn(4, ' ').collect();
+        match words.as_slice() {
+            ["#", "HELP", name, _] => assert!(helps.insert(name.to_string()), "HELP twice: {name}"),
+            ["#", "TYPE", name, kind] => {
+                assert!(helps.contains(*name), "TYPE before HELP: {name}");
+                assert!(["gauge", "counter", "histogram"].contains(kind), "{line}");
+                assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "TYPE twice: {name}");
+            }
+            _ => {
+                assert!(!line.starts_with('#'), "stray comment: {line}");
+                let series = line.rsplit_once(' ').expect("name and value").0;
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value), "{line}");
+                let name = series.split('{').next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| {
+                        name.strip_suffix(suffix).filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                    })
+                    .unwrap_or(name);
+                assert!(types.contains_key(family), "sample of an undeclared family: {line}");
+            }
+        }
+    }
+    for (family, _) in types.iter().filter(|(_, kind)| *kind == "histogram") {
+        let buckets: Vec<(String, f64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{family}_bucket{{le=\"")))
+            .map(|rest| {
+                let (le, value) = rest.split_once("\"} ").expect("bucket line");
+                (le.to_string(), value.parse().expect("bucket count"))
+            })
+            .collect();
+        assert_eq!(buckets.last().map(|(le, _)| le.as_str()), Some("+Inf"), "{family} ends with +Inf");
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{family} buckets are cumulative: {buckets:?}");
+        let bounds: Vec<f64> = buckets[..buckets.len() - 1].iter().map(|(le, _)| le.parse().unwrap()).collect();
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{family} bounds ascend");
+        assert_eq!(buckets.last().unwrap().1, sample(text, &format!("{family}_count")), "{family}: +Inf is _count");
+        sample(text, &format!("{family}_sum"));
+    }
+}
+
+#[test]
+fn metrics_are_prometheus_text_with_cumulative_buckets() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let text = metrics_text(&script);
+    for line in [
+        "# TYPE tern_ready gauge",
+        "tern_ready 1",
+        "# TYPE tern_requests_running gauge",
+        "tern_requests_running 1",
+        "tern_requests_waiting 2",
+        "tern_kv_blocks_total 200",
+        "tern_kv_blocks_used 50",
+        "tern_kv_blocks_cached 10",
+        "tern_kv_cache_usage_ratio 0.25",
+        "# TYPE tern_prompt_tokens_total counter",
+        "tern_prompt_tokens_total 100",
+        "tern_generated_tokens_total 50",
+        "tern_requests_total 4",
+        "tern_requests_cancelled_total 1",
+        "tern_requests_rejected_total 0",
+        "tern_requests_preempted_total 0",
+        "tern_prefix_cache_hits_total 1",
+        "# TYPE tern_prefix_cache_tokens_total counter",
+        "tern_prefix_cache_tokens_total 32",
+        "tern_steps_total 40",
+        "# TYPE tern_time_to_first_token_seconds histogram",
+        "tern_time_to_first_token_seconds_bucket{le=\"0.1\"} 2",
+        "tern_time_to_first_token_seconds_bucket{le=\"1\"} 3",
+        "tern_time_to_first_token_seconds_bucket{le=\"+Inf\"} 4",
+        "tern_time_to_first_token_seconds_sum 3.5",
+        "tern_time_to_first_token_seconds_count 4",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    for family in [
+        "tern_time_to_first_token_seconds",
+        "tern_inter_token_latency_seconds",
+        "tern_request_queue_time_seconds",
+        "tern_e2e_request_latency_seconds",
+    ] {
+        assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+        assert!(text.contains(&format!("# TYPE {family} histogram\n")), "{family}");
+    }
+    assert_valid_exposition(&text);
+}
+
+#[test]
+fn metrics_answer_while_loading_with_ready_zero() {
+    let mut script = Script::new(Vec::new());
+    script.ready = false;
+    let text = metrics_text(&script);
+    assert_eq!(sample(&text, "tern_ready"), 0.0);
+    assert_eq!(sample(&text, "tern_requests_running"), 1.0);
+    assert_valid_exposition(&text);
+}
+
+#[test]
+fn metrics_histogram_keeps_inf_equal_to_count_when_the_engine_disagrees() {
+    use crate::backend::EngineStatus;
+    let mut status: EngineStatus = Script::new(Vec::new()).status();
+    // Counts one short of the bounds, and a count ahead of the buckets: a
+    // snapshot taken while an observation landed.
+    status.time_to_first_token = Histogram { bounds: vec![0.5, 2.0], counts: vec![1], sum: 0.75, count: 3 };
+    // Buckets ahead of the count.
+    status.inter_token_latency = Histogram { bounds: vec![0.01], counts: vec![4, 2], sum: 0.1, count: 5 };
+    // Nothing observed yet.
+    status.queue_time = Histogram { bounds: vec![0.1, 1.0], counts: vec![0, 0, 0], sum: 0.0, count: 0 };
+    let Body::Full(bytes) = crate::metrics::render(&status).body else { panic!("streamed metrics") };
+    let text = String::from_utf8(bytes).unwrap();
+    assert_valid_exposition(&text);
+    assert_eq!(sample(&text, "tern_time_to_first_token_seconds_bucket{le=\"2\"}"), 1.0);
+    assert_eq!(sample(&text, "tern_time_to_first_token_seconds_bucket{le=\"+Inf\"}"), 3.0);
+    assert_eq!(sample(&text, "tern_inter_token_latency_seconds_bucket{le=\"0.01\"}"), 4.0);
+    assert_eq!(sample(&text, "tern_inter_token_latency_seconds_count"), 6.0);
+    assert_eq!(sample(&text, "tern_request_queue_time_seconds_bucket{le=\"+Inf\"}"), 0.0);
+    assert_eq!(text.matches("tern_inter_token_latency_seconds_bucket{le=\"+Inf\"}").count(), 1);
+}
+
+#[test]
+fn metrics_ratio_is_zero_without_a_kv_pool() {
+    let mut status = Script::new(Vec::new()).status();
+    status.kv_blocks_total = 0;
+    status.kv_blocks_used = 0;
+    let Body::Full(bytes) = crate::metrics::render(&status).body else { panic!("streamed metrics") };
+    assert_eq!(sample(&String::from_utf8(bytes).unwrap(), "tern_kv_cache_usage_ratio"), 0.0);
+}
+
+#[test]
+fn metrics_accept_only_get() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("POST", "/metrics"), &script);
+    assert_eq!(response.header("allow"), Some("GET"));
+    assert_openai_error(response, 405);
+}
+
+// Detached jobs: /api/chat-queue
+
+fn job_request(extra: Value) -> Request {
+    let mut body = json!({"messages": [{"role": "user", "content": "Hello"}]});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    post("/api/chat-queue", &body)
+}
+
+#[test]
+fn chat_queue_submit_is_202_with_id_and_place() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let response = route(&job_request(json!({"max_tokens": 5, "seed": 9, "stop": "\n", "timeout_ms": 60000})), &script);
+    assert_eq!(response.status, 202);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let job = json_of(response);
+    assert_eq!(
+        job,
+        json!({
+            "id": "job-1",
+            "model": MODEL,
+            "status": "queued",
+            "position": 3,
+            "estimated_wait_ms": 1500,
+            "created_at": 1_700_000_000u64,
+            "prompt_tokens": 7,
+            "text": "Once upon",
+        })
+    );
+    let started = script.started();
+    assert_eq!(started.model, MODEL, "the first model when none is named");
+    assert!(matches!(&started.prompt, Prompt::Chat(m) if m.len() == 1 && m[0].content == "Hello"));
+    let params = started.params;
+    assert_eq!(params.priority, Priority::Batch, "jobs wait in the batch queue by default");
+    assert_eq!(params.max_tokens, 5);
+    assert_eq!(params.seed, Some(9));
+    assert_eq!(params.stop, ["\n"]);
+    assert_eq!(params.timeout_ms, Some(60000));
+}
+
+#[test]
+fn chat_queue_submit_takes_a_named_model_and_priority() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let response = route(&job_request(json!({"model": MODEL, "priority": "interactive"})), &script);
+    assert_eq!(response.status, 202);
+    assert_eq!(script.started().params.priority, Priority::Interactive);
+    let response = route(&job_request(json!({"model": null})), &script);
+    assert_eq!(response.status, 202, "a null model is no model");
+    assert_eq!(script.started().model, MODEL);
+}
+
+#[test]
+fn chat_queue_submit_validates_like_chat_completions() {
+    for (extra, param) in [
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].role"),
+        (json!({"max_tokens": -1}), "max_tokens"),
+        (json!({"temperature": 3}), "temperature"),
+        (json!({"top_p": 0}), "top_p"),
+        (json!({"seed": "x"}), "seed"),
+        (json!({"stop": ["a", 1]}), "stop[1]"),
+        (json!({"timeout_ms": 0}), "timeout_ms"),
+        (json!({"priority": "urgent"}), "priority"),
+        (json!({"model": 7}), "model"),
+        (json!({"stream": true}), "stream"),
+    ] {
+        let error = param_error(job_request(extra.clone()));
+        assert_eq!(error["param"], param, "{extra}");
+    }
+    param_error(Request::new("POST", "/api/chat-queue").with_body("{"));
+}
+
+#[test]
+fn chat_queue_submit_maps_engine_refusals() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let error = assert_openai_error(route(&job_request(json!({"model": "gpt-4o"})), &script), 404);
+    assert_eq!(error["code"], "model_not_found");
+
+    let script = Script::refusing(Error::Overloaded("jobs full".into()));
+    let response = route(&job_request(json!({})), &script);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_openai_error(response, 429);
+
+    let overflow = Error::ContextOverflow(ContextOverflow { prompt_tokens: 9000, context_length: 2048 });
+    let error = assert_openai_error(route(&job_request(json!({})), &Script::refusing(overflow)), 400);
+    assert_eq!(error["param"], "messages");
+    assert_eq!(error["code"], "context_length_exceeded");
+}
+
+#[test]
+fn chat_queue_status_reports_each_state() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let get = |id: &str| {
+        let response = route(&Request::new("GET", &format!("/api/chat-queue/{id}")), &script);
+        assert_eq!(response.status, 200);
+        json_of(response)
+    };
+
+    let queued = get("job-1");
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["position"], 3);
+    assert_eq!(queued["estimated_wait_ms"], 1500);
+    assert!(queued.get("usage").is_none() && queued.get("finish_reason").is_none());
+
+    let running = get("job-running");
+    assert_eq!(running["status"], "running");
+    assert_eq!(running["text"], "Once upon", "the text so far");
+    assert!(running.get("position").is_none() && running.get("usage").is_none());
+
+    let done = get("job-done");
+    assert_eq!(
+        done,
+        json!({
+            "id": "job-done",
+            "model": MODEL,
+            "status": "done",
+            "created_at": 1_700_000_000u64,
+            "prompt_tokens": 7,
+            "text": "Once upon",
+            "finish_reason": "stop",
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "total_tokens": 9,
+                "prompt_tokens_details": {"cached_tokens": 3},
+            },
+        })
+    );
+
+    let failed = get("job-failed");
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(
+        failed["error"],
+        json!({"message": "the engine fell over", "type": "server_error", "param": null, "code": null})
+    );
+}
+
+#[test]
+fn chat_queue_delete_cancels_and_reports_the_state() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let response = route(&Request::new("DELETE", "/api/chat-queue/job-running"), &script);
+    assert_eq!(response.status, 200);
+    let job = json_of(response);
+    assert_eq!(job["id"], "job-running");
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["text"], "Once upon", "what was made before the cancel");
+}
+
+#[test]
+fn chat_queue_unknown_id_is_404_not_found_error() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    for method in ["GET", "DELETE"] {
+        let error = assert_openai_error(route(&Request::new(method, "/api/chat-queue/job-nope"), &script), 404);
+        assert_eq!(error["type"], "not_found_error");
+        assert_eq!(error["code"], "job_not_found");
+        assert!(error["message"].as_str().unwrap().contains("job-nope"));
+    }
+}
+
+#[test]
+fn chat_queue_routes_check_methods_and_paths() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    for method in ["PUT", "POST", "PATCH"] {
+        let response = route(&Request::new(method, "/api/chat-queue/job-1"), &script);
+        assert_eq!(response.header("allow"), Some("GET, DELETE"), "{method}");
+        assert_openai_error(response, 405);
+    }
+    for method in ["GET", "DELETE"] {
+        let response = route(&Request::new(method, "/api/chat-queue"), &script);
+        assert_eq!(response.header("allow"), Some("POST"), "{method}");
+        assert_openai_error(response, 405);
+    }
+    for path in ["/api/chat-queue/", "/api/chat-queue/job-1/extra", "/api/chat-queue-x"] {
+        let error = assert_openai_error(route(&Request::new("GET", path), &script), 404);
+        assert_eq!(error["code"], "unknown_url", "{path}");
+    }
+    let response = route(&Request::new("GET", "/api/chat-queue/job-done?wait=1"), &script);
+    assert_eq!(response.status, 200, "a query string does not change the id");
+    assert_eq!(response.header("x-tern-handler"), Some(HANDLER_VERSION));
+}
+
+// The seed API: /batch
+
+#[test]
+fn batch_starts_every_prompt_then_reports_each() {
+    let script = Script::saying(&["Once", " upon"], FinishReason::Length);
+    let response = route(&post("/batch", &json!({"prompts": ["a", "b", "c"], "max_tokens": 2})), &script);
+    assert_eq!(response.status, 200);
+    let body = json_of(response);
+    assert_eq!(body["batch_size"], 3);
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (i, prompt) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(
+            results[i],
+            json!({
+                "index": i,
+                "prompt": prompt,
+                "text": "Once upon",
+                "finish_reason": "length",
+                "prompt_tokens": 7,
+                "completion_tokens": 2,
+                "cached_tokens": 3,
+            })
+        );
+    }
+    assert_eq!(body["total_time_ms"], 20.0, "the engine's clock, as /generate reports it");
+    let log = script.log();
+    assert_eq!(&log[..3], ["start", "start", "start"], "every prompt starts before any is read: {log:?}");
+    assert_eq!(log.iter().filter(|&&e| e == "drop").count(), 3);
+    let started = script.started();
+    assert!(matches!(&started.prompt, Prompt::Text(t) if t == "c"));
+    assert_eq!(started.model, MODEL);
+    assert_eq!(started.params.priority, Priority::Batch);
+    assert_eq!(started.params.max_tokens, 2);
+}
+
+#[test]
+fn batch_shares_generate_defaults_and_ignores_priority() {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    route(&post("/generate", &json!({"prompt": "x"})), &script);
+    let generate = script.started().params;
+    route(&post("/batch", &json!({"prompts": ["x"], "priority": "interactive"})), &script);
+    let batch = script.started().params;
+    assert_eq!(batch.priority, Priority::Batch);
+    // Debug output covers every field; the generated type has no PartialEq.
+    assert_eq!(format!("{:?}", SamplingParams { priority: Priority::Interactive, ..batch }), format!("{generate:?}"));
+
+    route(&post("/batch", &json!({"prompts": ["x"], "temperature": 0, "top_p": 0.5, "model": MODEL})), &script);
+    let params = script.started().params;
+    assert_eq!((params.temperature, params.top_p), (0.0, 0.5));
+}
+
+#[test]
+fn batch_validates_its_fields() {
+    assert_eq!(param_error(post("/batch", &json!({})))["param"], "prompts");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": null})))["param"], "prompts");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": []})))["param"], "prompts");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": "x"})))["param"], "prompts");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": ["x", 2]})))["param"], "prompts[1]");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": ["x"], "max_tokens": 0})))["param"], "max_tokens");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": ["x"], "temperature": "0"})))["param"], "temperature");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": ["x"], "top_p": 2})))["param"], "top_p");
+    assert_eq!(param_error(post("/batch", &json!({"prompts": ["x"], "model": 1})))["param"], "model");
+    param_error(Request::new("POST", "/batch").with_body("[]"));
+}
+
+#[test]
+fn batch_over_the_limit_is_400_naming_prompts() {
+    // The default unless whoever runs the tests set TERN_MAX_BATCH.
+    let limit = crate::queue::batch_limit(std::env::var("TERN_MAX_BATCH").ok().as_deref());
+    let many: Vec<String> = (0..=limit).map(|i| i.to_string()).collect();
+    let error = param_error(post("/batch", &json!({"prompts": many})));
+    assert_eq!(error["param"], "prompts");
+    assert!(error["message"].as_str().unwrap().contains(&format!("between 1 and {limit}")), "{error}");
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    let body = json_of(route(&post("/batch", &json!({"prompts": &many[..limit]})), &script));
+    assert_eq!(body["batch_size"], limit);
+}
+
+#[test]
+fn batch_limit_comes_from_tern_max_batch() {
+    use crate::queue::{batch_limit, DEFAULT_MAX_BATCH};
+    assert_eq!(DEFAULT_MAX_BATCH, 32);
+    assert_eq!(batch_limit(None), 32);
+    assert_eq!(batch_limit(Some("4")), 4);
+    assert_eq!(batch_limit(Some(" 128\n")), 128);
+    for bad in ["0", "-3", "many", ""] {
+        assert_eq!(batch_limit(Some(bad)), 32, "{bad:?} falls back to the default");
+    }
+}
+
+#[test]
+fn batch_refused_by_the_engine_is_429() {
+    let script = Script::refusing(Error::Overloaded("full".into()));
+    let response = route(&post("/batch", &json!({"prompts": ["a", "b"]})), &script);
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn batch_refused_midway_drops_the_prompts_already_started() {
+    let script = Script::refusing_after(2, Error::Overloaded("full".into()));
+    let response = route(&post("/batch", &json!({"prompts": ["a", "b", "c", "d"]})), &script);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_openai_error(response, 429);
+    assert_eq!(script.log(), ["start", "start", "drop", "drop"], "started ones are cancelled, none read");
+}
+
+#[test]
+fn batch_with_an_unknown_model_is_404() {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    let error =
+        assert_openai_error(route(&post("/batch", &json!({"prompts": ["a"], "model": "gpt-4o"})), &script), 404);
+    assert_eq!(error["code"], "model_not_found");
+}
+
+#[test]
+fn batch_engine_error_while_reading_fails_the_batch_and_drops_the_rest() {
+    let script = Script::new(vec![Ok(Event::Text("partial".into())), Err(Error::Internal("decode failed".into()))]);
+    let error = assert_openai_error(route(&post("/batch", &json!({"prompts": ["a", "b"]})), &script), 500);
+    assert_eq!(error["message"], "decode failed");
+    let log = script.log();
+    assert_eq!(log.iter().filter(|&&e| e == "drop").count(), 2, "{log:?}");
+}
+
+#[test]
+fn batch_accepts_only_post() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("GET", "/batch"), &script);
+    assert_eq!(response.header("allow"), Some("POST"));
+    assert_openai_error(response, 405);
 }
