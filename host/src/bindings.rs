@@ -11,7 +11,8 @@ wasmtime::component::bindgen!({
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "tern:llm/inference.generation": crate::inference::GenerationResource,
+        "wasi:keyvalue/store.bucket": crate::store::BucketHandle,
     },
 });
 
-pub use tern::llm::inference;
+pub use tern::llm::{inference, store_usage};

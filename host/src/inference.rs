@@ -100,6 +100,8 @@ fn to_engine_request(model: String, prompt: wit::Prompt, params: wit::SamplingPa
             min_p: params.min_p,
             repeat_penalty: params.repeat_penalty,
             repeat_last_n: params.repeat_last_n as usize,
+            presence_penalty: params.presence_penalty,
+            frequency_penalty: params.frequency_penalty,
             seed: 0,
         },
         seed: params.seed,
@@ -164,6 +166,19 @@ impl Host for HostState {
 
     fn tokenize(&mut self, model: String, text: String) -> wasmtime::Result<Result<Vec<u32>, wit::Error>> {
         Ok(self.engine.tokenize(&model, &text).map_err(to_wit_error))
+    }
+
+    fn embed(
+        &mut self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<wit::Embedding>, wit::Error>> {
+        // Embeddings compute on the calling thread: let tokio move other
+        // tasks off this worker meanwhile.
+        let result = tokio::task::block_in_place(|| self.engine.embed(&model, &inputs));
+        Ok(result
+            .map(|all| all.into_iter().map(|e| wit::Embedding { vector: e.vector, tokens: e.tokens }).collect())
+            .map_err(to_wit_error))
     }
 
     fn detokenize(&mut self, model: String, tokens: Vec<u32>) -> wasmtime::Result<Result<String, wit::Error>> {

@@ -11,6 +11,7 @@ mod bindings;
 mod inference;
 mod server;
 mod state;
+mod store;
 mod synth;
 
 use anyhow::Context as _;
@@ -98,6 +99,17 @@ struct ServeArgs {
     /// Most prompts one `POST /batch` may carry.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
+    /// Memory of the response cache (the host's `wasi:keyvalue` store), in
+    /// MiB; the least recently used answers are evicted beyond it.
+    #[arg(long, default_value_t = 64)]
+    cache_mib: u64,
+    /// Seconds a cached answer stays valid.
+    #[arg(long, default_value_t = 3600)]
+    cache_ttl: u64,
+    /// Origin allowed to call the API from a browser (CORS); repeat for
+    /// several, `*` for any. Default: same-origin only.
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
     /// Seconds a request may take, queueing and generation included.
     #[arg(long, default_value_t = 600)]
     request_timeout: u64,
@@ -200,15 +212,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         memory_bytes: args.instance_memory_mib << 20,
         request_timeout: Duration::from_secs(args.request_timeout),
         max_instances: args.max_instances,
-        max_batch: args.max_batch,
+        guest_env: vec![
+            ("TERN_MAX_BATCH".into(), args.max_batch.to_string()),
+            ("TERN_CACHE_TTL".into(), args.cache_ttl.to_string()),
+            ("TERN_CORS_ORIGINS".into(), args.cors_origins.join(",")),
+        ],
     };
+    let store = Arc::new(store::KvStore::new(args.cache_mib << 20));
     let wasm_engine = server::wasm_engine(&limits)?;
     let wasm = match &args.component {
         Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         None => BUILT_HANDLER.to_vec(),
     };
     let started = std::time::Instant::now();
-    let handler = Arc::new(server::Handler::new(&wasm_engine, &wasm, engine, limits)?);
+    let handler = Arc::new(server::Handler::new(&wasm_engine, &wasm, engine, store, limits)?);
     tracing::info!(ms = started.elapsed().as_millis() as u64, bytes = wasm.len(), "handler compiled");
     server::start_epoch_ticker(&wasm_engine);
 
@@ -246,6 +263,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
             repeat_penalty: args.repeat_penalty,
             repeat_last_n: 64,
             seed: 0,
+            ..Default::default()
         },
         seed: args.seed,
         stop: args.stop,

@@ -11,6 +11,7 @@
 
 use crate::bindings::HandlerPre;
 use crate::state::HostState;
+use crate::store::KvStore;
 use anyhow::{bail, Context as _};
 use hyper::server::conn::http1;
 use std::net::SocketAddr;
@@ -38,15 +39,16 @@ pub struct ServeLimits {
     pub request_timeout: Duration,
     /// Instances alive at once (pooling allocator slots).
     pub max_instances: u32,
-    /// Most prompts one `POST /batch` may carry (the handler reads it from
-    /// its environment as `TERN_MAX_BATCH`).
-    pub max_batch: usize,
+    /// Settings the handler reads from its environment, e.g.
+    /// `TERN_MAX_BATCH` (most prompts one `POST /batch` may carry).
+    pub guest_env: Vec<(String, String)>,
 }
 
 /// A compiled handler, ready to instantiate per request.
 pub struct Handler {
     pre: HandlerPre<HostState>,
     engine: Engine,
+    store: Arc<KvStore>,
     limits: ServeLimits,
 }
 
@@ -70,6 +72,7 @@ impl Handler {
         wasm_engine: &wasmtime::Engine,
         wasm: &[u8],
         engine: Engine,
+        store: Arc<KvStore>,
         limits: ServeLimits,
     ) -> anyhow::Result<Self> {
         let component = Component::new(wasm_engine, wasm)
@@ -79,20 +82,24 @@ impl Handler {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::bindings::inference::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        crate::bindings::store_usage::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        crate::bindings::wasi::keyvalue::store::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        crate::bindings::wasi::keyvalue::atomics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         let pre = HandlerPre::new(
             linker.instantiate_pre(&component).map_err(anyhow::Error::from).context("linking the handler component")?,
         )?;
-        Ok(Self { pre, engine, limits })
+        Ok(Self { pre, engine, store, limits })
     }
 
     fn new_store(&self) -> Store<HostState> {
         let state = HostState {
-            wasi: WasiCtx::builder().inherit_stderr().env("TERN_MAX_BATCH", self.limits.max_batch.to_string()).build(),
+            wasi: WasiCtx::builder().inherit_stderr().envs(&self.limits.guest_env).build(),
             http: WasiHttpCtx::new(),
             hooks: crate::state::NoOutgoingRequests,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).instances(8).build(),
             engine: self.engine.clone(),
+            store: self.store.clone(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limits);

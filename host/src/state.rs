@@ -1,7 +1,9 @@
 //! Per-request store data: WASI and wasi:http contexts, the resource table,
-//! memory limits, and a handle to the shared engine.
+//! memory limits, and handles to the shared engine and key-value store.
 
+use crate::store::KvStore;
 use std::future::Future;
+use std::sync::Arc;
 use tern_engine::Engine;
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
@@ -17,6 +19,8 @@ pub struct HostState {
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub engine: Engine,
+    /// The `wasi:keyvalue` buckets every request shares.
+    pub store: Arc<KvStore>,
 }
 
 impl WasiView for HostState {

@@ -6,9 +6,10 @@
 //! imports; unit tests implement it with a scripted generation.
 
 pub use crate::bindings::tern::llm::inference::{
-    ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo, JobState, Message,
-    ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
+    ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo, JobState,
+    Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
 };
+pub use crate::bindings::tern::llm::store_usage::BucketUsage;
 
 /// The inference functions the routes use.
 pub trait Backend {
@@ -30,6 +31,35 @@ pub trait Backend {
     fn job_status(&self, id: &str) -> Option<JobInfo>;
     /// Cancels a job (`cancel-job`) and returns its state after.
     fn cancel_job(&self, id: &str) -> Option<JobInfo>;
+    /// Token ids of plain text, no BOS (`tokenize`).
+    fn tokenize(&self, model: &str, text: &str) -> Result<Vec<u32>, Error>;
+    /// Text of token ids (`detokenize`).
+    fn detokenize(&self, model: &str, tokens: &[u32]) -> Result<String, Error>;
+    /// A conversation rendered with the model's chat template (`render-chat`).
+    fn render_chat(&self, model: &str, messages: &[Message]) -> Result<String, Error>;
+    /// Unit-length mean-pooled embeddings of `inputs`, in order (`embed`).
+    fn embed(&self, model: &str, inputs: &[String]) -> Result<Vec<Embedding>, Error>;
+    /// The host's key-value store (`wasi:keyvalue`), shared by every request.
+    fn store(&self) -> &dyn Store;
+}
+
+/// Buckets of bytes the host keeps across requests (`wasi:keyvalue/store`
+/// and `atomics`, plus `tern:llm/store-usage`). A store that fails reads as
+/// empty: the callers use it as a cache.
+pub trait Store {
+    /// The value under `key`, if any.
+    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>>;
+    /// Stores `value` under `key`; an error says why it was not kept.
+    fn set(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), String>;
+    /// Forgets `key`.
+    fn delete(&self, bucket: &str, key: &str);
+    /// Every key of the bucket.
+    fn keys(&self, bucket: &str) -> Vec<String>;
+    /// Adds `delta` to the counter under `key` and returns the new value
+    /// (0 if the store cannot count).
+    fn increment(&self, bucket: &str, key: &str, delta: u64) -> u64;
+    /// What the bucket holds, where the runtime reports it.
+    fn usage(&self, bucket: &str) -> Option<BucketUsage>;
 }
 
 /// A running generation read one event at a time. Dropping it cancels the

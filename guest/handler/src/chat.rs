@@ -84,8 +84,8 @@ pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Res
     // Seeds are 64 random bits to the sampler: a negative seed keeps its bits.
     let seed = f.integer("seed")?.map(|s| s as u64);
 
-    f.number_in("presence_penalty", -2.0, false, 2.0)?;
-    f.number_in("frequency_penalty", -2.0, false, 2.0)?;
+    let presence_penalty = f.number_in("presence_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
+    let frequency_penalty = f.number_in("frequency_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
     check_logit_bias(&f)?;
     check_response_format(&f)?;
     f.string("user")?;
@@ -109,6 +109,8 @@ pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Res
             min_p: min_p as f32,
             repeat_penalty: repeat_penalty as f32,
             repeat_last_n,
+            presence_penalty: presence_penalty as f32,
+            frequency_penalty: frequency_penalty as f32,
             seed,
             stop,
             timeout_ms,

@@ -5,14 +5,16 @@
 use crate::bindings;
 use crate::bindings::exports::wasi::http::incoming_handler::Guest;
 use crate::bindings::tern::llm::inference::{self, Generation, Pollable};
+use crate::bindings::tern::llm::store_usage;
+use crate::bindings::wasi::keyvalue;
 use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use crate::bindings::wasi::io::streams::{OutputStream, StreamError};
 use crate::http;
 use crate::{
-    refuse, route, ApiError, Backend, Body, EngineStatus, Error, Event, GenerationStream, JobInfo, ModelInfo, Prompt,
-    Request, Response, SamplingParams,
+    refuse, route, ApiError, Backend, Body, BucketUsage, Embedding, EngineStatus, Error, Event, GenerationStream,
+    JobInfo, Message, ModelInfo, Prompt, Request, Response, SamplingParams, Store,
 };
 
 /// Most bytes one `blocking-write-and-flush` may carry (wasi:io's limit).
@@ -67,6 +69,75 @@ impl Backend for HostBackend {
 
     fn cancel_job(&self, id: &str) -> Option<JobInfo> {
         inference::cancel_job(id)
+    }
+
+    fn tokenize(&self, model: &str, text: &str) -> Result<Vec<u32>, Error> {
+        inference::tokenize(model, text)
+    }
+
+    fn detokenize(&self, model: &str, tokens: &[u32]) -> Result<String, Error> {
+        inference::detokenize(model, tokens)
+    }
+
+    fn render_chat(&self, model: &str, messages: &[Message]) -> Result<String, Error> {
+        inference::render_chat(model, messages)
+    }
+
+    fn embed(&self, model: &str, inputs: &[String]) -> Result<Vec<Embedding>, Error> {
+        inference::embed(model, inputs)
+    }
+
+    fn store(&self) -> &dyn Store {
+        &HostStore
+    }
+}
+
+/// [`Store`] over the host's `wasi:keyvalue` imports. Buckets are opened per
+/// call: an instance lives for one request and touches few keys.
+struct HostStore;
+
+impl HostStore {
+    fn open(bucket: &str) -> Option<keyvalue::store::Bucket> {
+        keyvalue::store::open(bucket).ok()
+    }
+}
+
+impl Store for HostStore {
+    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        Self::open(bucket)?.get(key).ok().flatten()
+    }
+
+    fn set(&self, bucket: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        let b = Self::open(bucket).ok_or_else(|| format!("the store has no bucket {bucket}"))?;
+        b.set(key, value).map_err(|e| format!("{e:?}"))
+    }
+
+    fn delete(&self, bucket: &str, key: &str) {
+        if let Some(b) = Self::open(bucket) {
+            let _ = b.delete(key);
+        }
+    }
+
+    fn keys(&self, bucket: &str) -> Vec<String> {
+        let Some(b) = Self::open(bucket) else { return Vec::new() };
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        while let Ok(page) = b.list_keys(cursor) {
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        keys
+    }
+
+    fn increment(&self, bucket: &str, key: &str, delta: u64) -> u64 {
+        Self::open(bucket).and_then(|b| keyvalue::atomics::increment(&b, key, delta).ok()).unwrap_or(0)
+    }
+
+    fn usage(&self, bucket: &str) -> Option<BucketUsage> {
+        store_usage::usage(bucket)
     }
 }
 

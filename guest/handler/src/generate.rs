@@ -97,6 +97,8 @@ pub fn plain_params(f: &Fields<'_>, priority: Priority) -> Result<SamplingParams
         min_p: 0.0,
         repeat_penalty: 1.0,
         repeat_last_n: 0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
         seed: None,
         stop: Vec::new(),
         timeout_ms: None,

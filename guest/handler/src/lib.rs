@@ -45,8 +45,9 @@ mod router;
 mod tests;
 
 pub use backend::{
-    Backend, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, Histogram, JobInfo,
-    JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
+    Backend, BucketUsage, ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished,
+    GenerationStream, Histogram, JobInfo, JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams,
+    Store, Usage,
 };
 pub use chat::{parse_request as parse_chat_request, ChatRequest};
 pub use error::{error_response, ApiError};

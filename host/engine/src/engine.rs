@@ -256,6 +256,15 @@ pub struct Finished {
     pub usage: Usage,
 }
 
+/// One input's embedding (see [`Engine::embed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// Unit-length mean of the final hidden states.
+    pub vector: Vec<f32>,
+    /// Tokens the input had.
+    pub tokens: u32,
+}
+
 /// What [`Generation::next`] returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -566,6 +575,43 @@ impl Engine {
     pub fn render_chat(&self, model: &str, messages: &[Message]) -> Result<String, EngineError> {
         let m = self.model(model)?;
         m.tokenizer.render_chat(&chat_messages(messages), true).map_err(|e| EngineError::InvalidRequest(e.to_string()))
+    }
+
+    /// Embeddings of `inputs`: the mean of each input's output-normed final
+    /// hidden states (BOS included when the model asks for one), scaled to
+    /// unit length. Runs on the calling thread, beside the scheduler.
+    pub fn embed(&self, model: &str, inputs: &[String]) -> Result<Vec<Embedding>, EngineError> {
+        let m = self.model(model)?;
+        let config = m.backend.config();
+        let (d, context) = (config.n_embd, config.n_ctx);
+        let mut batches = Vec::with_capacity(inputs.len());
+        for (i, text) in inputs.iter().enumerate() {
+            let mut ids: Vec<u32> = m.tokenizer.bos().filter(|_| m.tokenizer.add_bos()).into_iter().collect();
+            ids.extend(m.tokenizer.encode_text(text));
+            if text.is_empty() {
+                return Err(EngineError::InvalidRequest(format!("input {i} is empty")));
+            }
+            if ids.len() > context {
+                return Err(EngineError::InvalidRequest(format!(
+                    "input {i} has {} tokens, more than the context of {context}",
+                    ids.len()
+                )));
+            }
+            batches.push(ids);
+        }
+        Ok(batches
+            .iter()
+            .map(|ids| {
+                let hidden = m.backend.hidden_states(ids);
+                let mut mean = vec![0f64; d];
+                for row in hidden.chunks_exact(d) {
+                    mean.iter_mut().zip(row).for_each(|(m, &h)| *m += f64::from(h));
+                }
+                let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                Embedding { vector: mean.iter().map(|v| (v * scale) as f32).collect(), tokens: ids.len() as u32 }
+            })
+            .collect())
     }
 
     /// Validates a request and queues its generation.

@@ -49,7 +49,7 @@ pub mod synth;
 pub mod tokenizer;
 
 pub use engine::{
-    Engine, EngineConfig, EngineError, EngineStatus, Event, FinishReason, Finished, GenerateRequest, Generation,
+    Embedding, Engine, EngineConfig, EngineError, EngineStatus, Event, FinishReason, Finished, GenerateRequest, Generation,
     JobInfo, JobState, LoadedModel, Message, ModelInfo, Priority, Prompt, Usage,
 };
 pub use sampler::SamplingParams;

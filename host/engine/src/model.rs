@@ -218,6 +218,9 @@ pub enum Logits {
     Last,
     /// Of every token (tests, scoring).
     All,
+    /// Not logits: the output-normed hidden states of every token,
+    /// (tokens, n_embd), for embeddings. Such an item runs alone.
+    Hidden,
 }
 
 /// One sequence's share of a batched forward step.
@@ -287,6 +290,18 @@ pub trait Backend: Send + Sync {
         let logits = self.forward_batch(&mut cache.pool, &[item]);
         cache.len = end;
         logits
+    }
+
+    /// The output-normed hidden states of `tokens` as one fresh sequence:
+    /// (tokens, n_embd).
+    ///
+    /// # Panics
+    /// If the tokens overflow the model's context.
+    fn hidden_states(&self, tokens: &[u32]) -> Vec<f32> {
+        let mut cache = KvCache::new(self.config());
+        assert!(cache.pool.grow(&mut cache.seq, tokens.len()), "hidden_states: {} positions overflow", tokens.len());
+        let item = BatchItem { blocks: cache.seq.blocks(), pos: 0, tokens, logits: Logits::Hidden };
+        self.forward_batch(&mut cache.pool, &[item])
     }
 }
 
@@ -507,6 +522,7 @@ impl Backend for Model {
                 "forward_batch: item {i} has no KV room for {end} positions"
             );
             assert!(!it.tokens.is_empty() || it.logits == Logits::None, "forward_batch: logits of no tokens");
+            assert!(it.logits != Logits::Hidden || items.len() == 1, "forward_batch: hidden states run alone");
             owner.extend((it.pos..end).map(|pos| (i, pos)));
         }
         let n = owner.len();
@@ -590,13 +606,16 @@ impl Backend for Model {
             match it.logits {
                 Logits::None => {}
                 Logits::Last => rows.push(first + len - 1),
-                Logits::All => rows.extend(first..first + len),
+                Logits::All | Logits::Hidden => rows.extend(first..first + len),
             }
             first += len;
         }
         let mut normed = vec![0.0; rows.len() * d];
         for (j, &i) in rows.iter().enumerate() {
             k::rmsnorm(&s.x[i * d..(i + 1) * d], &self.output_norm, c.rms_eps, &mut normed[j * d..(j + 1) * d]);
+        }
+        if items[0].logits == Logits::Hidden {
+            return normed;
         }
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
         let mut logits = vec![0.0; rows.len() * c.n_vocab];

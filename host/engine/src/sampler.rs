@@ -12,13 +12,28 @@ pub struct SamplingParams {
     pub top_p: f32,
     pub min_p: f32,
     pub repeat_penalty: f32,
+    /// Window of recent tokens the three penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted once from the logit of every token in the window.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per appearance in the window.
+    pub frequency_penalty: f32,
     pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -37,6 +52,11 @@ impl SamplingParams {
         }
         if !finite(self.repeat_penalty) || self.repeat_penalty <= 0.0 {
             return Err(format!("repeat_penalty must be > 0, got {}", self.repeat_penalty));
+        }
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if !finite(v) || !(-2.0..=2.0).contains(&v) {
+                return Err(format!("{name} must be in [-2, 2], got {v}"));
+            }
         }
         Ok(())
     }
@@ -85,15 +105,18 @@ impl Sampler {
         let p = &self.params;
         let mut logits_buf;
         let mut logits = logits;
-        if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+        let penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        if penalised && p.repeat_last_n > 0 {
             logits_buf = logits.to_vec();
             let start = history.len().saturating_sub(p.repeat_last_n);
-            let mut seen = std::collections::HashSet::new();
+            let mut counts = std::collections::HashMap::new();
             for &t in &history[start..] {
-                if seen.insert(t) {
-                    if let Some(l) = logits_buf.get_mut(t as usize) {
-                        *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
-                    }
+                *counts.entry(t).or_insert(0u32) += 1;
+            }
+            for (t, n) in counts {
+                if let Some(l) = logits_buf.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l -= p.presence_penalty + p.frequency_penalty * n as f32;
                 }
             }
             logits = &logits_buf;
@@ -166,7 +189,17 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32) -> SamplingParams {
-        SamplingParams { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 0, seed: 7 }
+        SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -207,6 +240,20 @@ mod tests {
     fn repeat_penalty_moves_greedy_choice_off_recent_token() {
         let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, repeat_last_n: 8, ..params(0.0) });
         assert_eq!(s.sample(&[3.0, 2.0], &[0]), 1);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_subtract_per_token_and_per_count() {
+        let p = SamplingParams { repeat_last_n: 8, ..params(0.0) };
+        // Token 0 appeared twice, token 1 once: by count 3.0-1.6 < 2.5-0.8,
+        // while a flat 0.8 keeps token 0 ahead.
+        let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.8, ..p.clone() });
+        assert_eq!(s.sample(&[3.0, 2.5, 1.0], &[0, 1, 0]), 1);
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.8, ..p.clone() });
+        assert_eq!(s.sample(&[3.0, 2.5, 1.0], &[0, 1, 0]), 0);
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 1.0, ..p.clone() });
+        assert_eq!(s.sample(&[3.0, 2.0, 2.5], &[0, 1, 0]), 2);
+        assert!(SamplingParams { presence_penalty: 2.5, ..p }.validate().is_err());
     }
 
     #[test]

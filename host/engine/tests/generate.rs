@@ -189,3 +189,24 @@ fn many_generations_at_once_all_finish() {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+#[test]
+fn embeddings_are_unit_length_deterministic_and_tell_inputs_apart() {
+    let e = engine();
+    let inputs = ["the king".to_string(), "in the".to_string(), "the king".to_string()];
+    let out = e.embed(MODEL, &inputs).unwrap();
+    assert_eq!(out.len(), 3);
+    for emb in &out {
+        let norm: f32 = emb.vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        assert!(emb.tokens >= 2);
+    }
+    assert_eq!(out[0], out[2]);
+    assert_ne!(out[0].vector, out[1].vector);
+    // One input alone gives the same vector as in a list.
+    assert_eq!(e.embed(MODEL, &inputs[1..2]).unwrap()[0], out[1]);
+    assert!(matches!(e.embed(MODEL, &[String::new()]), Err(EngineError::InvalidRequest(_))));
+    assert!(matches!(e.embed("nope", &inputs), Err(EngineError::UnknownModel(_))));
+    let long = "the ".repeat(200);
+    assert!(matches!(e.embed(MODEL, &[long]), Err(EngineError::InvalidRequest(_))));
+}
