@@ -36,8 +36,11 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")
+        # TERN_COMPONENT serves a handler built apart from the binary.
+        component = os.environ.get("TERN_COMPONENT")
+        extra = ["--component", component] if component else []
         self.proc = subprocess.Popen(
-            [str(tern_binary()), "serve", "--addr", f"127.0.0.1:{self.port}", *args],
+            [str(tern_binary()), "serve", "--addr", f"127.0.0.1:{self.port}", *extra, *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
