@@ -89,8 +89,9 @@ struct ServeArgs {
     /// token plus prompt chunks.
     #[arg(long, default_value_t = 64)]
     step_tokens: usize,
-    /// Most prompt tokens of one sequence per step: smaller keeps other
-    /// sequences' tokens coming while a long prompt is read.
+    /// Most prompt tokens per step of a prompt that cannot finish within the
+    /// step: smaller keeps other sequences' tokens coming while a long
+    /// prompt is read.
     #[arg(long, default_value_t = 16)]
     prefill_chunk: usize,
     /// Seconds a finished `/api/chat-queue` job's result is kept.

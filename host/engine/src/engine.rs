@@ -70,7 +70,8 @@ pub struct EngineConfig {
     /// Tokens one scheduler step runs: every decoding sequence's next token
     /// plus prompt chunks.
     pub step_tokens: usize,
-    /// Most prompt tokens of one sequence in one step.
+    /// Most prompt tokens per step of a prompt that cannot finish within
+    /// the step (one that fits the step's rest runs whole).
     pub prefill_chunk: usize,
     /// How long a finished job's result is kept.
     pub job_ttl: Duration,

@@ -49,8 +49,8 @@ pub mod synth;
 pub mod tokenizer;
 
 pub use engine::{
-    Embedding, Engine, EngineConfig, EngineError, EngineStatus, Event, FinishReason, Finished, GenerateRequest, Generation,
-    JobInfo, JobState, LoadedModel, Message, ModelInfo, Priority, Prompt, Usage,
+    Embedding, Engine, EngineConfig, EngineError, EngineStatus, Event, FinishReason, Finished, GenerateRequest,
+    Generation, JobInfo, JobState, LoadedModel, Message, ModelInfo, Priority, Prompt, Usage,
 };
 pub use sampler::SamplingParams;
 

@@ -41,7 +41,8 @@ pub(crate) struct Limits {
     pub max_running: usize,
     /// Tokens one step runs: decodes plus prompt chunks.
     pub step_tokens: usize,
-    /// Most prompt tokens of one sequence in one step.
+    /// Most prompt tokens one step gives a prompt that cannot finish in it;
+    /// a prompt whose rest fits the step's budget runs whole.
     pub prefill_chunk: usize,
     /// Bytes of KV cache per model.
     pub kv_memory: usize,
@@ -467,7 +468,9 @@ impl Scheduler {
         let mut ends_here = false;
         for i in prompts {
             let s = &self.running[i];
-            let take = s.remaining().min(chunk).min(left);
+            // A short prompt finishes in one step (and then holds the long
+            // ones back): its first token does not wait for their chunks.
+            let take = if s.remaining() <= left { s.remaining() } else { s.remaining().min(chunk).min(left) };
             if take == 0 {
                 // A prompt always moves when the step would otherwise be empty.
                 if plan.iter().all(|&n| n == 0) {

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tern_engine::{
-    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Generation, Message, Priority, Prompt,
-    SamplingParams,
+    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Message, Priority, Prompt, SamplingParams,
 };
 
 const MODEL: &str = "tiny-fixture";

@@ -11,8 +11,9 @@ pub(crate) use std::rc::Rc;
 pub(crate) use serde_json::{json, Value};
 
 pub(crate) use crate::backend::{
-    Backend, BucketUsage, Embedding, Message, Store, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, Histogram, JobInfo,
-    JobState, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
+    Backend, BucketUsage, ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished,
+    GenerationStream, Histogram, JobInfo, JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams,
+    Store, Usage,
 };
 pub(crate) use crate::error::{error_response, ApiError};
 pub(crate) use crate::http::{self, Body, Request, Response, MAX_BODY_BYTES};
@@ -334,7 +335,6 @@ pub(crate) fn param_error(request: Request) -> Value {
     assert!(script.started.borrow().is_none(), "invalid requests never reach the engine");
     error
 }
-
 
 pub(crate) fn known(model: &str) -> Result<(), Error> {
     if model == MODEL {
