@@ -283,6 +283,14 @@ pub(crate) struct GenState {
 }
 
 impl GenState {
+    /// Adds generated text, unless the generation has already ended (e.g. a
+    /// job cancelled while its last step ran): an ended text never changes.
+    pub fn append(&mut self, text: &str) {
+        if self.finished.is_none() && self.error.is_none() {
+            self.text.push_str(text);
+        }
+    }
+
     fn has_news(&self) -> bool {
         !self.text.is_empty() || self.finished.is_some() || self.error.is_some()
     }

@@ -103,7 +103,7 @@ impl Seq {
         }
         let usage = self.usage();
         self.shared.update(|s| {
-            s.text.push_str(&tail);
+            s.append(&tail);
             s.finished.get_or_insert(Finished { reason, usage });
         });
         Stats::add(&stats.requests, 1);
@@ -152,7 +152,7 @@ impl Seq {
             let text = self.utf8.push(&tok.token_bytes(token));
             let (shown, stopped) = self.stop.push(&text);
             if !shown.is_empty() {
-                self.shared.update(|s| s.text.push_str(&shown));
+                self.shared.update(|s| s.append(&shown));
             }
             if stopped {
                 self.finish(FinishReason::Stop, false, stats);
