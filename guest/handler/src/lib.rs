@@ -41,6 +41,7 @@ mod json;
 mod metrics;
 mod queue;
 mod router;
+mod spin;
 #[cfg(test)]
 mod tests;
 

@@ -9,6 +9,8 @@
 //!   `estimated_wait_ms`), `running`, `done` (with `finish_reason`, `usage`),
 //!   `cancelled` or `failed` (with `error`), and the text so far.
 //! - `DELETE /api/chat-queue/{id}` cancels the job and reports it.
+//! - `GET` and `DELETE /api/chat-queue?requestId={id}` are the seed's
+//!   spelling of the two above.
 //! - `POST /batch` `{prompts, max_tokens?, temperature?, top_p?, model?}`
 //!   starts every prompt before reading any, so the engine runs them as one
 //!   batch, and answers `{results, total_time_ms, batch_size}`. At most

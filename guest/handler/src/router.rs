@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use crate::backend::{Backend, ModelInfo};
 use crate::error::{error_response, ApiError};
 use crate::http::{Request, Response};
-use crate::{chat, generate, metrics, queue};
+use crate::{chat, generate, metrics, queue, spin};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
@@ -40,7 +40,15 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         "/v1/chat/completions" => ("POST", Handler::Chat),
         "/generate" => ("POST", Handler::Generate),
         "/batch" => ("POST", Handler::Batch),
-        "/api/chat-queue" => ("POST", Handler::QueueSubmit),
+        // The seed's spelling: `?requestId=` instead of a path segment.
+        "/api/chat-queue" => match (req.method.as_str(), req.query_param("requestId")) {
+            ("GET", Some(id)) => ("POST, GET, DELETE", Handler::QueueStatusQuery(id)),
+            ("DELETE", Some(id)) => ("POST, GET, DELETE", Handler::QueueCancelQuery(id)),
+            ("GET" | "DELETE", None) => return Err(ApiError::param("requestId", "'requestId' is required.")),
+            _ => ("POST, GET, DELETE", Handler::QueueSubmit),
+        },
+        "/infer" => ("POST", Handler::SpinInfer),
+        "/embed" => ("POST", Handler::SpinEmbed),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
             (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
@@ -64,6 +72,10 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         Handler::QueueSubmit => queue::submit(req, backend),
         Handler::QueueStatus(id) => queue::status(id, backend),
         Handler::QueueCancel(id) => queue::cancel(id, backend),
+        Handler::QueueStatusQuery(id) => queue::status(&id, backend),
+        Handler::QueueCancelQuery(id) => queue::cancel(&id, backend),
+        Handler::SpinInfer => spin::infer(req, backend),
+        Handler::SpinEmbed => spin::embed(req, backend),
     }
 }
 
@@ -78,6 +90,10 @@ enum Handler<'a> {
     QueueSubmit,
     QueueStatus(&'a str),
     QueueCancel(&'a str),
+    QueueStatusQuery(String),
+    QueueCancelQuery(String),
+    SpinInfer,
+    SpinEmbed,
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

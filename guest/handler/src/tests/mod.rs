@@ -2,7 +2,9 @@
 //! (`script.rs`). Each API family has its own file; this one holds routing,
 //! chat completions, the plain APIs and the queue.
 
+mod queue_query;
 mod script;
+mod spin;
 
 use script::*;
 
@@ -995,9 +997,9 @@ fn chat_queue_routes_check_methods_and_paths() {
         assert_eq!(response.header("allow"), Some("GET, DELETE"), "{method}");
         assert_openai_error(response, 405);
     }
-    for method in ["GET", "DELETE"] {
+    for method in ["PUT", "PATCH"] {
         let response = route(&Request::new(method, "/api/chat-queue"), &script);
-        assert_eq!(response.header("allow"), Some("POST"), "{method}");
+        assert_eq!(response.header("allow"), Some("POST, GET, DELETE"), "{method}");
         assert_openai_error(response, 405);
     }
     for path in ["/api/chat-queue/", "/api/chat-queue/job-1/extra", "/api/chat-queue-x"] {
