@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from conftest import Server
-from test_queue_api import synth
+# A random-weight model of 48 layers: it rarely ends its turn and is slow
+# enough that an answer is surely still streaming when Stop is pressed.
+from test_queue_api import slow_server  # noqa: F401 - a fixture
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -128,16 +129,6 @@ def test_chat_page_shows_server_errors_readably(page, server, model_id):
     expect(answer.locator(".meta")).to_have_text("failed")
     # The failed text comes back to the box, ready to edit and resend.
     assert page.get_by_label("Message").input_value().startswith("word word")
-
-
-@pytest.fixture(scope="module")
-def slow_server(tmp_path_factory):
-    """A random-weight model of 48 layers: it rarely ends its turn and is slow
-    enough that an answer is surely still streaming when Stop is pressed."""
-    tmp = tmp_path_factory.mktemp("slow-page")
-    s = Server(["--model", str(synth(tmp, "slow", "--layers", "48", "--context", "4096"))], tmp / "serve.log")
-    yield s
-    s.stop()
 
 
 def test_stop_button_aborts_the_stream_and_keeps_what_was_shown(browser, slow_server):

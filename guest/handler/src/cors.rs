@@ -97,7 +97,7 @@ impl CorsPolicy {
     /// readable in the browser's network panel. A plain `OPTIONS` gets 204
     /// with `allow`.
     pub fn preflight(&self, req: &Request, methods: &str) -> Result<Response, ApiError> {
-        let empty = || Response::text(204, "text/plain", Vec::new());
+        let empty = || Response::empty(204);
         let (Some(origin), Some(_)) = (req.header("origin"), req.header("access-control-request-method")) else {
             return Ok(empty().with_header("allow", &format!("{methods}, OPTIONS")));
         };

@@ -71,11 +71,8 @@ fn asset(req: &Request, content_type: &str, body: &str) -> Response {
     let tag = entity_tag(body);
     let matches =
         req.header("if-none-match").is_some_and(|list| list.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-    let response = if matches {
-        Response::text(304, content_type, Vec::new())
-    } else {
-        Response::text(200, content_type, body.as_bytes().to_vec())
-    };
+    let response =
+        if matches { Response::empty(304) } else { Response::text(200, content_type, body.as_bytes().to_vec()) };
     response.with_header("etag", &tag).with_header("cache-control", "no-cache")
 }
 
