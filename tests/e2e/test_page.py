@@ -116,6 +116,36 @@ def test_chat_page_streams_an_answer_with_tokens_per_second(page, model_id):
     assert not problems, problems
 
 
+def test_chat_page_marks_answers_served_from_the_cache(page, model_id):
+    """The response cache says so in an `X-Cache: hit` header or in `cached:
+    true` on the chunks; either marks the answer, and neither means not cached."""
+    from playwright.sync_api import expect
+
+    page, problems = page
+    signal = {}
+
+    def mark(route):
+        response = route.fetch()
+        body = response.text()
+        if signal.get("chunks"):
+            body = body.replace('"object":"chat.completion.chunk"', '"object":"chat.completion.chunk","cached":true')
+        route.fulfill(response=response, body=body, headers={**response.headers, **signal.get("headers", {})})
+
+    page.route("**/v1/chat/completions", mark)
+    page.get_by_label("Model").select_option(model_id)
+    page.get_by_label("Max tokens").fill("8")
+    for signal_now, expected in [({}, "not cached"), ({"headers": {"x-cache": "HIT"}}, "· cached"),
+                                 ({"chunks": True}, "· cached")]:
+        signal.clear()
+        signal.update(signal_now)
+        meta = ask(page, "Hello").locator(".meta")
+        expect(meta).to_contain_text("tokens/s", timeout=ANSWER_TIMEOUT_MS)
+        assert expected in meta.inner_text(), (signal_now, meta.inner_text())
+        if expected != "not cached":
+            assert "not cached" not in meta.inner_text()
+    assert not problems, problems
+
+
 def test_chat_page_shows_server_errors_readably(page, server, model_id):
     from playwright.sync_api import expect
 
