@@ -21,6 +21,7 @@ let controller = null;
 function showError(message) {
   errorBox.textContent = message;
   errorBox.hidden = !message;
+  if (message) errorBox.scrollIntoView({ block: "end" });
 }
 
 /** The readable reason of a failed response: the OpenAI error's message if any. */
@@ -115,7 +116,7 @@ function setBusy(busy) {
 async function send(content) {
   showError("");
   history.push({ role: "user", content });
-  addMessage("user", content);
+  const question = addMessage("user", content);
   const answer = addMessage("assistant", "");
   answer.item.setAttribute("aria-busy", "true");
   answer.meta.textContent = "waiting…";
@@ -165,9 +166,11 @@ async function send(content) {
       else history.pop();
       answer.meta.textContent = "stopped";
     } else {
-      // The turn failed: drop it so the next message does not carry it.
+      // The turn failed: drop it from the conversation and the log, and
+      // give the text back to edit and resend.
       history.pop();
-      answer.meta.textContent = "failed";
+      question.item.remove();
+      answer.item.remove();
       if (!input.value) input.value = content;
       showError(e.message);
     }
