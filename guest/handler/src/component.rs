@@ -206,7 +206,8 @@ fn send(response: Response, response_out: ResponseOutparam) {
         // Every header the router sets is valid; skipping is only defence.
         let _ = headers.append(name, value.as_bytes());
     }
-    if let Body::Full(bytes) = &response.body {
+    // 204 and 304 have no body, and must not state a length of one.
+    if let (Body::Full(bytes), false) = (&response.body, matches!(response.status, 204 | 304)) {
         let _ = headers.append("content-length", bytes.len().to_string().as_bytes());
     }
     let outgoing = OutgoingResponse::new(headers);

@@ -40,6 +40,8 @@ pub enum ApiError {
     Loading,
     /// No queued job has this id (or its result expired).
     JobNotFound(String),
+    /// A CORS preflight from an origin the server does not allow.
+    OriginNotAllowed(String),
     /// The engine refused or failed; `prompt_param` names the request field
     /// holding the prompt, for context-overflow errors.
     Engine {
@@ -116,6 +118,13 @@ pub fn error_body(err: &ApiError) -> (u16, Value) {
             format!("No job `{id}`: it never existed or its result has expired."),
             None,
             Some("job_not_found"),
+        ),
+        ApiError::OriginNotAllowed(origin) => (
+            403,
+            "invalid_request_error",
+            format!("Cross-origin requests from {origin} are not allowed; see `tern serve --cors-origin`."),
+            None,
+            Some("origin_not_allowed"),
         ),
         ApiError::Loading => {
             // llama.cpp's exact shape, which its clients poll for; `param`

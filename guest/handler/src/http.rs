@@ -103,6 +103,11 @@ impl Response {
         }
     }
 
+    /// `status` with no body and no headers, e.g. 204 or 304.
+    pub fn empty(status: u16) -> Self {
+        Response { status, headers: Vec::new(), body: Body::Full(Vec::new()) }
+    }
+
     /// `status` with `body` of type `content_type`.
     pub fn text(status: u16, content_type: &str, body: Vec<u8>) -> Self {
         Response { status, headers: vec![("content-type".into(), content_type.into())], body: Body::Full(body) }

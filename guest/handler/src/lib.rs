@@ -34,11 +34,13 @@ mod chat;
 // linker symbols, and unit tests only need the router.
 #[cfg(target_arch = "wasm32")]
 mod component;
+mod cors;
 mod error;
 mod generate;
 mod http;
 mod json;
 mod metrics;
+mod page;
 mod queue;
 mod router;
 mod spin;
@@ -51,6 +53,7 @@ pub use backend::{
     Store, Usage,
 };
 pub use chat::{parse_request as parse_chat_request, ChatRequest};
+pub use cors::CorsPolicy;
 pub use error::{error_response, ApiError};
 pub use http::{append_body_chunk, check_declared_length, Body, Request, Response, MAX_BODY_BYTES};
-pub use router::{refuse, route, HANDLER_VERSION};
+pub use router::{refuse, route, route_with, HANDLER_VERSION};

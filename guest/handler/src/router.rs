@@ -3,22 +3,31 @@
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, ModelInfo};
+use crate::cors::CorsPolicy;
 use crate::error::{error_response, ApiError};
-use crate::http::{Request, Response};
-use crate::{chat, generate, metrics, queue, spin};
+use crate::http::{Body, Request, Response};
+use crate::{chat, generate, metrics, page, queue, spin};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
 pub const HANDLER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Answers `req` using `backend` for inference. Never panics on client input:
-/// every failure becomes an OpenAI-shaped error response.
+/// Answers `req` using `backend` for inference, under the CORS policy in
+/// `TERN_CORS_ORIGINS`. Never panics on client input: every failure becomes
+/// an OpenAI-shaped error response.
 pub fn route(req: &Request, backend: &dyn Backend) -> Response {
-    let response = match dispatch(req, backend) {
+    route_with(req, backend, &CorsPolicy::from_env())
+}
+
+/// [`route`] under an explicit CORS policy. `HEAD` answers are `GET`'s
+/// without the body.
+pub fn route_with(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Response {
+    let response = match dispatch(req, backend, cors) {
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
-    stamp(response)
+    let response = if req.method == "HEAD" { Response { body: Body::Full(Vec::new()), ..response } } else { response };
+    stamp(cors.decorate(req, response))
 }
 
 /// The response for a request refused before routing (e.g. a body over the
@@ -31,9 +40,11 @@ fn stamp(response: Response) -> Response {
     response.with_header("x-tern-handler", HANDLER_VERSION)
 }
 
-fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+/// Routes by path, answers `OPTIONS` for every route, then checks the method.
+fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<Response, ApiError> {
     let path = req.path.as_str();
     let (allow, handler): (&'static str, Handler) = match path {
+        "/" => ("GET, HEAD", Handler::Root),
         "/health" => ("GET", Handler::Health),
         "/metrics" => ("GET", Handler::Metrics),
         "/v1/models" => ("GET", Handler::Models),
@@ -49,6 +60,7 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         },
         "/infer" => ("POST", Handler::SpinInfer),
         "/embed" => ("POST", Handler::SpinEmbed),
+        _ if path.starts_with("/static/") => ("GET, HEAD", Handler::Static(&path["/static/".len()..])),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
             (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
@@ -58,10 +70,15 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
             _ => return Err(ApiError::NotFound { method: req.method.clone(), path: req.path.clone() }),
         },
     };
+    if req.method == "OPTIONS" {
+        return cors.preflight(req, allow);
+    }
     if !allow.split(", ").any(|m| m == req.method) {
         return Err(ApiError::MethodNotAllowed { method: req.method.clone(), allow });
     }
     match handler {
+        Handler::Root => Ok(page::root(req)),
+        Handler::Static(name) => page::static_file(req, name),
         Handler::Health => health(backend),
         Handler::Metrics => Ok(metrics::render(&backend.status())),
         Handler::Models => Ok(models(backend)),
@@ -80,6 +97,8 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
 }
 
 enum Handler<'a> {
+    Root,
+    Static(&'a str),
     Health,
     Metrics,
     Models,

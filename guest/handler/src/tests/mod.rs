@@ -2,6 +2,8 @@
 //! (`script.rs`). Each API family has its own file; this one holds routing,
 //! chat completions, the plain APIs and the queue.
 
+mod cors;
+mod page;
 mod queue_query;
 mod script;
 mod spin;
