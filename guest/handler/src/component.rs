@@ -6,11 +6,11 @@ use crate::bindings;
 use crate::bindings::exports::wasi::http::incoming_handler::Guest;
 use crate::bindings::tern::llm::inference::{self, Generation, Pollable};
 use crate::bindings::tern::llm::store_usage;
-use crate::bindings::wasi::keyvalue;
 use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use crate::bindings::wasi::io::streams::{OutputStream, StreamError};
+use crate::bindings::wasi::keyvalue;
 use crate::http;
 use crate::{
     refuse, route, ApiError, Backend, Body, BucketUsage, Embedding, EngineStatus, Error, Event, GenerationStream,
@@ -138,6 +138,10 @@ impl Store for HostStore {
 
     fn usage(&self, bucket: &str) -> Option<BucketUsage> {
         store_usage::usage(bucket)
+    }
+
+    fn share(&self) -> Box<dyn Store> {
+        Box::new(HostStore)
     }
 }
 

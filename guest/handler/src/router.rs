@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use crate::backend::{Backend, ModelInfo};
 use crate::error::{error_response, ApiError};
 use crate::http::{Request, Response};
-use crate::{chat, generate, metrics, queue};
+use crate::{cache, chat, generate, metrics, optimized, queue};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
@@ -18,6 +18,9 @@ pub fn route(req: &Request, backend: &dyn Backend) -> Response {
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
+    if response.status >= 400 {
+        backend.store().increment(cache::COUNTERS, metrics::ERRORS, 1);
+    }
     stamp(response)
 }
 
@@ -35,12 +38,14 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
     let path = req.path.as_str();
     let (allow, handler): (&'static str, Handler) = match path {
         "/health" => ("GET", Handler::Health),
-        "/metrics" => ("GET", Handler::Metrics),
+        "/metrics" | "/metrics/prometheus" => ("GET", Handler::Metrics),
         "/v1/models" => ("GET", Handler::Models),
         "/v1/chat/completions" => ("POST", Handler::Chat),
         "/generate" => ("POST", Handler::Generate),
         "/batch" => ("POST", Handler::Batch),
         "/api/chat-queue" => ("POST", Handler::QueueSubmit),
+        "/api/chat-optimized" => ("POST", Handler::ChatOptimized),
+        "/api/cache-stats" => ("GET, POST", Handler::CacheStats),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
             (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
@@ -55,7 +60,7 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
     }
     match handler {
         Handler::Health => health(backend),
-        Handler::Metrics => Ok(metrics::render(&backend.status())),
+        Handler::Metrics => Ok(metrics::handle(req, backend)),
         Handler::Models => Ok(models(backend)),
         Handler::Model(id) => model(backend, id),
         Handler::Chat => chat::handle(req, backend),
@@ -64,6 +69,8 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         Handler::QueueSubmit => queue::submit(req, backend),
         Handler::QueueStatus(id) => queue::status(id, backend),
         Handler::QueueCancel(id) => queue::cancel(id, backend),
+        Handler::ChatOptimized => Ok(optimized::handle(req, backend)),
+        Handler::CacheStats => cache::handle_stats(req, backend),
     }
 }
 
@@ -78,6 +85,8 @@ enum Handler<'a> {
     QueueSubmit,
     QueueStatus(&'a str),
     QueueCancel(&'a str),
+    ChatOptimized,
+    CacheStats,
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

@@ -11,8 +11,9 @@ pub(crate) use std::rc::Rc;
 pub(crate) use serde_json::{json, Value};
 
 pub(crate) use crate::backend::{
-    Backend, BucketUsage, Embedding, Message, Store, ContextOverflow, EngineStatus, Error, Event, FinishReason, Finished, GenerationStream, Histogram, JobInfo,
-    JobState, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
+    Backend, BucketUsage, ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished,
+    GenerationStream, Histogram, JobInfo, JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams,
+    Store, Usage,
 };
 pub(crate) use crate::error::{error_response, ApiError};
 pub(crate) use crate::http::{self, Body, Request, Response, MAX_BODY_BYTES};
@@ -335,7 +336,6 @@ pub(crate) fn param_error(request: Request) -> Value {
     error
 }
 
-
 pub(crate) fn known(model: &str) -> Result<(), Error> {
     if model == MODEL {
         Ok(())
@@ -345,9 +345,9 @@ pub(crate) fn known(model: &str) -> Result<(), Error> {
 }
 
 /// An in-memory [`Store`] that never evicts.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct MemStore {
-    pub(crate) data: RefCell<std::collections::BTreeMap<(String, String), Vec<u8>>>,
+    pub(crate) data: Rc<RefCell<std::collections::BTreeMap<(String, String), Vec<u8>>>>,
 }
 
 impl Store for MemStore {
@@ -385,5 +385,9 @@ impl Store for MemStore {
             max_bytes: 1 << 20,
             evictions: 0,
         })
+    }
+
+    fn share(&self) -> Box<dyn Store> {
+        Box::new(self.clone())
     }
 }
