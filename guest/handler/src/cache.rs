@@ -354,6 +354,24 @@ impl<I: Iterator<Item = Vec<u8>>> Iterator for StoreAtEnd<I> {
     }
 }
 
+/// The event-stream response of `events` as the lookup `header` found it.
+/// A miss stores its answer once every event is out ([`StoreAtEnd`]). A
+/// hit is framed like a fresh answer but sent as one piece: replaying costs
+/// nothing, and one write spares the client the per-write round trips of a
+/// connection that delays small writes (Nagle's algorithm).
+pub fn event_stream(
+    events: impl Iterator<Item = Vec<u8>> + 'static,
+    pending: Option<Pending>,
+    header: Option<&'static str>,
+) -> Response {
+    let response = if header == Some("hit") {
+        Response::event_stream(std::iter::once(events.flatten().collect()))
+    } else {
+        Response::event_stream(StoreAtEnd::new(events, pending))
+    };
+    mark(response, header)
+}
+
 /// Adds `x-cache` to `response` when the request was looked up.
 pub fn mark(response: Response, header: Option<&str>) -> Response {
     match header {

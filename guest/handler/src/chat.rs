@@ -303,7 +303,7 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
             queued: VecDeque::new(),
             started: false,
         };
-        return Ok(cache::mark(Response::event_stream(cache::StoreAtEnd::new(events, pending)), header));
+        return Ok(cache::event_stream(events, pending, header));
     }
 
     let mut content = String::new();

@@ -13,7 +13,7 @@
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, Error, Event, GenerationStream, Message, Priority, Prompt};
-use crate::cache::{self, StoreAtEnd};
+use crate::cache;
 use crate::chat::{finish_reason, parse_messages, sse_data, timings_json, unique_hex, usage_json};
 use crate::error::{error_body, ApiError};
 use crate::generate::{model_or_first, plain_params};
@@ -53,7 +53,7 @@ fn start(req: &Request, backend: &dyn Backend, request_id: &str) -> Result<Respo
         .generation(backend, || backend.generate(&model, &prompt, &params))
         .map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
     let events = Events { generation: Some(generation), request_id: request_id.to_string(), cached };
-    Ok(cache::mark(Response::event_stream(StoreAtEnd::new(events, pending)), header))
+    Ok(cache::event_stream(events, pending, header))
 }
 
 /// `messages` when given, else `message` as the user's turn; either way

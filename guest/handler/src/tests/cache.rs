@@ -30,6 +30,12 @@ fn optimized(body: Value) -> Request {
     post("/api/chat-optimized", &body)
 }
 
+/// The server-sent events of a streamed response, however they were split
+/// into pieces.
+fn events(response: Response) -> Vec<String> {
+    frames(response).concat().split_inclusive("\n\n").map(String::from).collect()
+}
+
 fn with_auth(mut req: Request, token: &str) -> Request {
     req.headers.push(("authorization".into(), format!("Bearer {token}")));
     req
@@ -70,13 +76,15 @@ fn streamed_hit_frames_like_a_fresh_answer() {
     let request = || greedy(json!({"stream": true, "stream_options": {"include_usage": true}}));
     let fresh = route(&request(), &script);
     assert_eq!(fresh.header("x-cache"), Some("miss"));
-    let fresh = frames(fresh);
+    let fresh = events(fresh);
     assert_eq!(stored_keys(&script).len(), 1, "a stream read to its end is stored");
 
     let hit = route(&request(), &script);
     assert_eq!(hit.header("x-cache"), Some("hit"));
     assert_eq!(hit.header("content-type"), Some("text/event-stream"));
     let hit = frames(hit);
+    assert_eq!(hit.len(), 1, "a hit is written at once");
+    let hit: Vec<String> = hit[0].split_inclusive("\n\n").map(String::from).collect();
     assert_eq!(starts(&script), 1);
     assert_eq!(hit.last().map(String::as_str), Some("data: [DONE]\n\n"));
     let chunks: Vec<Value> = hit[..hit.len() - 1].iter().map(|f| frame_json(f)).collect();
@@ -258,11 +266,11 @@ fn cancelled_timed_out_or_failed_answers_are_not_stored() {
     for reason in [FinishReason::Cancelled, FinishReason::Timeout] {
         let script = Script::saying(&["a"], reason);
         json_of(route(&greedy(json!({})), &script));
-        frames(route(&greedy(json!({"stream": true})), &script));
+        events(route(&greedy(json!({"stream": true})), &script));
         assert!(stored_keys(&script).is_empty(), "{reason:?}");
     }
     let failing = Script::new(vec![Ok(Event::Text("a".into())), Err(Error::Internal("boom".into()))]);
-    frames(route(&greedy(json!({"stream": true})), &failing));
+    events(route(&greedy(json!({"stream": true})), &failing));
     assert_openai_error(route(&greedy(json!({})), &failing), 500);
     assert!(stored_keys(&failing).is_empty());
 }
@@ -311,7 +319,7 @@ fn chat_optimized_streams_pieces_then_done_with_usage() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     assert_eq!(response.header("x-cache"), Some("miss"));
-    let events: Vec<Value> = frames(response).iter().map(|f| frame_json(f)).collect();
+    let events: Vec<Value> = events(response).iter().map(|f| frame_json(f)).collect();
     assert_eq!(events.len(), 3);
     let id = events[0]["request_id"].as_str().unwrap().to_string();
     assert!(id.starts_with("req-"));
@@ -337,10 +345,10 @@ fn chat_optimized_streams_pieces_then_done_with_usage() {
 fn chat_optimized_caches_by_default_and_ids_are_unique() {
     let script = Script::saying(&["Hel", "lo"], FinishReason::Stop);
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "temperature": 0.7, "seed": 3});
-    let first: Vec<Value> = frames(route(&optimized(body.clone()), &script)).iter().map(|f| frame_json(f)).collect();
+    let first: Vec<Value> = events(route(&optimized(body.clone()), &script)).iter().map(|f| frame_json(f)).collect();
     let hit = route(&optimized(body.clone()), &script);
     assert_eq!(hit.header("x-cache"), Some("hit"));
-    let second: Vec<Value> = frames(hit).iter().map(|f| frame_json(f)).collect();
+    let second: Vec<Value> = events(hit).iter().map(|f| frame_json(f)).collect();
     assert_eq!(starts(&script), 1);
     assert!(second.iter().all(|e| e["cached"] == true));
     let text = |events: &[Value]| events.iter().filter_map(|e| e["content"].as_str()).collect::<String>();
@@ -352,7 +360,7 @@ fn chat_optimized_caches_by_default_and_ids_are_unique() {
     unsampled["use_cache"] = json!(false);
     let bypass = route(&optimized(unsampled), &script);
     assert_eq!(bypass.header("x-cache"), None);
-    assert!(frames(bypass).iter().all(|f| frame_json(f)["cached"] == false));
+    assert!(events(bypass).iter().all(|f| frame_json(f)["cached"] == false));
     assert_eq!(starts(&script), 2);
 }
 
@@ -367,7 +375,7 @@ fn chat_optimized_errors_are_one_event() {
     ] {
         let response = route(&optimized(body.clone()), &script);
         assert_eq!(response.status, status, "{body}");
-        let events = frames(response);
+        let events = events(response);
         assert_eq!(events.len(), 1);
         let event = frame_json(&events[0]);
         assert!(event["error"].as_str().is_some_and(|e| !e.is_empty()), "{event}");
@@ -380,7 +388,7 @@ fn chat_optimized_errors_are_one_event() {
     let failing = Script::new(vec![Ok(Event::Text("a".into())), Err(Error::Internal("boom".into()))]);
     let response = route(&optimized(json!({"message": "Hi"})), &failing);
     assert_eq!(response.status, 200);
-    let events: Vec<Value> = frames(response).iter().map(|f| frame_json(f)).collect();
+    let events: Vec<Value> = events(response).iter().map(|f| frame_json(f)).collect();
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["done"], true);
     assert!(events[1]["error"].is_string());
