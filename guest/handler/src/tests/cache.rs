@@ -121,19 +121,20 @@ fn key_covers_every_parameter_and_the_rendered_prompt() {
     };
     let key = |p: &SamplingParams| cache::key("chat", MODEL, "<user>Hi<assistant>", p, None);
     let k0 = key(&base);
-    let variants: Vec<(&str, Box<dyn Fn(&mut SamplingParams)>)> = vec![
-        ("max_tokens", Box::new(|p| p.max_tokens = 17)),
-        ("temperature", Box::new(|p| p.temperature = 0.5)),
-        ("top_k", Box::new(|p| p.top_k = 41)),
-        ("top_p", Box::new(|p| p.top_p = 0.95)),
-        ("min_p", Box::new(|p| p.min_p = 0.0)),
-        ("repeat_penalty", Box::new(|p| p.repeat_penalty = 1.2)),
-        ("repeat_last_n", Box::new(|p| p.repeat_last_n = 0)),
-        ("presence_penalty", Box::new(|p| p.presence_penalty = 0.5)),
-        ("frequency_penalty", Box::new(|p| p.frequency_penalty = 0.5)),
-        ("seed", Box::new(|p| p.seed = Some(0))),
-        ("stop split", Box::new(|p| p.stop = vec!["a".into(), "b".into()])),
-        ("stop none", Box::new(|p| p.stop.clear())),
+    type Change = fn(&mut SamplingParams);
+    let variants: [(&str, Change); 12] = [
+        ("max_tokens", |p| p.max_tokens = 17),
+        ("temperature", |p| p.temperature = 0.5),
+        ("top_k", |p| p.top_k = 41),
+        ("top_p", |p| p.top_p = 0.95),
+        ("min_p", |p| p.min_p = 0.0),
+        ("repeat_penalty", |p| p.repeat_penalty = 1.2),
+        ("repeat_last_n", |p| p.repeat_last_n = 0),
+        ("presence_penalty", |p| p.presence_penalty = 0.5),
+        ("frequency_penalty", |p| p.frequency_penalty = 0.5),
+        ("seed", |p| p.seed = Some(0)),
+        ("stop split", |p| p.stop = vec!["a".into(), "b".into()]),
+        ("stop none", |p| p.stop.clear()),
     ];
     let mut seen = std::collections::HashSet::from([k0.clone()]);
     for (name, change) in &variants {
