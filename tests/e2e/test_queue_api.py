@@ -149,7 +149,8 @@ def histogram(lines, family):
 
 def test_metrics_expose_the_scheduler(server):
     server.json("POST", "/generate", {"prompt": "The king", "max_tokens": 3})
-    status, headers, raw = server.request("GET", "/metrics")
+    # Scrapers ask for text; without that, /metrics answers JSON.
+    status, headers, raw = server.request("GET", "/metrics", headers={"Accept": "text/plain; version=0.0.4"})
     assert status == 200
     assert {k.lower(): v for k, v in headers.items()}["content-type"].startswith("text/plain; version=0.0.4")
     lines = raw.decode().splitlines()

@@ -60,6 +60,9 @@ pub trait Store {
     fn increment(&self, bucket: &str, key: &str, delta: u64) -> u64;
     /// What the bucket holds, where the runtime reports it.
     fn usage(&self, bucket: &str) -> Option<BucketUsage>;
+    /// An owned handle to the same store, for work that outlives the
+    /// request's borrow (a streamed answer stored at its end).
+    fn share(&self) -> Box<dyn Store>;
 }
 
 /// A running generation read one event at a time. Dropping it cancels the

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::backend::{
     Backend, Error, Event, FinishReason, Finished, GenerationStream, Message, Priority, Prompt, SamplingParams, Usage,
 };
+use crate::cache;
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
@@ -121,7 +122,8 @@ pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Res
     })
 }
 
-fn parse_messages(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
+/// The required, non-empty `messages` list.
+pub fn parse_messages(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
     let list = match f.get("messages") {
         None => return Err(f.missing("messages")),
         Some(Value::Array(list)) => list,
@@ -275,12 +277,18 @@ fn check_response_format(f: &Fields<'_>) -> Result<(), ApiError> {
     }
 }
 
-/// Serves one chat completion request.
+/// Serves one chat completion request, from the response cache when it
+/// holds the answer (see [`cache`]).
 pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
-    let chat = parse_request(&req.body)?;
+    let map = json::parse_object(&req.body)?;
+    let chat = parse_fields(&map, Priority::Interactive)?;
+    let use_cache = Fields::new(&map).boolean("use_cache")?;
+    let lookup = cache::look_up(req, backend, &chat.model, &chat.messages, &chat.params, use_cache)?;
+    let (header, cached) = (lookup.header(), lookup.cached());
     let prompt = Prompt::Chat(chat.messages);
-    let mut generation =
-        backend.generate(&chat.model, &prompt, &chat.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
+    let (mut generation, pending) = lookup
+        .generation(backend, || backend.generate(&chat.model, &prompt, &chat.params))
+        .map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
 
     let id = completion_id();
     let created = unix_seconds();
@@ -291,10 +299,11 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
             created,
             model: chat.model,
             include_usage: chat.include_usage,
+            cached,
             queued: VecDeque::new(),
             started: false,
         };
-        return Ok(Response::event_stream(events));
+        return Ok(cache::event_stream(events, pending, header));
     }
 
     let mut content = String::new();
@@ -306,8 +315,11 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
         }
     };
     drop(generation);
+    if let Some(pending) = pending {
+        pending.commit();
+    }
 
-    let body = json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -322,7 +334,10 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
         "usage": usage_json(&finished.usage),
         "timings": timings_json(&finished.usage),
     });
-    Ok(Response::json(200, &body))
+    if let Some(cached) = cached {
+        body["cached"] = Value::from(cached);
+    }
+    Ok(cache::mark(Response::json(200, &body), header))
 }
 
 /// The optional `priority` field: `"interactive"` or `"batch"`.
@@ -373,13 +388,18 @@ pub fn usage_json(usage: &Usage) -> Value {
     })
 }
 
-/// A fresh `chatcmpl-` id: unique, not secret. std seeds `RandomState` from
-/// the wasi random source, so two instances never share ids.
+/// A fresh `chatcmpl-` id.
 fn completion_id() -> String {
+    format!("chatcmpl-{}", unique_hex())
+}
+
+/// 32 hex digits, unique, not secret. std seeds `RandomState` from the wasi
+/// random source, so two instances never share them.
+pub fn unique_hex() -> String {
     let state = RandomState::new();
     let high = state.hash_one(SystemTime::now());
     let low = state.hash_one(high);
-    format!("chatcmpl-{high:016x}{low:016x}")
+    format!("{high:016x}{low:016x}")
 }
 
 /// Seconds since the Unix epoch by the wall clock (wasi:clocks in a component).
@@ -395,6 +415,8 @@ struct ChatEvents {
     created: u64,
     model: String,
     include_usage: bool,
+    /// Whether the answer came from the cache; none when never looked up.
+    cached: Option<bool>,
     /// Events decided but not yet handed out (the tail after `finished`).
     queued: VecDeque<Vec<u8>>,
     started: bool,
@@ -422,6 +444,9 @@ impl ChatEvents {
         chunk.insert("model".into(), Value::from(self.model.as_str()));
         chunk.insert("system_fingerprint".into(), Value::Null);
         chunk.insert("choices".into(), choices);
+        if let Some(cached) = self.cached {
+            chunk.insert("cached".into(), Value::from(cached));
+        }
         chunk
     }
 
@@ -480,6 +505,7 @@ impl Iterator for ChatEvents {
     }
 }
 
-fn sse_data(value: impl Into<Value>) -> Vec<u8> {
+/// One server-sent event carrying `value` as JSON.
+pub fn sse_data(value: impl Into<Value>) -> Vec<u8> {
     format!("data: {}\n\n", value.into()).into_bytes()
 }

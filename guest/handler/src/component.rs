@@ -139,6 +139,10 @@ impl Store for HostStore {
     fn usage(&self, bucket: &str) -> Option<BucketUsage> {
         store_usage::usage(bucket)
     }
+
+    fn share(&self) -> Box<dyn Store> {
+        Box::new(HostStore)
+    }
 }
 
 /// A host generation read by blocking on its pollable.

@@ -28,6 +28,7 @@ mod backend;
 // Natively nothing invokes the generated `export!` macro.
 #[cfg_attr(not(target_arch = "wasm32"), allow(unused_imports))]
 mod bindings;
+mod cache;
 mod chat;
 // The wasi:http export. Only a wasm build links it: natively, the exported
 // symbol names (`wasi:http/incoming-handler@0.2.12#handle`) are not valid
@@ -40,6 +41,7 @@ mod generate;
 mod http;
 mod json;
 mod metrics;
+mod optimized;
 mod page;
 mod queue;
 mod router;

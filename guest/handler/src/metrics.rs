@@ -1,18 +1,95 @@
-//! `GET /metrics`: the engine's status in the Prometheus text format
-//! (version 0.0.4). It answers while the model loads too, with `tern_ready`
-//! 0 and whatever the engine has counted, so scrapers see the start-up.
+//! `GET /metrics`: the engine's and the handler's counters.
+//!
+//! - By default a JSON summary: `requests_total`, `generation_time_total_ms`,
+//!   `errors_total`, `average_generation_time_ms`, the engine's load and the
+//!   response cache.
+//! - Prometheus text (version 0.0.4) when `Accept` asks for `text/plain` or
+//!   OpenMetrics, as scrapers do, and always at `GET /metrics/prometheus`:
+//!   tern's own families plus llama.cpp's and vLLM's names for the same
+//!   figures, so their dashboards work unchanged.
+//!
+//! Both answer while the model loads too, with `tern_ready` 0 and whatever
+//! the engine has counted, so scrapers see the start-up.
 
 use std::fmt::Write as _;
 
-use crate::backend::{EngineStatus, Histogram};
-use crate::http::Response;
+use serde_json::json;
 
-/// The exposition of `s`: gauges, counters and latency histograms, each
-/// family with `# HELP` and `# TYPE`.
-pub fn render(s: &EngineStatus) -> Response {
+use crate::backend::{Backend, EngineStatus, Histogram};
+use crate::cache::{self, Stats};
+use crate::http::{Request, Response};
+
+/// Counter in [`cache::COUNTERS`] of responses with status 400 or more.
+pub const ERRORS: &str = "errors";
+
+/// `GET /metrics` and `GET /metrics/prometheus`.
+pub fn handle(req: &Request, backend: &dyn Backend) -> Response {
+    let store = backend.store();
+    let (status, stats, errors) = (backend.status(), cache::stats(store), cache::counter(store, ERRORS));
+    if req.path == "/metrics/prometheus" || wants_text(req.header("accept")) {
+        let mut out = exposition(&status);
+        guest_families(&mut out, &stats, errors);
+        text(out)
+    } else {
+        summary(&status, &stats, errors)
+    }
+}
+
+/// Whether an `Accept` header asks for the text exposition (Prometheus
+/// sends `application/openmetrics-text` and `text/plain`).
+fn wants_text(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        let a = a.to_ascii_lowercase();
+        a.contains("text/plain") || a.contains("openmetrics")
+    })
+}
+
+/// The JSON summary. Generation time is the engine's admission-to-end time
+/// summed over finished generations; answers from the cache count as
+/// requests but took no generation time.
+fn summary(s: &EngineStatus, stats: &Stats, errors: u64) -> Response {
+    let generation_time_total_ms = s.request_latency.sum * 1000.0;
+    let generations = s.request_latency.count.max(s.requests_total);
+    let average = if generations > 0 { generation_time_total_ms / generations as f64 } else { 0.0 };
+    Response::json(
+        200,
+        &json!({
+            "requests_total": s.requests_total + stats.hits,
+            "generations_total": s.requests_total,
+            "generation_time_total_ms": generation_time_total_ms,
+            "average_generation_time_ms": average,
+            "errors_total": errors,
+            "ready": s.ready,
+            "requests_running": s.running,
+            "requests_waiting": s.waiting,
+            "prompt_tokens_total": s.prompt_tokens_total,
+            "generated_tokens_total": s.generated_tokens_total,
+            "cancelled_total": s.cancelled_total,
+            "rejected_total": s.rejected_total,
+            "kv_cache_usage_ratio": kv_ratio(s),
+            "cache": stats.json(),
+        }),
+    )
+}
+
+fn kv_ratio(s: &EngineStatus) -> f64 {
+    if s.kv_blocks_total > 0 {
+        f64::from(s.kv_blocks_used) / f64::from(s.kv_blocks_total)
+    } else {
+        0.0
+    }
+}
+
+fn text(out: String) -> Response {
+    Response::text(200, "text/plain; version=0.0.4; charset=utf-8", out.into_bytes())
+}
+
+/// The engine's gauges, counters and latency histograms, each family with
+/// `# HELP` and `# TYPE`, tern's names first and then llama.cpp's and vLLM's.
+pub fn exposition(s: &EngineStatus) -> String {
     let mut out = String::new();
-    let ratio = if s.kv_blocks_total > 0 { f64::from(s.kv_blocks_used) / f64::from(s.kv_blocks_total) } else { 0.0 };
-    let gauges: [(&str, &str, f64); 8] = [
+    let ratio = kv_ratio(s);
+    let gauges: [(&str, &str, f64); 13] = [
         ("tern_ready", "1 once the model is loaded", f64::from(u8::from(s.ready))),
         ("tern_requests_running", "Generations decoding now", f64::from(s.running)),
         ("tern_requests_waiting", "Generations waiting in the queue", f64::from(s.waiting)),
@@ -21,12 +98,15 @@ pub fn render(s: &EngineStatus) -> Response {
         ("tern_kv_blocks_used", "KV cache blocks held by running generations", f64::from(s.kv_blocks_used)),
         ("tern_kv_blocks_cached", "KV cache blocks kept only for prefix reuse", f64::from(s.kv_blocks_cached)),
         ("tern_kv_cache_usage_ratio", "Share of KV blocks held by running generations", ratio),
+        ("llamacpp:requests_processing", "Requests processing", f64::from(s.running)),
+        ("llamacpp:requests_deferred", "Requests deferred", f64::from(s.waiting)),
+        ("llamacpp:kv_cache_usage_ratio", "KV-cache usage, 1 means 100 percent usage", ratio),
+        ("vllm:num_requests_running", "Number of requests in model execution batches", f64::from(s.running)),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed", f64::from(s.waiting)),
     ];
-    for (name, help, value) in gauges {
-        family(&mut out, name, help, "gauge");
-        let _ = writeln!(out, "{name} {}", number(value));
-    }
-    let counters: [(&str, &str, u64); 9] = [
+    let gauges = gauges.map(|(name, help, value)| (name, help, number(value)));
+    scalars(&mut out, "gauge", &gauges);
+    let counters: [(&str, &str, u64); 12] = [
         (
             "tern_prompt_tokens_total",
             "Prompt tokens run through the model (cached ones excluded)",
@@ -40,22 +120,65 @@ pub fn render(s: &EngineStatus) -> Response {
         ("tern_prefix_cache_hits_total", "Generations that reused cached prefix blocks", s.prefix_hits_total),
         ("tern_prefix_cache_tokens_total", "Prompt tokens taken from the prefix cache", s.cached_tokens_total),
         ("tern_steps_total", "Scheduler steps (one batched forward pass each)", s.steps_total),
+        ("llamacpp:prompt_tokens_total", "Number of prompt tokens processed", s.prompt_tokens_total),
+        ("llamacpp:tokens_predicted_total", "Number of generation tokens processed", s.generated_tokens_total),
+        (
+            "vllm:prefix_cache_hits_total",
+            "Prefix cache hits, in terms of number of cached tokens",
+            s.cached_tokens_total,
+        ),
     ];
-    for (name, help, value) in counters {
-        family(&mut out, name, help, "counter");
-        let _ = writeln!(out, "{name} {value}");
-    }
+    scalars(&mut out, "counter", &counters);
     let histograms = [
         ("tern_time_to_first_token_seconds", "Admission to the first generated token", &s.time_to_first_token),
         ("tern_inter_token_latency_seconds", "Between consecutive tokens of one generation", &s.inter_token_latency),
         ("tern_request_queue_time_seconds", "Admission to the start of prompt processing", &s.queue_time),
         ("tern_e2e_request_latency_seconds", "Admission to the end of the generation", &s.request_latency),
+        ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds", &s.time_to_first_token),
+        ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds", &s.inter_token_latency),
+        ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds", &s.request_latency),
+        ("vllm:request_queue_time_seconds", "Histogram of time spent waiting in the queue", &s.queue_time),
     ];
     for (name, help, h) in histograms {
         family(&mut out, name, help, "histogram");
         histogram(&mut out, name, h);
     }
-    Response::text(200, "text/plain; version=0.0.4; charset=utf-8", out.into_bytes())
+    out
+}
+
+/// The handler's own families: response cache and error responses.
+fn guest_families(out: &mut String, stats: &Stats, errors: u64) {
+    let counters: [(&str, &str, u64); 6] = [
+        ("tern_response_cache_hits_total", "Requests answered from the response cache", stats.hits),
+        ("tern_response_cache_misses_total", "Cacheable requests the response cache did not hold", stats.misses),
+        ("tern_response_cache_stores_total", "Answers stored in the response cache", stats.stores),
+        (
+            "tern_response_cache_invalidations_total",
+            "Cached answers removed by expiry, invalidation or clearing",
+            stats.invalidations,
+        ),
+        (
+            "tern_response_cache_evictions_total",
+            "Cached answers evicted to stay under the byte limit",
+            stats.usage.evictions,
+        ),
+        ("tern_http_errors_total", "Responses with a status of 400 or more", errors),
+    ];
+    scalars(out, "counter", &counters);
+    let gauges: [(&str, &str, u64); 3] = [
+        ("tern_response_cache_entries", "Answers in the response cache", stats.usage.entries),
+        ("tern_response_cache_bytes", "Bytes of keys and answers in the response cache", stats.usage.bytes),
+        ("tern_response_cache_max_bytes", "Most bytes the response cache keeps", stats.usage.max_bytes),
+    ];
+    scalars(out, "gauge", &gauges);
+}
+
+/// One single-sample family per `(name, help, value)`.
+fn scalars<T: std::fmt::Display>(out: &mut String, kind: &str, families: &[(&str, &str, T)]) {
+    for (name, help, value) in families {
+        family(out, name, help, kind);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {

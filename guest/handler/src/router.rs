@@ -6,7 +6,7 @@ use crate::backend::{Backend, ModelInfo};
 use crate::cors::CorsPolicy;
 use crate::error::{error_response, ApiError};
 use crate::http::{Body, Request, Response};
-use crate::{chat, generate, metrics, page, queue, spin};
+use crate::{cache, chat, generate, metrics, optimized, page, queue, spin};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
@@ -26,6 +26,9 @@ pub fn route_with(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Re
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
+    if response.status >= 400 {
+        backend.store().increment(cache::COUNTERS, metrics::ERRORS, 1);
+    }
     let response = if req.method == "HEAD" { Response { body: Body::Full(Vec::new()), ..response } } else { response };
     stamp(cors.decorate(req, response))
 }
@@ -46,7 +49,7 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
     let (allow, handler): (&'static str, Handler) = match path {
         "/" => ("GET, HEAD", Handler::Root),
         "/health" => ("GET", Handler::Health),
-        "/metrics" => ("GET", Handler::Metrics),
+        "/metrics" | "/metrics/prometheus" => ("GET", Handler::Metrics),
         "/v1/models" => ("GET", Handler::Models),
         "/v1/chat/completions" => ("POST", Handler::Chat),
         "/generate" => ("POST", Handler::Generate),
@@ -60,6 +63,8 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         },
         "/infer" => ("POST", Handler::SpinInfer),
         "/embed" => ("POST", Handler::SpinEmbed),
+        "/api/chat-optimized" => ("POST", Handler::ChatOptimized),
+        "/api/cache-stats" => ("GET, POST", Handler::CacheStats),
         _ if path.starts_with("/static/") => ("GET, HEAD", Handler::Static(&path["/static/".len()..])),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
@@ -80,7 +85,7 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         Handler::Root => Ok(page::root(req)),
         Handler::Static(name) => page::static_file(req, name),
         Handler::Health => health(backend),
-        Handler::Metrics => Ok(metrics::render(&backend.status())),
+        Handler::Metrics => Ok(metrics::handle(req, backend)),
         Handler::Models => Ok(models(backend)),
         Handler::Model(id) => model(backend, id),
         Handler::Chat => chat::handle(req, backend),
@@ -93,6 +98,8 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         Handler::QueueCancelQuery(id) => queue::cancel(&id, backend),
         Handler::SpinInfer => spin::infer(req, backend),
         Handler::SpinEmbed => spin::embed(req, backend),
+        Handler::ChatOptimized => Ok(optimized::handle(req, backend)),
+        Handler::CacheStats => cache::handle_stats(req, backend),
     }
 }
 
@@ -113,6 +120,8 @@ enum Handler<'a> {
     QueueCancelQuery(String),
     SpinInfer,
     SpinEmbed,
+    ChatOptimized,
+    CacheStats,
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

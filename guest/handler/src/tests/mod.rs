@@ -2,6 +2,7 @@
 //! (`script.rs`). Each API family has its own file; this one holds routing,
 //! chat completions, the plain APIs and the queue.
 
+mod cache;
 mod cors;
 mod page;
 mod queue_query;
@@ -670,7 +671,7 @@ fn timings_survive_zero_durations_and_more_cached_than_prompt_tokens() {
 // Metrics
 
 fn metrics_text(script: &Script) -> String {
-    let response = route(&Request::new("GET", "/metrics"), script);
+    let response = route(&Request::new("GET", "/metrics/prometheus"), script);
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let Body::Full(bytes) = response.body else { panic!("streamed metrics") };
@@ -803,8 +804,7 @@ fn metrics_histogram_keeps_inf_equal_to_count_when_the_engine_disagrees() {
     status.inter_token_latency = Histogram { bounds: vec![0.01], counts: vec![4, 2], sum: 0.1, count: 5 };
     // Nothing observed yet.
     status.queue_time = Histogram { bounds: vec![0.1, 1.0], counts: vec![0, 0, 0], sum: 0.0, count: 0 };
-    let Body::Full(bytes) = crate::metrics::render(&status).body else { panic!("streamed metrics") };
-    let text = String::from_utf8(bytes).unwrap();
+    let text = crate::metrics::exposition(&status);
     assert_valid_exposition(&text);
     assert_eq!(sample(&text, "tern_time_to_first_token_seconds_bucket{le=\"2\"}"), 1.0);
     assert_eq!(sample(&text, "tern_time_to_first_token_seconds_bucket{le=\"+Inf\"}"), 3.0);
@@ -819,8 +819,7 @@ fn metrics_ratio_is_zero_without_a_kv_pool() {
     let mut status = Script::new(Vec::new()).status();
     status.kv_blocks_total = 0;
     status.kv_blocks_used = 0;
-    let Body::Full(bytes) = crate::metrics::render(&status).body else { panic!("streamed metrics") };
-    assert_eq!(sample(&String::from_utf8(bytes).unwrap(), "tern_kv_cache_usage_ratio"), 0.0);
+    assert_eq!(sample(&crate::metrics::exposition(&status), "tern_kv_cache_usage_ratio"), 0.0);
 }
 
 #[test]

@@ -344,10 +344,13 @@ pub(crate) fn known(model: &str) -> Result<(), Error> {
     }
 }
 
-/// An in-memory [`Store`] that never evicts.
-#[derive(Default)]
+/// Values by (bucket, key).
+type Buckets = std::collections::BTreeMap<(String, String), Vec<u8>>;
+
+/// An in-memory [`Store`] that never evicts; its clones share the data.
+#[derive(Default, Clone)]
 pub(crate) struct MemStore {
-    pub(crate) data: RefCell<std::collections::BTreeMap<(String, String), Vec<u8>>>,
+    pub(crate) data: Rc<RefCell<Buckets>>,
 }
 
 impl Store for MemStore {
@@ -385,5 +388,9 @@ impl Store for MemStore {
             max_bytes: 1 << 20,
             evictions: 0,
         })
+    }
+
+    fn share(&self) -> Box<dyn Store> {
+        Box::new(self.clone())
     }
 }
