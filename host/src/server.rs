@@ -178,6 +178,10 @@ pub async fn serve(listener: TcpListener, handler: Arc<Handler>) -> anyhow::Resu
                 continue;
             }
         };
+        // Streamed tokens go out as they come, not after the peer's delayed ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
         let handler = handler.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

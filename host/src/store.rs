@@ -1,6 +1,7 @@
 //! The host's `wasi:keyvalue` store: named buckets in memory, shared by
-//! every request's instance, under one byte limit with least-recently-used
-//! eviction. The handler keeps its response cache here; `tern:llm/store-usage`
+//! every request's instance, under one byte limit. A write that does not fit
+//! evicts the least recently used entries of its own bucket, so a busy
+//! response cache never pushes out a small bucket of counters. The handler keeps its response cache here; `tern:llm/store-usage`
 //! reports what each bucket holds.
 //!
 //! Policy (what to cache, for how long) is the guest's: the store only keeps
@@ -29,8 +30,6 @@ pub struct KvStore {
 #[derive(Debug, Default)]
 struct Inner {
     buckets: HashMap<String, Bucket>,
-    /// Use order over every bucket: tick → (bucket, key).
-    lru: BTreeMap<u64, (String, String)>,
     tick: u64,
     bytes: u64,
 }
@@ -38,6 +37,8 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Bucket {
     entries: HashMap<String, Entry>,
+    /// Use order: tick → key.
+    lru: BTreeMap<u64, String>,
     bytes: u64,
     evictions: u64,
 }
@@ -56,10 +57,12 @@ impl Inner {
     fn touch(&mut self, bucket: &str, key: &str) {
         self.tick += 1;
         let tick = self.tick;
-        if let Some(e) = self.buckets.get_mut(bucket).and_then(|b| b.entries.get_mut(key)) {
-            self.lru.remove(&e.tick);
-            e.tick = tick;
-            self.lru.insert(tick, (bucket.to_string(), key.to_string()));
+        if let Some(b) = self.buckets.get_mut(bucket) {
+            if let Some(e) = b.entries.get_mut(key) {
+                b.lru.remove(&e.tick);
+                e.tick = tick;
+                b.lru.insert(tick, key.to_string());
+            }
         }
     }
 
@@ -68,8 +71,8 @@ impl Inner {
         let Some(e) = b.entries.remove(key) else { return false };
         let c = cost(key, &e.value);
         b.bytes -= c;
+        b.lru.remove(&e.tick);
         self.bytes -= c;
-        self.lru.remove(&e.tick);
         true
     }
 }
@@ -96,32 +99,33 @@ impl KvStore {
         Some(value)
     }
 
-    /// Stores `value` under `key`, evicting the least recently used entries
-    /// (of any bucket) until it fits. A value bigger than the whole store is
-    /// refused.
+    /// Stores `value` under `key`, evicting the bucket's least recently used
+    /// entries until it fits. A value bigger than the whole store, or than
+    /// what other buckets leave free, is refused.
     pub fn set(&self, bucket: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
         let c = cost(key, &value);
-        if c > self.max_bytes {
-            return Err(format!("an entry of {c} bytes does not fit a store of {} bytes", self.max_bytes));
-        }
         let mut inner = self.lock();
         inner.remove(bucket, key);
+        let inner = &mut *inner;
+        let b = inner.buckets.entry(bucket.to_string()).or_default();
         while inner.bytes + c > self.max_bytes {
-            let Some((_, (b, k))) = inner.lru.pop_first() else { break };
-            if let Some(old) = inner.buckets.get_mut(&b).and_then(|bk| bk.entries.remove(&k)) {
-                let oc = cost(&k, &old.value);
-                inner.bytes -= oc;
-                let bk = inner.buckets.get_mut(&b).expect("bucket of an entry");
-                bk.bytes -= oc;
-                bk.evictions += 1;
-            }
+            let Some((_, old_key)) = b.lru.pop_first() else {
+                return Err(format!(
+                    "an entry of {c} bytes does not fit: the store holds {} of {} bytes",
+                    inner.bytes, self.max_bytes
+                ));
+            };
+            let old = b.entries.remove(&old_key).expect("an entry of the bucket's order");
+            let oc = cost(&old_key, &old.value);
+            inner.bytes -= oc;
+            b.bytes -= oc;
+            b.evictions += 1;
         }
         inner.tick += 1;
         let tick = inner.tick;
         inner.bytes += c;
-        inner.lru.insert(tick, (bucket.to_string(), key.to_string()));
-        let b = inner.buckets.entry(bucket.to_string()).or_default();
         b.bytes += c;
+        b.lru.insert(tick, key.to_string());
         b.entries.insert(key.to_string(), Entry { value, tick });
         Ok(())
     }
@@ -282,6 +286,20 @@ mod tests {
         let u = store.usage("cache").unwrap();
         assert_eq!((u.entries, u.evictions, u.bytes), (3, 1, 3 * (ENTRY_OVERHEAD + 2)));
         assert!(store.usage("never-opened").is_none());
+    }
+
+    #[test]
+    fn a_full_bucket_evicts_its_own_entries_not_another_buckets() {
+        let store = KvStore::new(4 * (ENTRY_OVERHEAD + 2));
+        store.set("counters", "n", vec![1]).unwrap();
+        for k in ["a", "b", "c", "d", "e"] {
+            store.set("cache", k, vec![1]).unwrap();
+        }
+        assert!(store.exists("counters", "n"));
+        assert_eq!(store.usage("cache").unwrap().entries, 3);
+        assert_eq!(store.usage("counters").unwrap().evictions, 0);
+        // A bucket with nothing to give up cannot take the others' room.
+        assert!(store.set("other", "x", vec![1]).is_err());
     }
 
     #[test]
