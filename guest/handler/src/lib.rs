@@ -39,6 +39,7 @@ mod generate;
 mod http;
 mod json;
 mod metrics;
+mod ollama;
 mod queue;
 mod router;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use crate::backend::{Backend, ModelInfo};
 use crate::error::{error_response, ApiError};
 use crate::http::{Request, Response};
+use crate::ollama::{self, Route as Ollama};
 use crate::{chat, generate, metrics, queue};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
@@ -41,6 +42,14 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         "/generate" => ("POST", Handler::Generate),
         "/batch" => ("POST", Handler::Batch),
         "/api/chat-queue" => ("POST", Handler::QueueSubmit),
+        "/api/generate" => ("POST", Handler::Ollama(Ollama::Generate)),
+        "/api/chat" => ("POST", Handler::Ollama(Ollama::Chat)),
+        "/api/tags" => ("GET", Handler::Ollama(Ollama::Tags)),
+        "/api/show" => ("POST", Handler::Ollama(Ollama::Show)),
+        "/api/ps" => ("GET", Handler::Ollama(Ollama::Ps)),
+        "/api/version" => ("GET", Handler::Ollama(Ollama::Version)),
+        "/api/embed" => ("POST", Handler::Ollama(Ollama::Embed)),
+        "/api/embeddings" => ("POST", Handler::Ollama(Ollama::Embeddings)),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
             (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
@@ -64,6 +73,7 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         Handler::QueueSubmit => queue::submit(req, backend),
         Handler::QueueStatus(id) => queue::status(id, backend),
         Handler::QueueCancel(id) => queue::cancel(id, backend),
+        Handler::Ollama(api) => Ok(ollama::handle(api, req, backend)),
     }
 }
 
@@ -78,6 +88,7 @@ enum Handler<'a> {
     QueueSubmit,
     QueueStatus(&'a str),
     QueueCancel(&'a str),
+    Ollama(Ollama),
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

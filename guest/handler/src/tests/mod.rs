@@ -2,6 +2,7 @@
 //! (`script.rs`). Each API family has its own file; this one holds routing,
 //! chat completions, the plain APIs and the queue.
 
+mod ollama;
 mod script;
 
 use script::*;
