@@ -22,7 +22,7 @@ use crate::backend::{
 };
 use crate::chat::finish_reason;
 use crate::error::{error_body, ApiError};
-use crate::generate::engine_ms;
+use crate::generate::{collect, engine_ms};
 use crate::http::{Body, Request, Response};
 use crate::json::{self, Fields};
 use crate::router::HANDLER_VERSION;
@@ -253,7 +253,7 @@ impl Call {
     /// streaming, one object holding the whole reply.
     fn run(self, reply: Reply, prompt: Prompt, backend: &dyn Backend) -> Result<Response, ApiError> {
         let engine_error = |e| ApiError::engine(e, reply.prompt_param());
-        let mut generation = backend.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
+        let generation = backend.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
         if self.stream {
             let lines = Lines { generation: Some(generation), reply, name: self.name };
             return Ok(Response {
@@ -262,15 +262,7 @@ impl Call {
                 body: Body::Stream(Box::new(lines)),
             });
         }
-        let mut text = String::new();
-        let finished = loop {
-            match generation.next_event().map_err(engine_error)? {
-                Event::Text(piece) => text.push_str(&piece),
-                Event::Finished(finished) => break finished,
-                Event::Pending => {}
-            }
-        };
-        drop(generation);
+        let (text, finished) = collect(generation).map_err(engine_error)?;
         Ok(Response::json(200, &reply.last(&self.name, &text, &finished)))
     }
 }
