@@ -90,11 +90,13 @@ fn native_error(err: &ApiError) -> (u16, String) {
     }
 }
 
-/// `{"error": "message"}` with the status Ollama would use.
-fn error_response(err: &ApiError) -> Response {
+/// `{"error": "message"}` with the status Ollama would use, and the same
+/// `allow` and `retry-after` headers as the OpenAI errors.
+pub fn error_response(err: &ApiError) -> Response {
     let (status, message) = native_error(err);
     let response = Response::json(status, &json!({ "error": message }));
     match err {
+        ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
         ApiError::Engine { error: Error::Overloaded(_), .. } => response.with_header("retry-after", "1"),
         _ => response,
     }

@@ -60,7 +60,11 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         },
     };
     if !allow.split(", ").any(|m| m == req.method) {
-        return Err(ApiError::MethodNotAllowed { method: req.method.clone(), allow });
+        let refused = ApiError::MethodNotAllowed { method: req.method.clone(), allow };
+        return match handler {
+            Handler::Ollama(_) => Ok(ollama::error_response(&refused)),
+            _ => Err(refused),
+        };
     }
     match handler {
         Handler::Health => health(backend),

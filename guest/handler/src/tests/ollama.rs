@@ -321,7 +321,12 @@ fn tags_lists_models_with_details_and_an_identity_digest() {
             "parameter_size": "2.4B", "quantization_level": "TQ2_0",
         })
     );
-    assert_eq!(route(&Request::new("POST", "/api/tags"), &script).status, 405);
+    let response = route(&Request::new("POST", "/api/tags"), &script);
+    assert_eq!(response.header("allow"), Some("GET"));
+    assert!(ollama_error(response, 405).contains("GET"));
+    let response = route(&Request::new("GET", "/api/generate"), &script);
+    assert_eq!(response.header("allow"), Some("POST"));
+    ollama_error(response, 405);
 }
 
 #[test]
