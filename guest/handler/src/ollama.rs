@@ -317,6 +317,7 @@ fn chat(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
     call.run(Reply::Chat, Prompt::Chat(messages), backend)
 }
 
+/// Message `i` of `messages`: a text turn of `system`, `user` or `assistant`.
 fn message(f: &Fields<'_>, i: usize, value: &Value) -> Result<Message, ApiError> {
     let path = format!("messages[{i}]");
     let Value::Object(map) = value else {
