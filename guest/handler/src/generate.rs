@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use crate::backend::{Backend, Event, Priority, Prompt, SamplingParams, Usage};
+use crate::backend::{Backend, Error, Event, Finished, GenerationStream, Priority, Prompt, SamplingParams, Usage};
 use crate::chat::{finish_reason, parse_priority};
 use crate::error::ApiError;
 use crate::http::{Request, Response};
@@ -28,17 +28,8 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
     let model = model_or_first(&f, backend)?;
 
     let engine_error = |e| ApiError::engine(e, PROMPT_PARAM);
-    let mut generation = backend.generate(&model, &Prompt::Text(prompt.clone()), &params).map_err(engine_error)?;
-
-    let mut text = String::new();
-    let finished = loop {
-        match generation.next_event().map_err(engine_error)? {
-            Event::Text(piece) => text.push_str(&piece),
-            Event::Finished(finished) => break finished,
-            Event::Pending => {}
-        }
-    };
-    drop(generation);
+    let generation = backend.generate(&model, &Prompt::Text(prompt.clone()), &params).map_err(engine_error)?;
+    let (text, finished) = collect(generation).map_err(engine_error)?;
 
     let usage = finished.usage;
     let generation_time_ms = engine_ms(&usage);
@@ -104,4 +95,17 @@ pub fn plain_params(f: &Fields<'_>, priority: Priority) -> Result<SamplingParams
         timeout_ms: None,
         priority,
     })
+}
+
+/// Reads a generation to its end: the whole text and how it finished. The
+/// generation is dropped (released in the engine) before this returns.
+pub fn collect(mut generation: Box<dyn GenerationStream>) -> Result<(String, Finished), Error> {
+    let mut text = String::new();
+    loop {
+        match generation.next_event()? {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Finished(finished) => return Ok((text, finished)),
+            Event::Pending => {}
+        }
+    }
 }

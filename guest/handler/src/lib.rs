@@ -41,6 +41,7 @@ mod generate;
 mod http;
 mod json;
 mod metrics;
+mod ollama;
 mod optimized;
 mod page;
 mod queue;

@@ -6,6 +6,7 @@ use crate::backend::{Backend, ModelInfo};
 use crate::cors::CorsPolicy;
 use crate::error::{error_response, ApiError};
 use crate::http::{Body, Request, Response};
+use crate::ollama::{self, Route as Ollama};
 use crate::{cache, chat, generate, metrics, optimized, page, queue, spin};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
@@ -65,6 +66,14 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         "/embed" => ("POST", Handler::SpinEmbed),
         "/api/chat-optimized" => ("POST", Handler::ChatOptimized),
         "/api/cache-stats" => ("GET, POST", Handler::CacheStats),
+        "/api/generate" => ("POST", Handler::Ollama(Ollama::Generate)),
+        "/api/chat" => ("POST", Handler::Ollama(Ollama::Chat)),
+        "/api/tags" => ("GET", Handler::Ollama(Ollama::Tags)),
+        "/api/show" => ("POST", Handler::Ollama(Ollama::Show)),
+        "/api/ps" => ("GET", Handler::Ollama(Ollama::Ps)),
+        "/api/version" => ("GET", Handler::Ollama(Ollama::Version)),
+        "/api/embed" => ("POST", Handler::Ollama(Ollama::Embed)),
+        "/api/embeddings" => ("POST", Handler::Ollama(Ollama::Embeddings)),
         _ if path.starts_with("/static/") => ("GET, HEAD", Handler::Static(&path["/static/".len()..])),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
@@ -79,7 +88,11 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         return cors.preflight(req, allow);
     }
     if !allow.split(", ").any(|m| m == req.method) {
-        return Err(ApiError::MethodNotAllowed { method: req.method.clone(), allow });
+        let refused = ApiError::MethodNotAllowed { method: req.method.clone(), allow };
+        return match handler {
+            Handler::Ollama(_) => Ok(ollama::error_response(&refused)),
+            _ => Err(refused),
+        };
     }
     match handler {
         Handler::Root => Ok(page::root(req)),
@@ -100,6 +113,7 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         Handler::SpinEmbed => spin::embed(req, backend),
         Handler::ChatOptimized => Ok(optimized::handle(req, backend)),
         Handler::CacheStats => cache::handle_stats(req, backend),
+        Handler::Ollama(api) => Ok(ollama::handle(api, req, backend)),
     }
 }
 
@@ -122,6 +136,7 @@ enum Handler<'a> {
     SpinEmbed,
     ChatOptimized,
     CacheStats,
+    Ollama(Ollama),
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

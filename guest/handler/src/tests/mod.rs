@@ -4,6 +4,7 @@
 
 mod cache;
 mod cors;
+mod ollama;
 mod page;
 mod queue_query;
 mod script;

@@ -1,0 +1,699 @@
+//! Ollama's native API under `/api/`: generate, chat, tags, show, ps,
+//! version, embed and the legacy embeddings, so Ollama clients (the `ollama`
+//! CLI and libraries, Open WebUI, editors) can use tern unchanged.
+//!
+//! Ollama streams by default, as NDJSON: one JSON object per line with
+//! `done: false`, then a last object with `done: true`, `done_reason` and the
+//! engine's counts, its durations in nanoseconds. Errors use Ollama's shape,
+//! `{"error": "message"}`, with the same statuses as the OpenAI routes except
+//! that a full queue is 503, as in Ollama. An error after streaming began is
+//! sent as one last line `{"error": "..."}`.
+//!
+//! Options a request leaves out take Ollama's defaults (`temperature 0.8`,
+//! `top_k 40`, `top_p 0.9`, `repeat_penalty 1.1`, `repeat_last_n 64`), not
+//! the OpenAI routes' ones, so a client sees what it would see on Ollama.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::backend::{
+    Backend, Error, Event, Finished, GenerationStream, Message, ModelInfo, Priority, Prompt, SamplingParams,
+};
+use crate::chat::finish_reason;
+use crate::error::{error_body, ApiError};
+use crate::generate::{collect, engine_ms};
+use crate::http::{Body, Request, Response};
+use crate::json::{self, Fields};
+use crate::router::HANDLER_VERSION;
+
+/// Ollama's defaults for the sampling options, in the order `/api/show`
+/// lists them as the model's parameters.
+const DEFAULT_TEMPERATURE: f64 = 0.8;
+const DEFAULT_TOP_K: u32 = 40;
+const DEFAULT_TOP_P: f64 = 0.9;
+const DEFAULT_REPEAT_PENALTY: f64 = 1.1;
+const DEFAULT_REPEAT_LAST_N: u32 = 64;
+
+/// `expires_at` of a model in `/api/ps`: tern never unloads a served model,
+/// so it reports the last second RFC 3339 can spell (9999-12-31T23:59:59Z).
+const NEVER_EXPIRES: u64 = 253_402_300_799;
+
+/// The Ollama routes, each one path.
+#[derive(Debug, Clone, Copy)]
+pub enum Route {
+    /// `POST /api/generate`
+    Generate,
+    /// `POST /api/chat`
+    Chat,
+    /// `GET /api/tags`
+    Tags,
+    /// `POST /api/show`
+    Show,
+    /// `GET /api/ps`
+    Ps,
+    /// `GET /api/version`
+    Version,
+    /// `POST /api/embed`
+    Embed,
+    /// `POST /api/embeddings` (legacy)
+    Embeddings,
+}
+
+/// Serves one Ollama request; every failure is answered in Ollama's error
+/// shape.
+pub fn handle(route: Route, req: &Request, backend: &dyn Backend) -> Response {
+    let answer = match route {
+        Route::Generate => generate(req, backend),
+        Route::Chat => chat(req, backend),
+        Route::Tags => Ok(tags(backend)),
+        Route::Show => show(req, backend),
+        Route::Ps => Ok(ps(backend)),
+        Route::Version => Ok(Response::json(200, &json!({"version": HANDLER_VERSION}))),
+        Route::Embed => embed(req, backend),
+        Route::Embeddings => embeddings(req, backend),
+    };
+    answer.unwrap_or_else(|err| error_response(&err))
+}
+
+/// The status and message of `err` as Ollama reports them.
+fn native_error(err: &ApiError) -> (u16, String) {
+    if let ApiError::Engine { error: Error::UnknownModel(id), .. } = err {
+        return (404, format!("model \"{id}\" not found"));
+    }
+    let (status, body) = error_body(err);
+    let message = body["error"]["message"].as_str().unwrap_or("the request failed").to_string();
+    match err {
+        // Ollama answers a full queue with 503, not OpenAI's 429.
+        ApiError::Engine { error: Error::Overloaded(_), .. } => (503, message),
+        _ => (status, message),
+    }
+}
+
+/// `{"error": "message"}` with the status Ollama would use, and the same
+/// `allow` and `retry-after` headers as the OpenAI errors.
+pub fn error_response(err: &ApiError) -> Response {
+    let (status, message) = native_error(err);
+    let response = Response::json(status, &json!({ "error": message }));
+    match err {
+        ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
+        ApiError::Engine { error: Error::Overloaded(_), .. } => response.with_header("retry-after", "1"),
+        _ => response,
+    }
+}
+
+// Requests
+
+/// Refuses field `name` when it holds anything but an empty or false value:
+/// Ollama clients send some fields empty by default.
+fn refuse_nonempty(f: &Fields<'_>, name: &str, why: &str) -> Result<(), ApiError> {
+    let empty = match f.get(name) {
+        None => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(Value::Bool(b)) => !b,
+        Some(Value::Number(_)) => false,
+        Some(Value::Null) => true,
+    };
+    if empty {
+        Ok(())
+    } else {
+        let param = f.name(name);
+        Err(ApiError::param(param.clone(), format!("'{param}' is not supported: {why}.")))
+    }
+}
+
+/// `keep_alive` is accepted and ignored (tern keeps its models loaded), but
+/// must be a duration string or a number of seconds.
+fn check_keep_alive(f: &Fields<'_>) -> Result<(), ApiError> {
+    match f.get("keep_alive") {
+        None | Some(Value::String(_)) | Some(Value::Number(_)) => Ok(()),
+        Some(other) => Err(f.wrong_type("keep_alive", "a duration string or a number", other)),
+    }
+}
+
+/// The served model `name` refers to: its id, or its id with Ollama's
+/// default tag `:latest`.
+fn find_model(backend: &dyn Backend, name: &str) -> Result<ModelInfo, ApiError> {
+    let found =
+        backend.list_models().into_iter().find(|m| m.id == name || name.strip_suffix(":latest") == Some(m.id.as_str()));
+    match found {
+        Some(model) => Ok(model),
+        None if !backend.status().ready => Err(ApiError::Loading),
+        None => Err(ApiError::engine(Error::UnknownModel(name.to_string()), "model")),
+    }
+}
+
+/// The `options` object, empty when absent.
+fn options<'a>(f: &Fields<'a>, empty: &'a Map<String, Value>) -> Result<Fields<'a>, ApiError> {
+    match f.get("options") {
+        None => Ok(Fields::nested(empty, "options")),
+        Some(Value::Object(map)) => Ok(Fields::nested(map, "options")),
+        Some(other) => Err(f.wrong_type("options", "an object", other)),
+    }
+}
+
+/// An optional finite number with no range (the penalties Ollama leaves
+/// unbounded).
+fn any_number(o: &Fields<'_>, name: &str) -> Result<Option<f64>, ApiError> {
+    o.number_in(name, f64::MIN, false, f64::MAX)
+}
+
+/// The engine's sampling from Ollama's `options` for `model`. Unknown
+/// options are ignored, as Ollama does; known ones with a wrong type or
+/// value are a 400.
+///
+/// `num_predict` -1 (infinite), -2 (fill the context) and 0 all mean "until
+/// the context is full". `repeat_last_n` -1 means the whole context. A
+/// negative `seed` (Ollama's -1) draws a fresh one. `num_ctx` is checked as
+/// a positive integer and then ignored: every generation may use the
+/// model's whole context, and a larger `num_ctx` cannot extend it.
+pub fn sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingParams, ApiError> {
+    let max_tokens = match o.integer("num_predict")? {
+        None | Some(-2..=0) => 0,
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) => return Err(o.out_of_range("num_predict", "an integer >= -2", &Value::from(n))),
+    };
+    let repeat_last_n = match o.integer("repeat_last_n")? {
+        None => DEFAULT_REPEAT_LAST_N,
+        Some(-1) => model.context_length,
+        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) => return Err(o.out_of_range("repeat_last_n", "an integer >= -1", &Value::from(n))),
+    };
+    o.integer_at_least("num_ctx", 1)?;
+    Ok(SamplingParams {
+        max_tokens,
+        temperature: o.number_in("temperature", 0.0, false, f64::MAX)?.unwrap_or(DEFAULT_TEMPERATURE) as f32,
+        top_k: o.integer_at_least("top_k", 0)?.unwrap_or(DEFAULT_TOP_K),
+        top_p: o.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(DEFAULT_TOP_P) as f32,
+        min_p: o.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(0.0) as f32,
+        repeat_penalty: o.number_above("repeat_penalty", 0.0)?.unwrap_or(DEFAULT_REPEAT_PENALTY) as f32,
+        repeat_last_n,
+        presence_penalty: any_number(o, "presence_penalty")?.unwrap_or(0.0) as f32,
+        frequency_penalty: any_number(o, "frequency_penalty")?.unwrap_or(0.0) as f32,
+        seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
+        stop: stops(o)?,
+        timeout_ms: None,
+        priority: Priority::Interactive,
+    })
+}
+
+/// `options.stop`: a list of strings (one string is taken as a list of one);
+/// empty strings are dropped, as they would end every generation at once.
+fn stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
+    let list: &[Value] = match o.get("stop") {
+        None => return Ok(Vec::new()),
+        Some(one @ Value::String(_)) => std::slice::from_ref(one),
+        Some(Value::Array(list)) => list,
+        Some(other) => return Err(o.wrong_type("stop", "an array of strings", other)),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item {
+            Value::String(s) if s.is_empty() => {}
+            Value::String(s) => out.push(s.clone()),
+            other => return Err(o.wrong_type(&format!("stop[{i}]"), "a string", other)),
+        }
+    }
+    Ok(out)
+}
+
+/// What `/api/generate` and `/api/chat` share: the model, whether to stream,
+/// and the sampling.
+struct Call {
+    /// The name the client used, echoed in every reply.
+    name: String,
+    model: ModelInfo,
+    stream: bool,
+    params: SamplingParams,
+}
+
+impl Call {
+    fn parse(f: &Fields<'_>, backend: &dyn Backend) -> Result<Call, ApiError> {
+        let name = f.required_string("model")?;
+        let stream = f.boolean("stream")?.unwrap_or(true);
+        refuse_nonempty(f, "format", "tern cannot constrain output to JSON or a schema")?;
+        refuse_nonempty(f, "think", "the model does not think aloud")?;
+        check_keep_alive(f)?;
+        let empty = Map::new();
+        let options = options(f, &empty)?;
+        let model = find_model(backend, name)?;
+        let params = sampling(&options, &model)?;
+        Ok(Call { name: name.to_string(), model, stream, params })
+    }
+
+    /// Ollama's answer to a request with nothing to generate, which clients
+    /// send to load a model: the model is always loaded, so it says so.
+    fn loaded(&self, reply: Reply) -> Response {
+        let mut object = reply.object(&self.name, "", true);
+        object.insert("done_reason".into(), Value::from("load"));
+        Response::json(200, &Value::Object(object))
+    }
+
+    /// Starts the generation and answers with NDJSON lines or, when not
+    /// streaming, one object holding the whole reply.
+    fn run(self, reply: Reply, prompt: Prompt, backend: &dyn Backend) -> Result<Response, ApiError> {
+        let engine_error = |e| ApiError::engine(e, reply.prompt_param());
+        let generation = backend.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
+        if self.stream {
+            let lines = Lines { generation: Some(generation), reply, name: self.name };
+            return Ok(Response {
+                status: 200,
+                headers: vec![("content-type".into(), "application/x-ndjson".into())],
+                body: Body::Stream(Box::new(lines)),
+            });
+        }
+        let (text, finished) = collect(generation).map_err(engine_error)?;
+        Ok(Response::json(200, &reply.last(&self.name, &text, &finished)))
+    }
+}
+
+/// `POST /api/generate`: a prompt, rendered as a chat of an optional system
+/// message and one user message unless `raw`.
+fn generate(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let prompt = f.string("prompt")?.unwrap_or_default();
+    let system = f.string("system")?.unwrap_or_default();
+    let raw = f.boolean("raw")?.unwrap_or(false);
+    refuse_nonempty(&f, "suffix", "the model has no fill-in-the-middle")?;
+    refuse_nonempty(&f, "template", "prompts use the model's own chat template")?;
+    refuse_nonempty(&f, "images", "the model reads text only")?;
+    refuse_nonempty(&f, "context", "send the conversation to /api/chat instead")?;
+    let call = Call::parse(&f, backend)?;
+    if prompt.is_empty() {
+        return Ok(call.loaded(Reply::Generate));
+    }
+    let prompt = if raw {
+        Prompt::Text(prompt.to_string())
+    } else {
+        let mut messages = Vec::with_capacity(2);
+        if !system.is_empty() {
+            messages.push(Message { role: "system".into(), content: system.to_string() });
+        }
+        messages.push(Message { role: "user".into(), content: prompt.to_string() });
+        Prompt::Chat(messages)
+    };
+    call.run(Reply::Generate, prompt, backend)
+}
+
+/// `POST /api/chat`: a conversation of `{role, content}` messages.
+fn chat(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let messages = match f.get("messages") {
+        None => Vec::new(),
+        Some(Value::Array(list)) => {
+            list.iter().enumerate().map(|(i, m)| message(&f, i, m)).collect::<Result<_, _>>()?
+        }
+        Some(other) => return Err(f.wrong_type("messages", "an array", other)),
+    };
+    refuse_nonempty(&f, "tools", "the model cannot call tools")?;
+    let call = Call::parse(&f, backend)?;
+    if messages.is_empty() {
+        return Ok(call.loaded(Reply::Chat));
+    }
+    call.run(Reply::Chat, Prompt::Chat(messages), backend)
+}
+
+/// Message `i` of `messages`: a text turn of `system`, `user` or `assistant`.
+fn message(f: &Fields<'_>, i: usize, value: &Value) -> Result<Message, ApiError> {
+    let path = format!("messages[{i}]");
+    let Value::Object(map) = value else {
+        return Err(f.wrong_type(&path, "an object", value));
+    };
+    let m = Fields::nested(map, &path);
+    let role = m.required_string("role")?;
+    if !matches!(role, "system" | "user" | "assistant") {
+        let param = m.name("role");
+        return Err(ApiError::param(
+            param.clone(),
+            format!("Unsupported role '{role}' in '{param}': expected 'system', 'user' or 'assistant'."),
+        ));
+    }
+    refuse_nonempty(&m, "images", "the model reads text only")?;
+    refuse_nonempty(&m, "tool_calls", "the model cannot call tools")?;
+    let content = m.string("content")?.unwrap_or_default();
+    Ok(Message { role: role.to_string(), content: content.to_string() })
+}
+
+// Replies
+
+/// The two shapes of a generated reply: `/api/generate`'s `response` text or
+/// `/api/chat`'s assistant `message`.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Generate,
+    Chat,
+}
+
+impl Reply {
+    /// Field holding the prompt, named by context-overflow errors.
+    fn prompt_param(self) -> &'static str {
+        match self {
+            Reply::Generate => "prompt",
+            Reply::Chat => "messages",
+        }
+    }
+
+    /// `{model, created_at, response | message, done}`.
+    fn object(self, name: &str, text: &str, done: bool) -> Map<String, Value> {
+        let mut object = Map::new();
+        object.insert("model".into(), Value::from(name));
+        object.insert("created_at".into(), Value::from(now_rfc3339()));
+        match self {
+            Reply::Generate => object.insert("response".into(), Value::from(text)),
+            Reply::Chat => object.insert("message".into(), json!({"role": "assistant", "content": text})),
+        };
+        object.insert("done".into(), Value::from(done));
+        object
+    }
+
+    /// The last object: `text` (empty when streaming), why it ended, and
+    /// the engine's counts with durations in nanoseconds.
+    ///
+    /// `load_duration` is the time the request waited for the engine: the
+    /// model is always loaded, and Ollama counts the wait for its scheduler
+    /// there too. `prompt_eval_count` counts the whole prompt, cached tokens
+    /// included.
+    fn last(self, name: &str, text: &str, finished: &Finished) -> Value {
+        let usage = &finished.usage;
+        let mut object = self.object(name, text, true);
+        object.insert("done_reason".into(), Value::from(finish_reason(finished.reason)));
+        object.insert("total_duration".into(), Value::from(nanos(engine_ms(usage))));
+        object.insert("load_duration".into(), Value::from(nanos(usage.queue_ms)));
+        object.insert("prompt_eval_count".into(), Value::from(usage.prompt_tokens));
+        object.insert("prompt_eval_duration".into(), Value::from(nanos(usage.prompt_ms)));
+        object.insert("eval_count".into(), Value::from(usage.completion_tokens));
+        object.insert("eval_duration".into(), Value::from(nanos(usage.generation_ms)));
+        Value::Object(object)
+    }
+}
+
+/// Whole nanoseconds in `ms` milliseconds.
+fn nanos(ms: f64) -> u64 {
+    // `as` saturates: a negative or NaN time reads as 0.
+    (ms * 1e6).round() as u64
+}
+
+fn ndjson_line(value: &Value) -> Vec<u8> {
+    let mut line = value.to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+/// The NDJSON lines of one streamed reply, produced as the client reads
+/// them. Owns the generation: dropping this cancels it.
+struct Lines {
+    generation: Option<Box<dyn GenerationStream>>,
+    reply: Reply,
+    name: String,
+}
+
+impl Iterator for Lines {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let line = match self.generation.as_mut()?.next_event() {
+                Ok(Event::Text(text)) if text.is_empty() => continue,
+                Ok(Event::Pending) => continue,
+                Ok(Event::Text(text)) => Value::Object(self.reply.object(&self.name, &text, false)),
+                Ok(Event::Finished(finished)) => {
+                    self.generation = None;
+                    self.reply.last(&self.name, "", &finished)
+                }
+                Err(error) => {
+                    // The status line is long gone: the error is the last line.
+                    self.generation = None;
+                    let (_, message) = native_error(&ApiError::engine(error, self.reply.prompt_param()));
+                    json!({ "error": message })
+                }
+            };
+            return Some(ndjson_line(&line));
+        }
+    }
+}
+
+// Models
+
+/// `details` of a model as Ollama lists it.
+fn details(m: &ModelInfo) -> Value {
+    json!({
+        "parent_model": "",
+        "format": "gguf",
+        "family": m.architecture,
+        "families": [m.architecture],
+        "parameter_size": parameter_size(m.parameter_count),
+        "quantization_level": m.quantization,
+    })
+}
+
+/// The fields `/api/tags` and `/api/ps` share.
+fn listing(m: &ModelInfo) -> Map<String, Value> {
+    let mut entry = Map::new();
+    entry.insert("name".into(), Value::from(m.id.as_str()));
+    entry.insert("model".into(), Value::from(m.id.as_str()));
+    entry.insert("size".into(), Value::from(m.size_bytes));
+    entry.insert("digest".into(), Value::from(digest(m)));
+    entry.insert("details".into(), details(m));
+    entry
+}
+
+/// `GET /api/tags`: the served models.
+fn tags(backend: &dyn Backend) -> Response {
+    let models: Vec<Value> = backend
+        .list_models()
+        .iter()
+        .map(|m| {
+            let mut entry = listing(m);
+            entry.insert("modified_at".into(), Value::from(rfc3339(m.modified_at, 0)));
+            Value::Object(entry)
+        })
+        .collect();
+    Response::json(200, &json!({ "models": models }))
+}
+
+/// `GET /api/ps`: the loaded models, which are all the served ones, held in
+/// memory rather than on a GPU.
+fn ps(backend: &dyn Backend) -> Response {
+    let models: Vec<Value> = backend
+        .list_models()
+        .iter()
+        .map(|m| {
+            let mut entry = listing(m);
+            entry.insert("expires_at".into(), Value::from(rfc3339(NEVER_EXPIRES, 0)));
+            entry.insert("size_vram".into(), Value::from(0));
+            entry.insert("context_length".into(), Value::from(m.context_length));
+            Value::Object(entry)
+        })
+        .collect();
+    Response::json(200, &json!({ "models": models }))
+}
+
+/// The defaults `sampling` applies, as Ollama's `parameters` text lists a
+/// model's: one `name value` per line.
+fn default_parameters() -> String {
+    format!(
+        "temperature {DEFAULT_TEMPERATURE}\ntop_k {DEFAULT_TOP_K}\ntop_p {DEFAULT_TOP_P}\n\
+         repeat_penalty {DEFAULT_REPEAT_PENALTY}\nrepeat_last_n {DEFAULT_REPEAT_LAST_N}"
+    )
+}
+
+/// `POST /api/show {model}` (or the legacy `name`): a model's details.
+///
+/// `template` is the model's chat template rendered around Ollama's
+/// placeholders (`{{ .System }}`, `{{ .Prompt }}`), so it shows exactly how
+/// `/api/generate` wraps a prompt.
+fn show(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let name = match f.string("model")? {
+        Some(name) => name,
+        None => f.required_string("name")?,
+    };
+    f.boolean("verbose")?;
+    let m = find_model(backend, name)?;
+    let placeholders = [
+        Message { role: "system".into(), content: "{{ .System }}".into() },
+        Message { role: "user".into(), content: "{{ .Prompt }}".into() },
+    ];
+    let template = backend.render_chat(&m.id, &placeholders).map_err(|e| ApiError::engine(e, "model"))?;
+    let parameters = default_parameters();
+    let modelfile = format!(
+        "# The model as tern serves it.\nFROM {}\nTEMPLATE \"\"\"{template}\"\"\"\n{}\n",
+        m.id,
+        parameters.lines().map(|line| format!("PARAMETER {line}")).collect::<Vec<_>>().join("\n"),
+    );
+    let mut model_info = Map::new();
+    model_info.insert("general.architecture".into(), Value::from(m.architecture.as_str()));
+    model_info.insert("general.parameter_count".into(), Value::from(m.parameter_count));
+    model_info.insert(format!("{}.context_length", m.architecture), Value::from(m.context_length));
+    Ok(Response::json(
+        200,
+        &json!({
+            "modelfile": modelfile,
+            "parameters": parameters,
+            "template": template,
+            "details": details(&m),
+            "model_info": model_info,
+            "capabilities": ["completion", "embedding"],
+            "modified_at": rfc3339(m.modified_at, 0),
+        }),
+    ))
+}
+
+/// A stable identity for a served model: FNV-1a 64 over its id, file size
+/// and modification time, as 16 hex digits. It is not a content hash (tern
+/// never hashes the weights), so it carries no `sha256:` label; it changes
+/// when the file is replaced.
+pub(crate) fn digest(m: &ModelInfo) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = m.id.bytes().chain(m.size_bytes.to_le_bytes()).chain(m.modified_at.to_le_bytes());
+    let hash = bytes.fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+    format!("{hash:016x}")
+}
+
+/// A parameter count the way Ollama prints it: `2.4B`, `7B`, `125.5M`.
+pub(crate) fn parameter_size(count: u64) -> String {
+    let (value, unit) = match count {
+        c if c >= 1_000_000_000 => (c as f64 / 1e9, "B"),
+        c if c >= 1_000_000 => (c as f64 / 1e6, "M"),
+        c if c >= 1_000 => (c as f64 / 1e3, "K"),
+        c => return c.to_string(),
+    };
+    let digits = format!("{value:.1}");
+    format!("{}{unit}", digits.strip_suffix(".0").unwrap_or(&digits))
+}
+
+// Embeddings
+
+/// `POST /api/embed {model, input, truncate, dimensions}`: unit-length
+/// embeddings of one string or a list.
+///
+/// With `truncate` (the default) an input longer than the context is cut to
+/// its first tokens, leaving room for the BOS token; without it, such an
+/// input is a 400. `dimensions` keeps the first components and scales them
+/// back to unit length.
+fn embed(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let name = f.required_string("model")?;
+    let mut inputs = match f.get("input") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(f.wrong_type(&format!("input[{i}]"), "a string", other)),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(f.wrong_type("input", "a string or an array of strings", other)),
+    };
+    let truncate = f.boolean("truncate")?.unwrap_or(true);
+    let dimensions = f.integer_at_least("dimensions", 1)?;
+    let empty = Map::new();
+    options(&f, &empty)?;
+    check_keep_alive(&f)?;
+    let m = find_model(backend, name)?;
+
+    let start = Instant::now();
+    let engine_error = |e| ApiError::engine(e, "input");
+    if truncate {
+        let keep = m.context_length.saturating_sub(1) as usize;
+        for input in &mut inputs {
+            let tokens = backend.tokenize(&m.id, input).map_err(engine_error)?;
+            if tokens.len() > keep {
+                *input = backend.detokenize(&m.id, &tokens[..keep]).map_err(engine_error)?;
+            }
+        }
+    }
+    let embeddings =
+        if inputs.is_empty() { Vec::new() } else { backend.embed(&m.id, &inputs).map_err(engine_error)? };
+    let total_duration = start.elapsed().as_nanos() as u64;
+    let prompt_eval_count: u64 = embeddings.iter().map(|e| u64::from(e.tokens)).sum();
+    let vectors: Vec<Vec<f32>> = embeddings.into_iter().map(|e| shorten(e.vector, dimensions)).collect();
+    Ok(Response::json(
+        200,
+        &json!({
+            "model": name,
+            "embeddings": vectors,
+            "total_duration": total_duration,
+            "load_duration": 0,
+            "prompt_eval_count": prompt_eval_count,
+        }),
+    ))
+}
+
+/// The first `dimensions` components of a unit vector, scaled back to unit
+/// length; the whole vector when `dimensions` is absent or not smaller.
+fn shorten(mut vector: Vec<f32>, dimensions: Option<u32>) -> Vec<f32> {
+    let Some(keep) = dimensions.map(|d| d as usize).filter(|&d| d < vector.len()) else {
+        return vector;
+    };
+    vector.truncate(keep);
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|x| *x /= norm);
+    }
+    vector
+}
+
+/// `POST /api/embeddings {model, prompt}` (legacy): one embedding; an empty
+/// prompt has an empty one, as in Ollama.
+fn embeddings(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let name = f.required_string("model")?;
+    let prompt = f.string("prompt")?.unwrap_or_default();
+    let empty = Map::new();
+    options(&f, &empty)?;
+    check_keep_alive(&f)?;
+    let m = find_model(backend, name)?;
+    if prompt.is_empty() {
+        return Ok(Response::json(200, &json!({ "embedding": [] })));
+    }
+    let mut embeddings = backend.embed(&m.id, &[prompt.to_string()]).map_err(|e| ApiError::engine(e, "prompt"))?;
+    let vector = embeddings.pop().map(|e| e.vector).unwrap_or_default();
+    Ok(Response::json(200, &json!({ "embedding": vector })))
+}
+
+// Time
+
+/// The wall clock now (wasi:clocks in a component) as RFC 3339 in UTC.
+fn now_rfc3339() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    rfc3339(now.as_secs(), now.subsec_nanos())
+}
+
+/// `secs` and `nanos` since the Unix epoch as RFC 3339 in UTC, to the
+/// microsecond (`2023-11-14T22:13:20.000123Z`), or to the second when
+/// `nanos` is 0. Microseconds, not nanoseconds: some clients' date parsers
+/// stop at six fractional digits.
+pub(crate) fn rfc3339(secs: u64, nanos: u32) -> String {
+    let (year, month, day) = civil_date(secs / 86_400);
+    let second_of_day = secs % 86_400;
+    let (hour, minute, second) = (second_of_day / 3600, second_of_day / 60 % 60, second_of_day % 60);
+    let fraction = if nanos == 0 { String::new() } else { format!(".{:06}", nanos / 1000) };
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since
+/// 1970-01-01, by Howard Hinnant's `civil_from_days`: eras of 400 years,
+/// with years starting in March so the leap day falls last.
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
