@@ -8,8 +8,8 @@
 
 use serde_json::json;
 
-use crate::backend::{Backend, Event, Priority, Prompt, SamplingParams, Usage};
-use crate::chat::{finish_reason, parse_priority};
+use crate::backend::{Backend, Priority, Prompt, SamplingParams, Usage};
+use crate::chat::{finish_reason, parse_priority, read_all};
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
@@ -27,18 +27,10 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
     let params = plain_params(&f, parse_priority(&f, Priority::Interactive)?)?;
     let model = model_or_first(&f, backend)?;
 
-    let engine_error = |e| ApiError::engine(e, PROMPT_PARAM);
-    let mut generation = backend.generate(&model, &Prompt::Text(prompt.clone()), &params).map_err(engine_error)?;
-
-    let mut text = String::new();
-    let finished = loop {
-        match generation.next_event().map_err(engine_error)? {
-            Event::Text(piece) => text.push_str(&piece),
-            Event::Finished(finished) => break finished,
-            Event::Pending => {}
-        }
-    };
-    drop(generation);
+    let generation = backend
+        .generate(&model, &Prompt::Text(prompt.clone()), &params)
+        .map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
+    let (text, finished) = read_all(generation, PROMPT_PARAM)?;
 
     let usage = finished.usage;
     let generation_time_ms = engine_ms(&usage);
