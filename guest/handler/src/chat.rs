@@ -20,7 +20,7 @@ const PROMPT_PARAM: &str = "messages";
 const MAX_STOP_SEQUENCES: usize = 4;
 /// Recent tokens the repeat penalty looks at unless `repeat_last_n` says
 /// otherwise (llama.cpp's default).
-const DEFAULT_REPEAT_LAST_N: u32 = 64;
+pub const DEFAULT_REPEAT_LAST_N: u32 = 64;
 
 /// A validated chat completion request.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use crate::backend::{Backend, ModelInfo};
 use crate::error::{error_response, ApiError};
 use crate::http::{Request, Response};
-use crate::{chat, generate, metrics, queue};
+use crate::{chat, completions, embeddings, generate, llamacpp, metrics, queue};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
@@ -41,6 +41,12 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         "/generate" => ("POST", Handler::Generate),
         "/batch" => ("POST", Handler::Batch),
         "/api/chat-queue" => ("POST", Handler::QueueSubmit),
+        "/v1/completions" => ("POST", Handler::Completions),
+        "/v1/embeddings" => ("POST", Handler::Embeddings),
+        "/completion" => ("POST", Handler::LlamaCompletion),
+        "/tokenize" => ("POST", Handler::LlamaTokenize),
+        "/detokenize" => ("POST", Handler::LlamaDetokenize),
+        "/props" => ("GET", Handler::LlamaProps),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
             (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
@@ -64,6 +70,12 @@ fn dispatch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         Handler::QueueSubmit => queue::submit(req, backend),
         Handler::QueueStatus(id) => queue::status(id, backend),
         Handler::QueueCancel(id) => queue::cancel(id, backend),
+        Handler::Completions => completions::handle(req, backend),
+        Handler::Embeddings => embeddings::handle(req, backend),
+        Handler::LlamaCompletion => Ok(llamacpp::completion(req, backend)),
+        Handler::LlamaTokenize => Ok(llamacpp::tokenize(req, backend)),
+        Handler::LlamaDetokenize => Ok(llamacpp::detokenize(req, backend)),
+        Handler::LlamaProps => Ok(llamacpp::props(backend)),
     }
 }
 
@@ -78,6 +90,12 @@ enum Handler<'a> {
     QueueSubmit,
     QueueStatus(&'a str),
     QueueCancel(&'a str),
+    Completions,
+    Embeddings,
+    LlamaCompletion,
+    LlamaTokenize,
+    LlamaDetokenize,
+    LlamaProps,
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

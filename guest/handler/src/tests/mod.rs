@@ -2,6 +2,8 @@
 //! (`script.rs`). Each API family has its own file; this one holds routing,
 //! chat completions, the plain APIs and the queue.
 
+mod completions;
+mod llamacpp;
 mod script;
 
 use script::*;
