@@ -35,11 +35,12 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
     check_unsupported(&f)?;
 
     let engine_error = |e| ApiError::engine(e, PROMPT_PARAM);
-    let echoed = match (echo, &prompt) {
-        (false, _) => None,
-        (true, Prompt::Tokens(ids)) => Some(backend.detokenize(&model, ids).map_err(engine_error)?),
-        (true, Prompt::Text(text)) => Some(text.clone()),
-        (true, Prompt::Chat(_)) => None,
+    // `parse_prompt` makes text or token ids, never a chat.
+    let echoed = match &prompt {
+        _ if !echo => None,
+        Prompt::Tokens(ids) => Some(backend.detokenize(&model, ids).map_err(engine_error)?),
+        Prompt::Text(text) => Some(text.clone()),
+        Prompt::Chat(_) => None,
     };
     let generation = backend.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
 
@@ -100,14 +101,15 @@ pub fn token_ids(path: &str, list: &[Value]) -> Result<Vec<u32>, ApiError> {
     if list.is_empty() {
         return Err(ApiError::param(path, format!("'{path}' must hold at least one token id.")));
     }
+    let expected = format!("a token id (an integer from 0 to {})", u32::MAX);
     list.iter()
         .enumerate()
         .map(|(i, value)| {
-            value.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
-                ApiError::param(
-                    format!("{path}[{i}]"),
-                    format!("Invalid '{path}[{i}]': expected a token id (an integer from 0 to {}), but got {value} instead.", u32::MAX),
-                )
+            let id = value.as_u64().and_then(|id| u32::try_from(id).ok());
+            id.ok_or_else(|| {
+                let param = format!("{path}[{i}]");
+                let message = format!("Invalid '{param}': expected {expected}, but got {value} instead.");
+                ApiError::param(param, message)
             })
         })
         .collect()

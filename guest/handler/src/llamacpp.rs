@@ -160,6 +160,7 @@ fn serve_tokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiE
     let model = model_or_first(&f, backend)?;
     let engine_error = |e| ApiError::engine(e, "content");
     let ids = backend.tokenize(&model, content).map_err(engine_error)?;
+    // A piece is its token's own text: one detokenize call per token.
     let tokens: Vec<Value> = if with_pieces {
         ids.iter()
             .map(|&id| Ok(json!({"id": id, "piece": backend.detokenize(&model, &[id]).map_err(engine_error)?})))
