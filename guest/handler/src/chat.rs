@@ -21,7 +21,7 @@ const PROMPT_PARAM: &str = "messages";
 const MAX_STOP_SEQUENCES: usize = 4;
 /// Recent tokens the repeat penalty looks at unless `repeat_last_n` says
 /// otherwise (llama.cpp's default).
-const DEFAULT_REPEAT_LAST_N: u32 = 64;
+pub const DEFAULT_REPEAT_LAST_N: u32 = 64;
 
 /// A validated chat completion request.
 #[derive(Debug)]
@@ -63,8 +63,57 @@ pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Res
     let max_completion_tokens = f.integer_at_least("max_completion_tokens", 1)?;
     let max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(0);
 
-    let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(1.0);
-    let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(1.0);
+    let sampling = parse_sampling(&f, max_tokens, &OPENAI_DEFAULTS, default_priority)?;
+    check_response_format(&f)?;
+
+    Ok(ChatRequest {
+        model,
+        messages,
+        params: sampling.params,
+        stream: sampling.stream,
+        include_usage: sampling.include_usage,
+    })
+}
+
+/// What a request that leaves a sampling field out gets.
+pub struct SamplingDefaults {
+    /// `temperature`.
+    pub temperature: f64,
+    /// `top_k` (0 keeps every token).
+    pub top_k: u32,
+    /// `top_p`.
+    pub top_p: f64,
+    /// `min_p`.
+    pub min_p: f64,
+}
+
+/// OpenAI's defaults: plain softmax sampling at temperature 1.
+pub const OPENAI_DEFAULTS: SamplingDefaults = SamplingDefaults { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+
+/// The sampling and streaming fields every completion API shares.
+pub struct Sampling {
+    /// Settings for the engine.
+    pub params: SamplingParams,
+    /// `stream`.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// Validates the fields OpenAI's chat and text completions share
+/// (`temperature, top_p, n, stop, stream, stream_options, seed,
+/// presence_penalty, frequency_penalty, logit_bias, user`) and the
+/// llama.cpp/Ollama extensions (`top_k, min_p, repeat_penalty,
+/// repeat_last_n, timeout_ms, priority`). `max_tokens` comes from the
+/// caller, which knows the API's spelling and default.
+pub fn parse_sampling(
+    f: &Fields<'_>,
+    max_tokens: u32,
+    defaults: &SamplingDefaults,
+    default_priority: Priority,
+) -> Result<Sampling, ApiError> {
+    let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature);
+    let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p);
 
     if let Some(n) = f.integer("n")? {
         if n != 1 {
@@ -72,7 +121,7 @@ pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Res
         }
     }
 
-    let stop = parse_stop(&f)?;
+    let stop = parse_stop(f)?;
     let stream = f.boolean("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
         None => false,
@@ -87,21 +136,18 @@ pub fn parse_fields(map: &Map<String, Value>, default_priority: Priority) -> Res
 
     let presence_penalty = f.number_in("presence_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
     let frequency_penalty = f.number_in("frequency_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
-    check_logit_bias(&f)?;
-    check_response_format(&f)?;
+    check_logit_bias(f)?;
     f.string("user")?;
 
     // Extensions shared with llama.cpp and Ollama.
-    let top_k = f.integer_at_least("top_k", 0)?.unwrap_or(0);
-    let min_p = f.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(0.0);
+    let top_k = f.integer_at_least("top_k", 0)?.unwrap_or(defaults.top_k);
+    let min_p = f.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(defaults.min_p);
     let repeat_penalty = f.number_above("repeat_penalty", 0.0)?.unwrap_or(1.0);
     let repeat_last_n = f.integer_at_least("repeat_last_n", 0)?.unwrap_or(DEFAULT_REPEAT_LAST_N);
     let timeout_ms = f.integer_at_least("timeout_ms", 1)?;
-    let priority = parse_priority(&f, default_priority)?;
+    let priority = parse_priority(f, default_priority)?;
 
-    Ok(ChatRequest {
-        model,
-        messages,
+    Ok(Sampling {
         params: SamplingParams {
             max_tokens,
             temperature: temperature as f32,
@@ -286,35 +332,19 @@ pub fn handle(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
     let lookup = cache::look_up(req, backend, &chat.model, &chat.messages, &chat.params, use_cache)?;
     let (header, cached) = (lookup.header(), lookup.cached());
     let prompt = Prompt::Chat(chat.messages);
-    let (mut generation, pending) = lookup
+    let (generation, pending) = lookup
         .generation(backend, || backend.generate(&chat.model, &prompt, &chat.params))
         .map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
 
-    let id = completion_id();
+    let id = completion_id("chatcmpl");
     let created = unix_seconds();
     if chat.stream {
-        let events = ChatEvents {
-            generation: Some(generation),
-            id,
-            created,
-            model: chat.model,
-            include_usage: chat.include_usage,
-            cached,
-            queued: VecDeque::new(),
-            started: false,
-        };
-        return Ok(cache::event_stream(events, pending, header));
+        let stream =
+            CompletionStream { id, model: chat.model, include_usage: chat.include_usage, chunks: Chunks::Chat, cached };
+        return Ok(cache::event_stream(stream.events(generation), pending, header));
     }
 
-    let mut content = String::new();
-    let finished = loop {
-        match generation.next_event().map_err(|e| ApiError::engine(e, PROMPT_PARAM))? {
-            Event::Text(text) => content.push_str(&text),
-            Event::Finished(finished) => break finished,
-            Event::Pending => {}
-        }
-    };
-    drop(generation);
+    let (content, finished) = read_all(generation, PROMPT_PARAM)?;
     if let Some(pending) = pending {
         pending.commit();
     }
@@ -388,9 +418,9 @@ pub fn usage_json(usage: &Usage) -> Value {
     })
 }
 
-/// A fresh `chatcmpl-` id.
-fn completion_id() -> String {
-    format!("chatcmpl-{}", unique_hex())
+/// A fresh id such as `chatcmpl-…` or `cmpl-…`.
+pub fn completion_id(prefix: &str) -> String {
+    format!("{prefix}-{}", unique_hex())
 }
 
 /// 32 hex digits, unique, not secret. std seeds `RandomState` from the wasi
@@ -403,48 +433,140 @@ pub fn unique_hex() -> String {
 }
 
 /// Seconds since the Unix epoch by the wall clock (wasi:clocks in a component).
-fn unix_seconds() -> u64 {
+pub fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Which OpenAI API a stream of chunks speaks.
+pub enum Chunks {
+    /// `chat.completion.chunk`: text in `delta.content`, opened by a chunk
+    /// naming the assistant role.
+    Chat,
+    /// `text_completion`: text in `text`, opened by the prompt when it is
+    /// echoed.
+    Text {
+        /// The prompt text to send first (`echo`), if any.
+        echo: Option<String>,
+    },
+}
+
+/// What a streamed completion says about itself in every chunk.
+pub struct CompletionStream {
+    /// `id` of every chunk.
+    pub id: String,
+    /// `model` of every chunk.
+    pub model: String,
+    /// Send a last chunk with `usage` (and `usage: null` in the others).
+    pub include_usage: bool,
+    /// The API's chunk shape.
+    pub chunks: Chunks,
+    /// Whether the answer came from the response cache, said in every
+    /// chunk; none when the cache was not consulted.
+    pub cached: Option<bool>,
+}
+
+impl CompletionStream {
+    /// A 200 `text/event-stream` of [`CompletionStream::events`].
+    pub fn respond(self, generation: Box<dyn GenerationStream>) -> Response {
+        Response::event_stream(self.events(generation))
+    }
+
+    /// `generation`'s chunks, produced as the client reads them; then the
+    /// finish reason, the usage chunk if asked for, and `data: [DONE]`.
+    /// Dropping the iterator cancels the generation.
+    pub fn events(self, generation: Box<dyn GenerationStream>) -> impl Iterator<Item = Vec<u8>> + 'static {
+        let prompt_param = match self.chunks {
+            Chunks::Chat => PROMPT_PARAM,
+            Chunks::Text { .. } => "prompt",
+        };
+        CompletionEvents {
+            generation: Some(generation),
+            stream: self,
+            created: unix_seconds(),
+            prompt_param,
+            queued: VecDeque::new(),
+            started: false,
+        }
+    }
+}
+
+/// [`crate::generate::collect`] with errors naming `prompt_param` as the
+/// field holding the prompt.
+pub fn read_all(
+    generation: Box<dyn GenerationStream>,
+    prompt_param: &'static str,
+) -> Result<(String, Finished), ApiError> {
+    crate::generate::collect(generation).map_err(|e| ApiError::engine(e, prompt_param))
 }
 
 /// The server-sent events of one streamed completion, produced as the client
 /// reads them. Owns the generation: dropping this cancels it.
-struct ChatEvents {
+struct CompletionEvents {
     generation: Option<Box<dyn GenerationStream>>,
-    id: String,
+    stream: CompletionStream,
     created: u64,
-    model: String,
-    include_usage: bool,
-    /// Whether the answer came from the cache; none when never looked up.
-    cached: Option<bool>,
+    prompt_param: &'static str,
     /// Events decided but not yet handed out (the tail after `finished`).
     queued: VecDeque<Vec<u8>>,
     started: bool,
 }
 
-impl ChatEvents {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Map<String, Value> {
-        let mut chunk = self.envelope(json!([{
-            "index": 0,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish,
-        }]));
-        if self.include_usage {
+impl CompletionEvents {
+    /// A chunk carrying `text` (none: no text) and, at the end, the finish
+    /// reason.
+    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> Map<String, Value> {
+        let choice = match self.stream.chunks {
+            Chunks::Chat => json!({
+                "index": 0,
+                "delta": text.map_or_else(|| json!({}), |t| json!({"content": t})),
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            Chunks::Text { .. } => json!({
+                "text": text.unwrap_or(""),
+                "index": 0,
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        };
+        self.choice_chunk(choice)
+    }
+
+    fn choice_chunk(&self, choice: Value) -> Map<String, Value> {
+        let mut chunk = self.envelope(json!([choice]));
+        if self.stream.include_usage {
             chunk.insert("usage".into(), Value::Null);
         }
         chunk
     }
 
+    /// The first event: the assistant's role (chat) or the echoed prompt.
+    fn opening(&self) -> Option<Vec<u8>> {
+        match &self.stream.chunks {
+            Chunks::Chat => Some(sse_data(self.choice_chunk(json!({
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": null,
+                "finish_reason": null,
+            })))),
+            Chunks::Text { echo: Some(prompt) } if !prompt.is_empty() => Some(sse_data(self.chunk(Some(prompt), None))),
+            Chunks::Text { .. } => None,
+        }
+    }
+
     fn envelope(&self, choices: Value) -> Map<String, Value> {
+        let object = match self.stream.chunks {
+            Chunks::Chat => "chat.completion.chunk",
+            Chunks::Text { .. } => "text_completion",
+        };
         let mut chunk = Map::new();
-        chunk.insert("id".into(), Value::from(self.id.as_str()));
-        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+        chunk.insert("id".into(), Value::from(self.stream.id.as_str()));
+        chunk.insert("object".into(), Value::from(object));
         chunk.insert("created".into(), Value::from(self.created));
-        chunk.insert("model".into(), Value::from(self.model.as_str()));
+        chunk.insert("model".into(), Value::from(self.stream.model.as_str()));
         chunk.insert("system_fingerprint".into(), Value::Null);
         chunk.insert("choices".into(), choices);
-        if let Some(cached) = self.cached {
+        if let Some(cached) = self.stream.cached {
             chunk.insert("cached".into(), Value::from(cached));
         }
         chunk
@@ -454,9 +576,9 @@ impl ChatEvents {
     /// for, then `[DONE]`. `timings` ride on the last JSON chunk, as in
     /// llama.cpp's server.
     fn finish(&mut self, finished: &Finished) -> Vec<u8> {
-        let mut last = self.chunk(json!({}), Some(finish_reason(finished.reason)));
+        let mut last = self.chunk(None, Some(finish_reason(finished.reason)));
         let timings = timings_json(&finished.usage);
-        if self.include_usage {
+        if self.stream.include_usage {
             let mut usage = self.envelope(json!([]));
             usage.insert("usage".into(), usage_json(&finished.usage));
             usage.insert("timings".into(), timings);
@@ -471,11 +593,11 @@ impl ChatEvents {
     /// The error object a whole response would have carried, as one last
     /// event: the status line is long gone.
     fn fail(&mut self, error: Error) -> Vec<u8> {
-        sse_data(error_body(&ApiError::engine(error, PROMPT_PARAM)).1)
+        sse_data(error_body(&ApiError::engine(error, self.prompt_param)).1)
     }
 }
 
-impl Iterator for ChatEvents {
+impl Iterator for CompletionEvents {
     type Item = Vec<u8>;
 
     fn next(&mut self) -> Option<Vec<u8>> {
@@ -484,13 +606,15 @@ impl Iterator for ChatEvents {
         }
         if !self.started {
             self.started = true;
-            return Some(sse_data(self.chunk(json!({"role": "assistant", "content": ""}), None)));
+            if let Some(opening) = self.opening() {
+                return Some(opening);
+            }
         }
         loop {
             let generation = self.generation.as_mut()?;
             match generation.next_event() {
                 Ok(Event::Text(text)) if text.is_empty() => {}
-                Ok(Event::Text(text)) => return Some(sse_data(self.chunk(json!({"content": text}), None))),
+                Ok(Event::Text(text)) => return Some(sse_data(self.chunk(Some(&text), None))),
                 Ok(Event::Pending) => {}
                 Ok(Event::Finished(finished)) => {
                     self.generation = None;
@@ -505,7 +629,7 @@ impl Iterator for ChatEvents {
     }
 }
 
-/// One server-sent event carrying `value` as JSON.
+/// One server-sent event carrying `value` as its data.
 pub fn sse_data(value: impl Into<Value>) -> Vec<u8> {
     format!("data: {}\n\n", value.into()).into_bytes()
 }

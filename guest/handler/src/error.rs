@@ -70,7 +70,26 @@ impl ApiError {
 /// safe to show.
 pub fn error_response(err: &ApiError) -> Response {
     let (status, body) = error_body(err);
-    let response = Response::json(status, &body);
+    with_error_headers(err, Response::json(status, &body))
+}
+
+/// [`error_response`] in llama.cpp server's shape, for its routes: the same
+/// status and message, with `code` the HTTP status as a number
+/// (`{"error": {"code": 400, "message", "type", "param"}}`).
+pub fn llama_error_response(err: &ApiError) -> Response {
+    let (status, body) = llama_error_body(err);
+    with_error_headers(err, Response::json(status, &body))
+}
+
+/// The status and body [`llama_error_response`] sends for `err`, for a
+/// stream's last event.
+pub fn llama_error_body(err: &ApiError) -> (u16, Value) {
+    let (status, mut body) = error_body(err);
+    body["error"]["code"] = Value::from(status);
+    (status, body)
+}
+
+fn with_error_headers(err: &ApiError, response: Response) -> Response {
     match err {
         ApiError::MethodNotAllowed { allow, .. } => response.with_header("allow", allow),
         ApiError::Engine { error: Error::Overloaded(_), .. } => response.with_header("retry-after", "1"),

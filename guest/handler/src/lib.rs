@@ -30,16 +30,19 @@ mod backend;
 mod bindings;
 mod cache;
 mod chat;
+mod completions;
 // The wasi:http export. Only a wasm build links it: natively, the exported
 // symbol names (`wasi:http/incoming-handler@0.2.12#handle`) are not valid
 // linker symbols, and unit tests only need the router.
 #[cfg(target_arch = "wasm32")]
 mod component;
 mod cors;
+mod embeddings;
 mod error;
 mod generate;
 mod http;
 mod json;
+mod llamacpp;
 mod metrics;
 mod ollama;
 mod optimized;

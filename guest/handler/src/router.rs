@@ -7,7 +7,7 @@ use crate::cors::CorsPolicy;
 use crate::error::{error_response, ApiError};
 use crate::http::{Body, Request, Response};
 use crate::ollama::{self, Route as Ollama};
-use crate::{cache, chat, generate, metrics, optimized, page, queue, spin};
+use crate::{cache, chat, completions, embeddings, generate, llamacpp, metrics, optimized, page, queue, spin};
 
 /// Version stamped on every response as `x-tern-handler`, so a client can tell
 /// which handler component served it across hot swaps.
@@ -74,6 +74,12 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         "/api/version" => ("GET", Handler::Ollama(Ollama::Version)),
         "/api/embed" => ("POST", Handler::Ollama(Ollama::Embed)),
         "/api/embeddings" => ("POST", Handler::Ollama(Ollama::Embeddings)),
+        "/v1/completions" => ("POST", Handler::Completions),
+        "/v1/embeddings" => ("POST", Handler::Embeddings),
+        "/completion" => ("POST", Handler::LlamaCompletion),
+        "/tokenize" => ("POST", Handler::LlamaTokenize),
+        "/detokenize" => ("POST", Handler::LlamaDetokenize),
+        "/props" => ("GET", Handler::LlamaProps),
         _ if path.starts_with("/static/") => ("GET, HEAD", Handler::Static(&path["/static/".len()..])),
         _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
@@ -114,6 +120,12 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         Handler::ChatOptimized => Ok(optimized::handle(req, backend)),
         Handler::CacheStats => cache::handle_stats(req, backend),
         Handler::Ollama(api) => Ok(ollama::handle(api, req, backend)),
+        Handler::Completions => completions::handle(req, backend),
+        Handler::Embeddings => embeddings::handle(req, backend),
+        Handler::LlamaCompletion => Ok(llamacpp::completion(req, backend)),
+        Handler::LlamaTokenize => Ok(llamacpp::tokenize(req, backend)),
+        Handler::LlamaDetokenize => Ok(llamacpp::detokenize(req, backend)),
+        Handler::LlamaProps => Ok(llamacpp::props(backend)),
     }
 }
 
@@ -137,6 +149,12 @@ enum Handler<'a> {
     ChatOptimized,
     CacheStats,
     Ollama(Ollama),
+    Completions,
+    Embeddings,
+    LlamaCompletion,
+    LlamaTokenize,
+    LlamaDetokenize,
+    LlamaProps,
 }
 
 /// `GET /health`: 200 once the engine is ready (with the engine's load),

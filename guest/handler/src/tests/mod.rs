@@ -3,7 +3,9 @@
 //! chat completions, the plain APIs and the queue.
 
 mod cache;
+mod completions;
 mod cors;
+mod llamacpp;
 mod ollama;
 mod page;
 mod queue_query;

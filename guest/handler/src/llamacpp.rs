@@ -1,0 +1,230 @@
+//! llama.cpp server's native API, for its clients and UIs: `POST /completion`,
+//! `POST /tokenize`, `POST /detokenize` and `GET /props` (`/health` is the
+//! router's). Errors take llama.cpp's shape, `code` being the HTTP status.
+//!
+//! `/completion` reads `prompt` (a string or token ids), `n_predict` (-1 or
+//! absent: until the model ends its text or the context is full), the
+//! sampling fields with llama.cpp's defaults (`temperature` 0.8, `top_k` 40,
+//! `top_p` 0.95, `min_p` 0.05, `seed` -1 for a random one), `stop`, `stream`
+//! and `cache_prompt`, which is accepted and always on: the engine reuses
+//! every cached prefix. The engine reports a stop string and the end of text
+//! alike, so `stop_type` is `word` whenever stop strings were given and the
+//! generation stopped by itself, `eos` otherwise; `limit` means `n_predict`,
+//! the context or the deadline ran out.
+
+use serde_json::{json, Value};
+
+use crate::backend::{Backend, Event, FinishReason, Finished, GenerationStream, ModelInfo, Priority};
+use crate::chat::{parse_sampling, read_all, sse_data, timings_json, SamplingDefaults, DEFAULT_REPEAT_LAST_N};
+use crate::completions::{parse_prompt, token_ids};
+use crate::error::{llama_error_body, llama_error_response, ApiError};
+use crate::generate::{first_model, model_or_first};
+use crate::http::{Request, Response};
+use crate::json::{self, Fields};
+use crate::router::HANDLER_VERSION;
+
+/// Field holding the prompt, named by context-overflow errors.
+const PROMPT_PARAM: &str = "prompt";
+
+/// llama.cpp server's sampling defaults.
+const LLAMA_DEFAULTS: SamplingDefaults = SamplingDefaults { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 };
+
+/// `POST /completion`.
+pub fn completion(req: &Request, backend: &dyn Backend) -> Response {
+    answer(serve_completion(req, backend))
+}
+
+/// `POST /tokenize`: `{content, with_pieces?, model?}` → `{tokens}`, each
+/// token `{id, piece}` with `with_pieces`.
+pub fn tokenize(req: &Request, backend: &dyn Backend) -> Response {
+    answer(serve_tokenize(req, backend))
+}
+
+/// `POST /detokenize`: `{tokens, model?}` → `{content}`.
+pub fn detokenize(req: &Request, backend: &dyn Backend) -> Response {
+    answer(serve_detokenize(req, backend))
+}
+
+/// `GET /props`: the server's settings as llama.cpp reports them.
+pub fn props(backend: &dyn Backend) -> Response {
+    answer(serve_props(backend))
+}
+
+fn answer(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|err| llama_error_response(&err))
+}
+
+fn serve_completion(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let prompt = parse_prompt(&f)?;
+    let model = model_or_first(&f, backend)?;
+    let max_tokens = match f.integer("n_predict")? {
+        // The engine's "until the context is full".
+        None | Some(-1) => 0,
+        Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) => return Err(f.out_of_range("n_predict", "-1 or an integer >= 1", &Value::from(n))),
+    };
+    let mut sampling = parse_sampling(&f, max_tokens, &LLAMA_DEFAULTS, Priority::Interactive)?;
+    if f.integer("seed")? == Some(-1) {
+        sampling.params.seed = None;
+    }
+    f.boolean("cache_prompt")?;
+
+    let generation =
+        backend.generate(&model, &prompt, &sampling.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
+    let words = !sampling.params.stop.is_empty();
+    if sampling.stream {
+        let events = LlamaEvents { generation: Some(generation), model, words };
+        return Ok(Response::event_stream(events));
+    }
+    let (content, finished) = read_all(generation, PROMPT_PARAM)?;
+    Ok(Response::json(200, &last_json(&content, &model, &finished, words)))
+}
+
+/// `stop_type` for a generation that ended for `reason`; `words` says
+/// whether stop strings were given.
+fn stop_type(reason: FinishReason, words: bool) -> &'static str {
+    match reason {
+        FinishReason::Stop if words => "word",
+        FinishReason::Stop => "eos",
+        FinishReason::Length | FinishReason::Timeout => "limit",
+        FinishReason::Cancelled => "none",
+    }
+}
+
+/// The answer to a whole `/completion`, or the last event of a stream (with
+/// `content` empty: it was all sent already).
+fn last_json(content: &str, model: &str, finished: &Finished, words: bool) -> Value {
+    let kind = stop_type(finished.reason, words);
+    let usage = &finished.usage;
+    json!({
+        "content": content,
+        "model": model,
+        "stop": true,
+        "stop_type": kind,
+        "stopped_eos": kind == "eos",
+        "stopped_word": kind == "word",
+        "stopped_limit": kind == "limit",
+        "tokens_predicted": usage.completion_tokens,
+        "tokens_evaluated": usage.prompt_tokens,
+        "tokens_cached": usage.cached_tokens,
+        "truncated": false,
+        "timings": timings_json(usage),
+    })
+}
+
+/// A streamed `/completion`: one `data: {"content", "stop": false}` event
+/// per piece of text, then the last object with `stop: true`. Owns the
+/// generation: dropping this cancels it.
+struct LlamaEvents {
+    generation: Option<Box<dyn GenerationStream>>,
+    model: String,
+    words: bool,
+}
+
+impl Iterator for LlamaEvents {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let event = self.generation.as_mut()?.next_event();
+            match event {
+                Ok(Event::Text(text)) if text.is_empty() => {}
+                Ok(Event::Text(text)) => return Some(sse_data(json!({"content": text, "stop": false}))),
+                Ok(Event::Pending) => {}
+                Ok(Event::Finished(finished)) => {
+                    self.generation = None;
+                    return Some(sse_data(last_json("", &self.model, &finished, self.words)));
+                }
+                Err(error) => {
+                    self.generation = None;
+                    return Some(sse_data(llama_error_body(&ApiError::engine(error, PROMPT_PARAM)).1));
+                }
+            }
+        }
+    }
+}
+
+fn serve_tokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let content = f.required_string("content")?;
+    let with_pieces = f.boolean("with_pieces")?.unwrap_or(false);
+    if f.boolean("add_special")? == Some(true) {
+        return Err(ApiError::param(
+            "add_special",
+            "'add_special' is not supported: /tokenize returns the text's tokens without BOS.",
+        ));
+    }
+    let model = model_or_first(&f, backend)?;
+    let engine_error = |e| ApiError::engine(e, "content");
+    let ids = backend.tokenize(&model, content).map_err(engine_error)?;
+    // A piece is its token's own text: one detokenize call per token.
+    let tokens: Vec<Value> = if with_pieces {
+        ids.iter()
+            .map(|&id| Ok(json!({"id": id, "piece": backend.detokenize(&model, &[id]).map_err(engine_error)?})))
+            .collect::<Result<_, ApiError>>()?
+    } else {
+        ids.iter().map(|&id| Value::from(id)).collect()
+    };
+    Ok(Response::json(200, &json!({"tokens": tokens})))
+}
+
+fn serve_detokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let ids = match f.get("tokens") {
+        None => return Err(f.missing("tokens")),
+        // llama.cpp answers an empty list with empty text.
+        Some(Value::Array(list)) if list.is_empty() => Vec::new(),
+        Some(Value::Array(list)) => token_ids("tokens", list)?,
+        Some(other) => return Err(f.wrong_type("tokens", "an array of token ids", other)),
+    };
+    let model = model_or_first(&f, backend)?;
+    let content = if ids.is_empty() {
+        String::new()
+    } else {
+        backend.detokenize(&model, &ids).map_err(|e| ApiError::engine(e, "tokens"))?
+    };
+    Ok(Response::json(200, &json!({"content": content})))
+}
+
+fn serve_props(backend: &dyn Backend) -> Result<Response, ApiError> {
+    if !backend.status().ready {
+        return Err(ApiError::Loading);
+    }
+    let id = first_model(backend)?;
+    let models = backend.list_models();
+    let info = models.iter().find(|m| m.id == id).ok_or(ApiError::Loading)?;
+    let body = json!({
+        "default_generation_settings": {
+            "n_ctx": info.context_length,
+            "model": info.id,
+            "n_predict": -1,
+            "temperature": LLAMA_DEFAULTS.temperature,
+            "top_k": LLAMA_DEFAULTS.top_k,
+            "top_p": LLAMA_DEFAULTS.top_p,
+            "min_p": LLAMA_DEFAULTS.min_p,
+            "repeat_penalty": 1.0,
+            "repeat_last_n": DEFAULT_REPEAT_LAST_N,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "seed": -1,
+            "stream": false,
+            "cache_prompt": true,
+        },
+        "total_slots": total_slots(info, backend),
+        "model_path": info.id,
+        "build_info": format!("tern-handler {HANDLER_VERSION}"),
+    });
+    Ok(Response::json(200, &body))
+}
+
+/// llama.cpp's parallel slots, in an engine without slots: how many
+/// sequences of the full context its KV pool holds at once (at least one).
+fn total_slots(info: &ModelInfo, backend: &dyn Backend) -> u64 {
+    let status = backend.status();
+    let positions = u64::from(status.kv_blocks_total) * u64::from(status.kv_block_tokens);
+    (positions / u64::from(info.context_length.max(1))).max(1)
+}
