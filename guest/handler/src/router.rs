@@ -13,6 +13,9 @@ use crate::{cache, chat, completions, embeddings, generate, llamacpp, metrics, o
 /// which handler component served it across hot swaps.
 pub const HANDLER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The OpenAPI 3.0 description of every route, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Answers `req` using `backend` for inference, under the CORS policy in
 /// `TERN_CORS_ORIGINS`. Never panics on client input: every failure becomes
 /// an OpenAI-shaped error response.
@@ -62,6 +65,7 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
             ("GET" | "DELETE", None) => return Err(ApiError::param("requestId", "'requestId' is required.")),
             _ => ("POST, GET, DELETE", Handler::QueueSubmit),
         },
+        "/openapi.json" => ("GET", Handler::OpenApi),
         "/infer" => ("POST", Handler::SpinInfer),
         "/embed" => ("POST", Handler::SpinEmbed),
         "/api/chat-optimized" => ("POST", Handler::ChatOptimized),
@@ -115,6 +119,7 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         Handler::QueueCancel(id) => queue::cancel(id, backend),
         Handler::QueueStatusQuery(id) => queue::status(&id, backend),
         Handler::QueueCancelQuery(id) => queue::cancel(&id, backend),
+        Handler::OpenApi => Ok(Response::text(200, "application/json", OPENAPI.as_bytes().to_vec())),
         Handler::SpinInfer => spin::infer(req, backend),
         Handler::SpinEmbed => spin::embed(req, backend),
         Handler::ChatOptimized => Ok(optimized::handle(req, backend)),
@@ -144,6 +149,7 @@ enum Handler<'a> {
     QueueCancel(&'a str),
     QueueStatusQuery(String),
     QueueCancelQuery(String),
+    OpenApi,
     SpinInfer,
     SpinEmbed,
     ChatOptimized,

@@ -7,6 +7,7 @@ mod completions;
 mod cors;
 mod llamacpp;
 mod ollama;
+mod openapi;
 mod page;
 mod queue_query;
 mod script;
