@@ -29,6 +29,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def synth(tmp, name, *args):
+    """A synthetic model of the bundled model's shape (random weights: it
+    rarely ends its turn, so a generation runs as long as it is asked to)."""
+    model = tmp / f"{name}.gguf"
+    subprocess.run(
+        [str(tern_binary()), "synth", "--like", "tern-tiny", "--name", name, "--out", str(model), *args],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    return model
+
+
 class Server:
     """A running `tern serve` process."""
 

@@ -1,11 +1,10 @@
 """Detached jobs (`/api/chat-queue`), `/batch` and `/metrics` against a real server."""
 
-import subprocess
 import time
 
 import pytest
 
-from conftest import ROOT, Server, tern_binary
+from conftest import Server, synth
 
 
 def submit(server, content, **extra):
@@ -53,19 +52,6 @@ def test_a_queued_job_is_validated_like_a_chat_completion(server):
         status, _, error = server.json("POST", "/api/chat-queue", body)
         assert status == 400, (extra, error)
         assert error["error"]["param"] == param
-
-
-def synth(tmp, name, *args):
-    """A synthetic model of the bundled model's shape (random weights: it
-    rarely ends its turn, so a job runs as long as it is asked to)."""
-    model = tmp / f"{name}.gguf"
-    subprocess.run(
-        [str(tern_binary()), "synth", "--like", "tern-tiny", "--name", name, "--out", str(model), *args],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return model
 
 
 @pytest.fixture(scope="module")

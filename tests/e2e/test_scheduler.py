@@ -5,12 +5,11 @@ import concurrent.futures
 import json
 import random
 import socket
-import subprocess
 import time
 
 import pytest
 
-from conftest import ROOT, Server, tern_binary
+from conftest import Server, synth
 
 
 def health(server):
@@ -60,19 +59,6 @@ def test_sixty_four_clients_leaving_at_random_points_leave_nothing_behind(server
             break
         assert time.time() - left < 1.0, f"still busy a second after the clients left: {h}"
         time.sleep(0.01)
-
-
-def synth(tmp, name, *args):
-    """A synthetic model of the bundled model's shape (random weights: it
-    rarely ends its turn, so a generation runs as long as it is asked to)."""
-    model = tmp / f"{name}.gguf"
-    subprocess.run(
-        [str(tern_binary()), "synth", "--like", "tern-tiny", "--name", name, "--out", str(model), *args],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return model
 
 
 @pytest.fixture

@@ -96,6 +96,24 @@ impl<'a> Fields<'a> {
         self.string(name)?.ok_or_else(|| self.missing(name))
     }
 
+    /// An optional array of strings; a wrong item is named by its index
+    /// (`name[i]`).
+    pub fn strings(&self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(self.wrong_type(&format!("{name}[{i}]"), "a string", other)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(self.wrong_type(name, "an array of strings", other)),
+        }
+    }
+
     /// An optional boolean.
     pub fn boolean(&self, name: &str) -> Result<Option<bool>, ApiError> {
         match self.get(name) {

@@ -28,12 +28,12 @@ use crate::json::{self, Fields};
 use crate::router::HANDLER_VERSION;
 
 /// Ollama's defaults for the sampling options, in the order `/api/show`
-/// lists them as the model's parameters.
-const DEFAULT_TEMPERATURE: f64 = 0.8;
-const DEFAULT_TOP_K: u32 = 40;
-const DEFAULT_TOP_P: f64 = 0.9;
-const DEFAULT_REPEAT_PENALTY: f64 = 1.1;
-const DEFAULT_REPEAT_LAST_N: u32 = 64;
+/// lists them as the model's parameters (Spin's `/infer` shares them).
+pub const DEFAULT_TEMPERATURE: f64 = 0.8;
+pub const DEFAULT_TOP_K: u32 = 40;
+pub const DEFAULT_TOP_P: f64 = 0.9;
+pub const DEFAULT_REPEAT_PENALTY: f64 = 1.1;
+pub const DEFAULT_REPEAT_LAST_N: u32 = 64;
 
 /// `expires_at` of a model in `/api/ps`: tern never unloads a served model,
 /// so it reports the last second RFC 3339 can spell (9999-12-31T23:59:59Z).

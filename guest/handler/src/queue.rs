@@ -116,18 +116,7 @@ pub fn batch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError>
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let limit = batch_limit(std::env::var("TERN_MAX_BATCH").ok().as_deref());
-    let prompts: Vec<String> = match f.get(BATCH_PROMPT_PARAM) {
-        None => return Err(f.missing(BATCH_PROMPT_PARAM)),
-        Some(Value::Array(list)) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(f.wrong_type(&format!("prompts[{i}]"), "a string", other)),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(f.wrong_type(BATCH_PROMPT_PARAM, "an array of strings", other)),
-    };
+    let prompts = f.strings(BATCH_PROMPT_PARAM)?.ok_or_else(|| f.missing(BATCH_PROMPT_PARAM))?;
     if prompts.is_empty() || prompts.len() > limit {
         return Err(ApiError::param(
             BATCH_PROMPT_PARAM,

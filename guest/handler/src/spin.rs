@@ -19,14 +19,11 @@ use crate::backend::{Backend, Event, Priority, Prompt, SamplingParams};
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
+use crate::ollama::{DEFAULT_REPEAT_LAST_N, DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P};
 
-/// Spin's defaults when the app leaves an option out (`spin_sdk::llm`).
+/// Spin's default when the app leaves `maxTokens` out (`spin_sdk::llm`);
+/// its other defaults are Ollama's.
 const DEFAULT_MAX_TOKENS: u32 = 100;
-const DEFAULT_REPEAT_PENALTY: f64 = 1.1;
-const DEFAULT_REPEAT_LAST_N: u32 = 64;
-const DEFAULT_TEMPERATURE: f64 = 0.8;
-const DEFAULT_TOP_K: u32 = 40;
-const DEFAULT_TOP_P: f64 = 0.9;
 
 /// `POST /infer`.
 pub fn infer(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
@@ -85,19 +82,10 @@ pub fn embed(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError>
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let model = f.required_string("model")?.to_string();
-    let inputs: Vec<String> = match f.get("input") {
-        None => return Err(f.missing("input")),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(f.wrong_type(&format!("input[{i}]"), "a string", other)),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(Value::Array(_)) => return Err(ApiError::param("input", "'input' must hold at least one string.")),
-        Some(other) => return Err(f.wrong_type("input", "an array of strings", other)),
-    };
+    let inputs = f.strings("input")?.ok_or_else(|| f.missing("input"))?;
+    if inputs.is_empty() {
+        return Err(ApiError::param("input", "'input' must hold at least one string."));
+    }
     let embeddings = backend.embed(&model, &inputs).map_err(|e| ApiError::engine(e, "input"))?;
     let prompt_tokens: u64 = embeddings.iter().map(|e| u64::from(e.tokens)).sum();
     let vectors: Vec<&[f32]> = embeddings.iter().map(|e| e.vector.as_slice()).collect();
