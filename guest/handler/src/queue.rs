@@ -18,10 +18,10 @@
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, Event, JobInfo, JobState, Priority, Prompt};
+use crate::backend::{Backend, JobInfo, JobState, Priority, Prompt};
 use crate::chat::{finish_reason, parse_fields, usage_json};
 use crate::error::{error_body, ApiError};
-use crate::generate::{engine_ms, first_model, model_or_first, plain_params};
+use crate::generate::{collect, engine_ms, first_model, model_or_first, plain_params};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 
@@ -136,16 +136,8 @@ pub fn batch(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError>
     }
     let mut results = Vec::with_capacity(prompts.len());
     let mut total_time_ms = 0.0f64;
-    for (index, (prompt, mut generation)) in prompts.iter().zip(generations).enumerate() {
-        let mut text = String::new();
-        let finished = loop {
-            match generation.next_event().map_err(engine_error)? {
-                Event::Text(piece) => text.push_str(&piece),
-                Event::Finished(finished) => break finished,
-                Event::Pending => {}
-            }
-        };
-        drop(generation);
+    for (index, (prompt, generation)) in prompts.iter().zip(generations).enumerate() {
+        let (text, finished) = collect(generation).map_err(engine_error)?;
         let u = &finished.usage;
         // The engine's clock, as `/generate` reports it. Admissions were
         // microseconds apart, so the longest admission-to-end time spans

@@ -15,8 +15,9 @@
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, Event, Priority, Prompt, SamplingParams};
+use crate::backend::{Backend, Priority, Prompt, SamplingParams};
 use crate::error::ApiError;
+use crate::generate::collect;
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 use crate::ollama::{DEFAULT_REPEAT_LAST_N, DEFAULT_REPEAT_PENALTY, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P};
@@ -37,15 +38,8 @@ pub fn infer(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError>
         Some(other) => return Err(f.wrong_type("options", "an object", other)),
     };
     let engine_error = |e| ApiError::engine(e, "prompt");
-    let mut generation = backend.generate(&model, &Prompt::Text(prompt), &params).map_err(engine_error)?;
-    let mut text = String::new();
-    let finished = loop {
-        match generation.next_event().map_err(engine_error)? {
-            Event::Text(piece) => text.push_str(&piece),
-            Event::Finished(finished) => break finished,
-            Event::Pending => {}
-        }
-    };
+    let generation = backend.generate(&model, &Prompt::Text(prompt), &params).map_err(engine_error)?;
+    let (text, finished) = collect(generation).map_err(engine_error)?;
     Ok(Response::json(
         200,
         &json!({
