@@ -109,3 +109,51 @@ pub fn collect(mut generation: Box<dyn GenerationStream>) -> Result<(String, Fin
         }
     }
 }
+
+/// How one streaming API writes a generation: a frame per piece of text,
+/// then one last frame for its end or its failure.
+pub trait Framing {
+    /// The frame of a (non-empty) piece of text.
+    fn text(&mut self, text: &str) -> Vec<u8>;
+    /// The last frame of a generation that finished.
+    fn finished(&mut self, finished: &Finished) -> Vec<u8>;
+    /// The last frame of a generation the engine failed: the status line is
+    /// long gone, so the error travels in the body.
+    fn failed(&mut self, error: Error) -> Vec<u8>;
+}
+
+/// A generation's frames, produced as the client reads them and ending after
+/// the last one. Owns the generation: dropping this cancels it.
+pub struct Frames<F> {
+    generation: Option<Box<dyn GenerationStream>>,
+    framing: F,
+}
+
+impl<F: Framing> Frames<F> {
+    pub fn new(generation: Box<dyn GenerationStream>, framing: F) -> Self {
+        Frames { generation: Some(generation), framing }
+    }
+}
+
+impl<F: Framing> Iterator for Frames<F> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let event = self.generation.as_mut()?.next_event();
+            match event {
+                Ok(Event::Text(text)) if text.is_empty() => {}
+                Ok(Event::Pending) => {}
+                Ok(Event::Text(text)) => return Some(self.framing.text(&text)),
+                Ok(Event::Finished(finished)) => {
+                    self.generation = None;
+                    return Some(self.framing.finished(&finished));
+                }
+                Err(error) => {
+                    self.generation = None;
+                    return Some(self.framing.failed(error));
+                }
+            }
+        }
+    }
+}

@@ -14,11 +14,11 @@
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, Event, FinishReason, Finished, GenerationStream, ModelInfo, Priority};
+use crate::backend::{Backend, Error, FinishReason, Finished, ModelInfo, Priority};
 use crate::chat::{parse_sampling, read_all, sse_data, timings_json, SamplingDefaults, DEFAULT_REPEAT_LAST_N};
 use crate::completions::{parse_prompt, token_ids};
 use crate::error::{llama_error_body, llama_error_response, ApiError};
-use crate::generate::{first_model, model_or_first};
+use crate::generate::{first_model, model_or_first, Frames, Framing};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 use crate::router::HANDLER_VERSION;
@@ -75,7 +75,7 @@ fn serve_completion(req: &Request, backend: &dyn Backend) -> Result<Response, Ap
         backend.generate(&model, &prompt, &sampling.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
     let words = !sampling.params.stop.is_empty();
     if sampling.stream {
-        let events = LlamaEvents { generation: Some(generation), model, words };
+        let events = Frames::new(generation, LlamaFraming { model, words });
         return Ok(Response::event_stream(events));
     }
     let (content, finished) = read_all(generation, PROMPT_PARAM)?;
@@ -115,34 +115,23 @@ fn last_json(content: &str, model: &str, finished: &Finished, words: bool) -> Va
 }
 
 /// A streamed `/completion`: one `data: {"content", "stop": false}` event
-/// per piece of text, then the last object with `stop: true`. Owns the
-/// generation: dropping this cancels it.
-struct LlamaEvents {
-    generation: Option<Box<dyn GenerationStream>>,
+/// per piece of text, then the last object with `stop: true`.
+struct LlamaFraming {
     model: String,
     words: bool,
 }
 
-impl Iterator for LlamaEvents {
-    type Item = Vec<u8>;
+impl Framing for LlamaFraming {
+    fn text(&mut self, text: &str) -> Vec<u8> {
+        sse_data(json!({"content": text, "stop": false}))
+    }
 
-    fn next(&mut self) -> Option<Vec<u8>> {
-        loop {
-            let event = self.generation.as_mut()?.next_event();
-            match event {
-                Ok(Event::Text(text)) if text.is_empty() => {}
-                Ok(Event::Text(text)) => return Some(sse_data(json!({"content": text, "stop": false}))),
-                Ok(Event::Pending) => {}
-                Ok(Event::Finished(finished)) => {
-                    self.generation = None;
-                    return Some(sse_data(last_json("", &self.model, &finished, self.words)));
-                }
-                Err(error) => {
-                    self.generation = None;
-                    return Some(sse_data(llama_error_body(&ApiError::engine(error, PROMPT_PARAM)).1));
-                }
-            }
-        }
+    fn finished(&mut self, finished: &Finished) -> Vec<u8> {
+        sse_data(last_json("", &self.model, finished, self.words))
+    }
+
+    fn failed(&mut self, error: Error) -> Vec<u8> {
+        sse_data(llama_error_body(&ApiError::engine(error, PROMPT_PARAM)).1)
     }
 }
 

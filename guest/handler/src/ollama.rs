@@ -17,12 +17,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::backend::{
-    Backend, Error, Event, Finished, GenerationStream, Message, ModelInfo, Priority, Prompt, SamplingParams,
-};
+use crate::backend::{Backend, Error, Finished, Message, ModelInfo, Priority, Prompt, SamplingParams};
 use crate::chat::finish_reason;
 use crate::error::{error_body, ApiError};
-use crate::generate::{collect, engine_ms};
+use crate::generate::{collect, engine_ms, Frames, Framing};
 use crate::http::{Body, Request, Response};
 use crate::json::{self, Fields};
 use crate::router::HANDLER_VERSION;
@@ -257,7 +255,7 @@ impl Call {
         let engine_error = |e| ApiError::engine(e, reply.prompt_param());
         let generation = backend.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
         if self.stream {
-            let lines = Lines { generation: Some(generation), reply, name: self.name };
+            let lines = Frames::new(generation, Lines { reply, name: self.name });
             return Ok(Response {
                 status: 200,
                 headers: vec![("content-type".into(), "application/x-ndjson".into())],
@@ -403,36 +401,24 @@ fn ndjson_line(value: &Value) -> Vec<u8> {
     line
 }
 
-/// The NDJSON lines of one streamed reply, produced as the client reads
-/// them. Owns the generation: dropping this cancels it.
+/// The NDJSON lines of one streamed reply.
 struct Lines {
-    generation: Option<Box<dyn GenerationStream>>,
     reply: Reply,
     name: String,
 }
 
-impl Iterator for Lines {
-    type Item = Vec<u8>;
+impl Framing for Lines {
+    fn text(&mut self, text: &str) -> Vec<u8> {
+        ndjson_line(&Value::Object(self.reply.object(&self.name, text, false)))
+    }
 
-    fn next(&mut self) -> Option<Vec<u8>> {
-        loop {
-            let line = match self.generation.as_mut()?.next_event() {
-                Ok(Event::Text(text)) if text.is_empty() => continue,
-                Ok(Event::Pending) => continue,
-                Ok(Event::Text(text)) => Value::Object(self.reply.object(&self.name, &text, false)),
-                Ok(Event::Finished(finished)) => {
-                    self.generation = None;
-                    self.reply.last(&self.name, "", &finished)
-                }
-                Err(error) => {
-                    // The status line is long gone: the error is the last line.
-                    self.generation = None;
-                    let (_, message) = native_error(&ApiError::engine(error, self.reply.prompt_param()));
-                    json!({ "error": message })
-                }
-            };
-            return Some(ndjson_line(&line));
-        }
+    fn finished(&mut self, finished: &Finished) -> Vec<u8> {
+        ndjson_line(&self.reply.last(&self.name, "", finished))
+    }
+
+    fn failed(&mut self, error: Error) -> Vec<u8> {
+        let (_, message) = native_error(&ApiError::engine(error, self.reply.prompt_param()));
+        ndjson_line(&json!({ "error": message }))
     }
 }
 

@@ -12,11 +12,11 @@
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, Error, Event, GenerationStream, Message, Priority, Prompt};
+use crate::backend::{Backend, Error, Finished, Message, Priority, Prompt};
 use crate::cache;
 use crate::chat::{finish_reason, parse_messages, sse_data, timings_json, unique_hex, usage_json};
 use crate::error::{error_body, ApiError};
-use crate::generate::{model_or_first, plain_params};
+use crate::generate::{model_or_first, plain_params, Frames, Framing};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 
@@ -52,7 +52,7 @@ fn start(req: &Request, backend: &dyn Backend, request_id: &str) -> Result<Respo
     let (generation, pending) = lookup
         .generation(backend, || backend.generate(&model, &prompt, &params))
         .map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
-    let events = Events { generation: Some(generation), request_id: request_id.to_string(), cached };
+    let events = Frames::new(generation, Events { request_id: request_id.to_string(), cached });
     Ok(cache::event_stream(events, pending, header))
 }
 
@@ -75,10 +75,8 @@ fn error_event(err: &ApiError, request_id: &str) -> Vec<u8> {
     sse_data(json!({"error": body["error"]["message"], "done": true, "request_id": request_id}))
 }
 
-/// The events of one answer, produced as the client reads them. Owns the
-/// generation: dropping this cancels it.
+/// How one answer of `/api/chat-optimized` is written.
 struct Events {
-    generation: Option<Box<dyn GenerationStream>>,
     request_id: String,
     cached: bool,
 }
@@ -87,35 +85,22 @@ impl Events {
     fn piece(&self, content: &str, done: bool) -> Value {
         json!({"content": content, "done": done, "request_id": self.request_id, "cached": self.cached})
     }
-
-    fn fail(&self, error: Error) -> Vec<u8> {
-        error_event(&ApiError::engine(error, PROMPT_PARAM), &self.request_id)
-    }
 }
 
-impl Iterator for Events {
-    type Item = Vec<u8>;
+impl Framing for Events {
+    fn text(&mut self, text: &str) -> Vec<u8> {
+        sse_data(self.piece(text, false))
+    }
 
-    fn next(&mut self) -> Option<Vec<u8>> {
-        loop {
-            let generation = self.generation.as_mut()?;
-            match generation.next_event() {
-                Ok(Event::Text(text)) if text.is_empty() => {}
-                Ok(Event::Text(text)) => return Some(sse_data(self.piece(&text, false))),
-                Ok(Event::Pending) => {}
-                Ok(Event::Finished(finished)) => {
-                    self.generation = None;
-                    let mut last = self.piece("", true);
-                    last["finish_reason"] = Value::from(finish_reason(finished.reason));
-                    last["usage"] = usage_json(&finished.usage);
-                    last["timings"] = timings_json(&finished.usage);
-                    return Some(sse_data(last));
-                }
-                Err(error) => {
-                    self.generation = None;
-                    return Some(self.fail(error));
-                }
-            }
-        }
+    fn finished(&mut self, finished: &Finished) -> Vec<u8> {
+        let mut last = self.piece("", true);
+        last["finish_reason"] = Value::from(finish_reason(finished.reason));
+        last["usage"] = usage_json(&finished.usage);
+        last["timings"] = timings_json(&finished.usage);
+        sse_data(last)
+    }
+
+    fn failed(&mut self, error: Error) -> Vec<u8> {
+        error_event(&ApiError::engine(error, PROMPT_PARAM), &self.request_id)
     }
 }
