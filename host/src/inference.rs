@@ -161,6 +161,8 @@ impl Host for HostState {
             inter_token_latency: to_wit_histogram(l.inter_token),
             queue_time: to_wit_histogram(l.queue_time),
             request_latency: to_wit_histogram(l.request),
+            uptime_ms: crate::metrics::uptime().as_millis() as u64,
+            rss_bytes: crate::metrics::rss_bytes(),
         })
     }
 
@@ -234,7 +236,10 @@ impl HostGeneration for HostState {
         Ok(match g.generation.next() {
             Ok(engine::Event::Pending) => Ok(wit::Event::Pending),
             Ok(engine::Event::Text(t)) => Ok(wit::Event::Text(t)),
-            Ok(engine::Event::Finished(f)) => Ok(wit::Event::Finished(to_wit_finished(f))),
+            Ok(engine::Event::Finished(f)) => {
+                self.tokens = self.tokens.saturating_add(f.usage.completion_tokens);
+                Ok(wit::Event::Finished(to_wit_finished(f)))
+            }
             Err(e) => Err(to_wit_error(e)),
         })
     }

@@ -1,9 +1,11 @@
 //! Per-request store data: WASI and wasi:http contexts, the resource table,
-//! memory limits, and handles to the shared engine and key-value store.
+//! memory limits, the request's deadline, and handles to the shared engine
+//! and key-value store.
 
 use crate::store::KvStore;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 use tern_engine::Engine;
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
@@ -21,6 +23,13 @@ pub struct HostState {
     pub engine: Engine,
     /// The `wasi:keyvalue` buckets every request shares.
     pub store: Arc<KvStore>,
+    /// When the current request must be done; past it the guest traps at
+    /// its next epoch tick.
+    pub deadline: Instant,
+    /// Set when the guest was stopped for running past `deadline`.
+    pub timed_out: bool,
+    /// Tokens the current request's generations produced (for its log line).
+    pub tokens: u32,
 }
 
 impl WasiView for HostState {

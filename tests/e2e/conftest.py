@@ -14,6 +14,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "tern-tiny.gguf"
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny-tq2_0.gguf"
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+# The handler component host/build.rs builds, and the limit-testing one.
+HANDLER_WASM = TARGET / "guest" / "wasm32-wasip2" / "release" / "tern_handler.wasm"
+TESTBED_WASM = TARGET / "wasm32-wasip2" / "release" / "tern_testbed.wasm"
 
 
 def tern_binary() -> pathlib.Path:
@@ -27,6 +31,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def testbed_wasm() -> pathlib.Path:
+    """The test component (guest/testbed), built if it is missing."""
+    if not TESTBED_WASM.exists():
+        subprocess.run(
+            ["cargo", "build", "--release", "-p", "tern-testbed", "--target", "wasm32-wasip2"], check=True, cwd=ROOT
+        )
+    return TESTBED_WASM
 
 
 def synth(tmp, name, *args):
@@ -45,28 +58,30 @@ def synth(tmp, name, *args):
 class Server:
     """A running `tern serve` process."""
 
-    def __init__(self, args, log_path):
+    def __init__(self, args, log_path, ready_path="/health", env=None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")
+        self.log_path = pathlib.Path(log_path)
         # TERN_COMPONENT serves a handler built apart from the binary.
         component = os.environ.get("TERN_COMPONENT")
-        extra = ["--component", component] if component else []
+        extra = ["--component", component] if component and "--component" not in args else []
         self.proc = subprocess.Popen(
             [str(tern_binary()), "serve", "--addr", f"127.0.0.1:{self.port}", *extra, *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
-        self.wait_healthy()
+        self.wait_healthy(path=ready_path)
 
-    def wait_healthy(self, timeout=60):
+    def wait_healthy(self, timeout=60, path="/health"):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tern exited with {self.proc.returncode}; see {self.log.name}")
             try:
-                status, _, _ = self.request("GET", "/health")
+                status, _, _ = self.request("GET", path)
                 if status == 200:
                     return
             except OSError:

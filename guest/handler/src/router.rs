@@ -163,8 +163,8 @@ enum Handler<'a> {
     LlamaProps,
 }
 
-/// `GET /health`: 200 once the engine is ready (with the engine's load),
-/// llama.cpp's 503 before.
+/// `GET /health`: 200 once the engine is ready (with the engine's load, the
+/// server's uptime and its measured resident memory), llama.cpp's 503 before.
 fn health(backend: &dyn Backend) -> Result<Response, ApiError> {
     let s = backend.status();
     if s.ready {
@@ -180,6 +180,8 @@ fn health(backend: &dyn Backend) -> Result<Response, ApiError> {
                 "kv_blocks_total": s.kv_blocks_total,
                 "kv_blocks_used": s.kv_blocks_used,
                 "kv_blocks_cached": s.kv_blocks_cached,
+                "uptime_s": s.uptime_ms as f64 / 1e3,
+                "memory_bytes": s.rss_bytes,
             }),
         ))
     } else {

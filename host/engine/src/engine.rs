@@ -772,6 +772,9 @@ impl Engine {
         };
         let engine = &self.inner.shared;
         let mut queue = engine.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &queue.closed {
+            return Err(e.clone());
+        }
         if queue.len() >= self.inner.config.max_queue {
             Stats::add(&engine.stats.rejected, 1);
             return Err(EngineError::Overloaded(format!(
@@ -784,6 +787,16 @@ impl Engine {
         drop(queue);
         engine.wake.notify_all();
         Ok((shared, id, prompt_tokens))
+    }
+
+    /// Ends every running and queued generation with `error` (within one
+    /// step) and refuses new ones with it: for shutting down once the
+    /// grace period is over, so that each client gets a final error rather
+    /// than a cut connection.
+    pub fn abort_all(&self, error: EngineError) {
+        let engine = &self.inner.shared;
+        engine.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = Some(error);
+        engine.wake.notify_all();
     }
 
     /// Bytes of KV cache one position of `model` takes.

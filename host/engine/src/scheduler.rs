@@ -20,7 +20,7 @@
 //!    Every op of the pass is per row, so a sequence's tokens are the same
 //!    whatever else shares its step.
 
-use crate::engine::{FinishReason, Finished, GenShared, LoadedModel, Priority, Usage};
+use crate::engine::{EngineError, FinishReason, Finished, GenShared, LoadedModel, Priority, Usage};
 use crate::kv::{KvPool, SeqKv, BLOCK_TOKENS};
 use crate::model::{BatchItem, Logits};
 use crate::sampler::Sampler;
@@ -212,6 +212,9 @@ impl StopMatcher {
 pub(crate) struct Queue {
     interactive: VecDeque<Seq>,
     batch: VecDeque<Seq>,
+    /// Set by [`crate::Engine::abort_all`]: every generation, running or
+    /// queued, ends with this error, and no new one is admitted.
+    pub closed: Option<EngineError>,
 }
 
 impl Queue {
@@ -283,6 +286,9 @@ impl Scheduler {
             let Some(shared) = self.shared.upgrade() else { return };
             {
                 let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(error) = queue.closed.clone() {
+                    self.fail_all(&mut queue, &error, &shared.stats);
+                }
                 if self.running.is_empty() && queue.is_empty() {
                     // Idle: sleep until work arrives; wake now and then to
                     // notice that every engine handle is gone.
@@ -298,6 +304,22 @@ impl Scheduler {
             let queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             self.publish(&queue, &shared.stats);
         }
+    }
+
+    /// Ends every running and queued sequence with `error`, freeing its blocks.
+    fn fail_all(&mut self, queue: &mut Queue, error: &EngineError, stats: &Stats) {
+        let mut ended: Vec<Seq> = self.running.drain(..).collect();
+        while let Some(seq) = queue.pop_front() {
+            ended.push(seq);
+        }
+        for mut seq in ended {
+            seq.shared.update(|s| {
+                s.error.get_or_insert_with(|| error.clone());
+            });
+            Stats::add(&stats.requests, 1);
+            self.pool(&seq.model).release(&mut seq.kv);
+        }
+        self.publish(queue, stats);
     }
 
     /// Drops queued sequences whose client left; ends those whose deadline passed.

@@ -122,6 +122,27 @@ fn dropping_a_generation_cancels_it_within_one_decode_step() {
 }
 
 #[test]
+fn abort_all_ends_running_and_queued_generations_with_its_error_and_refuses_new_ones() {
+    let e = engine();
+    let gone = EngineError::Overloaded("shutting down".into());
+    let running: Vec<_> = (0..3).map(|_| e.generate(request("the", 0)).unwrap()).collect();
+    e.abort_all(gone.clone());
+    for g in running {
+        // Each either finished before the abort landed or ends with the error.
+        match g.collect() {
+            Ok(_) => {}
+            Err(err) => assert_eq!(err, gone),
+        }
+    }
+    assert_eq!(e.generate(request("the", 0)).err(), Some(gone));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.status().running > 0 || e.status().kv_blocks_used > 0 {
+        assert!(Instant::now() < deadline, "sequences left after abort_all");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
 fn a_passed_deadline_finishes_as_timeout() {
     let mut r = request("the", 0);
     r.timeout = Some(Duration::ZERO);

@@ -161,6 +161,8 @@ impl Backend for Script {
             inter_token_latency: latency.clone(),
             queue_time: latency.clone(),
             request_latency: latency,
+            uptime_ms: 12_500,
+            rss_bytes: 300 << 20,
         }
     }
 

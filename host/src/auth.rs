@@ -1,0 +1,129 @@
+//! API keys: with any configured, every request but the open ones (liveness,
+//! readiness, the chat page's files, CORS preflight) must carry one, as
+//! `Authorization: Bearer KEY` or `x-api-key: KEY`.
+//!
+//! Keys are compared by their SHA-256 digests, byte by byte without an early
+//! exit, against every configured key, so neither a key's content nor its
+//! length shows in the response time.
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use std::path::Path;
+
+/// A set of accepted keys; empty means no key is needed.
+#[derive(Default, Clone)]
+pub struct Keys {
+    digests: Vec<[u8; 32]>,
+}
+
+impl Keys {
+    /// Keys given directly and, one per line, in files (`#` starts a comment).
+    pub fn load(keys: &[String], files: &[std::path::PathBuf]) -> anyhow::Result<Self> {
+        let mut all: Vec<String> = keys.iter().map(|k| k.trim().to_string()).collect();
+        for file in files {
+            all.extend(read_key_file(file)?);
+        }
+        anyhow::ensure!(all.iter().all(|k| !k.is_empty()), "an API key must not be empty");
+        Ok(Self { digests: all.iter().map(|k| digest(k)).collect() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    /// True when `given` is one of the keys.
+    pub fn accepts(&self, given: &str) -> bool {
+        let d = digest(given);
+        let mut found = 0u8;
+        for key in &self.digests {
+            let diff = key.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            found |= (diff == 0) as u8;
+        }
+        found == 1
+    }
+
+    /// True when the request's headers carry an accepted key.
+    pub fn allows(&self, headers: &http::HeaderMap) -> bool {
+        presented(headers).is_some_and(|k| self.accepts(k))
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the key file {}", path.display()))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
+}
+
+/// The key a request presents, if any.
+fn presented(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, key) = auth.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// Routes answered without a key: liveness, readiness, the chat page and
+/// its files, and CORS preflight requests (browsers send no credentials).
+pub fn is_open(method: &http::Method, path: &str) -> bool {
+    method == http::Method::OPTIONS
+        || matches!(path, "/health" | "/ready" | "/" | "/favicon.ico")
+        || path.starts_with("/static/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &str, value: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn only_configured_keys_are_accepted() {
+        let keys = Keys::load(&["sk-one".into(), "sk-two".into()], &[]).unwrap();
+        assert!(keys.accepts("sk-one") && keys.accepts("sk-two"));
+        assert!(!keys.accepts("sk-on") && !keys.accepts("sk-one ") && !keys.accepts(""));
+    }
+
+    #[test]
+    fn keys_come_as_bearer_tokens_or_x_api_key() {
+        let keys = Keys::load(&["sk-one".into()], &[]).unwrap();
+        assert!(keys.allows(&headers("authorization", "Bearer sk-one")));
+        assert!(keys.allows(&headers("authorization", "bearer sk-one")));
+        assert!(keys.allows(&headers("x-api-key", "sk-one")));
+        assert!(!keys.allows(&headers("authorization", "Basic sk-one")));
+        assert!(!keys.allows(&headers("authorization", "Bearer sk-two")));
+        assert!(!keys.allows(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn key_files_skip_comments_and_blank_lines() {
+        let dir = std::env::temp_dir().join(format!("tern-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, "# team keys\nsk-a\n\n  sk-b  \n").unwrap();
+        let keys = Keys::load(&[], std::slice::from_ref(&file)).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.accepts("sk-a") && keys.accepts("sk-b") && !keys.accepts("# team keys"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_page_and_probes_are_open() {
+        assert!(is_open(&http::Method::GET, "/health"));
+        assert!(is_open(&http::Method::GET, "/static/app.js"));
+        assert!(is_open(&http::Method::OPTIONS, "/v1/chat/completions"));
+        assert!(!is_open(&http::Method::POST, "/v1/chat/completions"));
+        assert!(!is_open(&http::Method::GET, "/metrics"));
+    }
+}
