@@ -11,6 +11,7 @@ mod auth;
 mod bench;
 mod bindings;
 mod component;
+mod compress;
 mod config;
 mod inference;
 mod metrics;
@@ -171,6 +172,10 @@ struct ServeArgs {
     /// Client connections open at once; more wait to be accepted.
     #[arg(long, env = "TERN_MAX_CONNECTIONS", default_value_t = 1024, help_heading = "limits")]
     max_connections: usize,
+    /// Gzip whole (non-streamed) textual responses of 1 KiB or more for
+    /// clients that send `Accept-Encoding: gzip`.
+    #[arg(long, env = "TERN_COMPRESS", help_heading = "limits")]
+    compress: bool,
     /// Largest component `POST /admin/component` accepts, in MiB.
     #[arg(long, env = "TERN_MAX_COMPONENT_MIB", default_value_t = 64, help_heading = "limits")]
     max_component_mib: usize,
@@ -343,6 +348,7 @@ fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_kib << 10,
         max_connections: args.max_connections,
         max_component_bytes: args.max_component_mib << 20,
+        compress: args.compress,
     };
     let store = Arc::new(store::KvStore::new(args.cache_mib << 20));
     let metrics = Arc::new(metrics::HostMetrics::default());

@@ -78,6 +78,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Largest component `POST /admin/component` accepts.
     pub max_component_bytes: usize,
+    /// Gzip whole textual responses for clients that accept it.
+    pub compress: bool,
 }
 
 /// A wasmtime engine configured for serving: async, epochs, pooling.
@@ -281,6 +283,7 @@ impl Server {
         let track = Arc::new(Track::new(&self, &req, conn));
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let gzip_ok = self.settings.compress && crate::compress::accepts_gzip(req.headers());
         let mut resp = match (method.as_str(), path.as_str()) {
             (_, "/ready") => self.ready(),
             (_, "/admin/component") => crate::admin::component(&self, req).await,
@@ -308,6 +311,9 @@ impl Server {
                 Err(_) => error_response(500, "server_error", "handler_failed", "The request handler failed."),
             },
         };
+        if gzip_ok && crate::compress::worth_it(&resp) {
+            resp = crate::compress::gzip(resp).await;
+        }
         track.status.store(resp.status().as_u16(), Ordering::Relaxed);
         if let Ok(v) = http::HeaderValue::from_str(&track.id) {
             resp.headers_mut().insert("x-request-id", v);

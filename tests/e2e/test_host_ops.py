@@ -520,3 +520,22 @@ def test_ready_is_separate_from_health(server):
     assert status == 200 and body == {"status": "ready"}
     status, _, body = server.json("GET", "/health")
     assert status == 200 and body["uptime_s"] > 0 and body["memory_bytes"] > 1 << 20
+
+
+def test_compress_gzips_whole_answers_but_never_streams(tmp_path):
+    import gzip
+
+    s = Server([*model_args(), "--compress"], tmp_path / "serve.log")
+    try:
+        plain = s.request("GET", "/openapi.json")[2]
+        status, headers, body = s.request("GET", "/openapi.json", headers={"Accept-Encoding": "gzip"})
+        headers = {k.lower(): v for k, v in headers.items()}
+        assert status == 200 and headers["content-encoding"] == "gzip" and "accept-encoding" in headers["vary"]
+        assert gzip.decompress(body) == plain and len(body) < len(plain) / 3
+        model = model_of(s)
+        status, headers, data = post(s.port, "/v1/chat/completions", chat_body(True, 32, model), {"Accept-Encoding": "gzip"})
+        assert status == 200 and "content-encoding" not in headers and data.rstrip().endswith(b"data: [DONE]")
+        status, headers, _ = s.request("GET", "/openapi.json", headers={"Accept-Encoding": "gzip;q=0"})
+        assert "content-encoding" not in {k.lower() for k in headers}
+    finally:
+        s.stop()

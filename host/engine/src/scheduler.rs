@@ -317,7 +317,10 @@ impl Scheduler {
                 s.error.get_or_insert_with(|| error.clone());
             });
             Stats::add(&stats.requests, 1);
-            self.pool(&seq.model).release(&mut seq.kv);
+            // A queued sequence may never have run: its model has no pool yet.
+            if let Some(pool) = self.pools.get_mut(&seq.model.info.id) {
+                pool.release(&mut seq.kv);
+            }
         }
         self.publish(queue, stats);
     }
