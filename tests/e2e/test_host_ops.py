@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from conftest import BUNDLED, FIXTURE, HANDLER_WASM, ROOT, Server, synth, tern_binary
-from conftest import testbed_wasm as testbed_component
+from conftest import testbed_wasm as limit_component
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -277,7 +277,7 @@ def testbed(tmp_path_factory):
     s = Server(
         [
             *model_args(),
-            "--component", str(testbed_component()),
+            "--component", str(limit_component()),
             "--request-timeout", "1",
             "--instance-memory-mib", "32",
             "--header-timeout", "2",
