@@ -213,3 +213,29 @@ def test_root_serves_the_page_and_its_files_to_browsers(server):
         assert status == 200 and headers["content-type"].startswith(kind) and body
         status, _, _ = server.request("GET", f"/static/{name}", headers={"If-None-Match": headers["etag"]})
         assert status == 304
+
+
+def test_the_page_asks_once_for_the_api_key_of_a_keyed_server(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from conftest import BUNDLED, FIXTURE, Server
+
+    s = Server([*([] if BUNDLED.exists() else ["--model", str(FIXTURE)]), "--api-key", "sk-page"], tmp_path / "serve.log")
+    try:
+        page = browser.new_page()
+        asked = []
+
+        def answer(dialog):
+            asked.append(dialog.message)
+            dialog.accept("sk-page")
+
+        page.on("dialog", answer)
+        page.goto(s.base + "/")
+        expect(page.get_by_label("Model")).to_be_enabled(timeout=10_000)
+        answer_item = ask(page, "Once upon a time")
+        expect(answer_item.locator(".meta")).to_contain_text("tokens/s", timeout=ANSWER_TIMEOUT_MS)
+        assert asked == ["This server needs an API key:"], asked
+        assert page.evaluate("localStorage.getItem('tern-api-key')") == "sk-page"
+        page.close()
+    finally:
+        s.stop()

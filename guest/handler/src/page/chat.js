@@ -36,9 +36,34 @@ async function errorMessage(response) {
   return `${response.status} ${response.statusText} ${text}`.trim();
 }
 
+/** Where the API key of a server that asks for one is kept. */
+const KEY_ITEM = "tern-api-key";
+
+/**
+ * fetch() with the stored API key; on a 401 asks for a key once, keeps it
+ * in this browser, and tries again.
+ */
+async function api(path, options = {}) {
+  const send = () => {
+    const key = localStorage.getItem(KEY_ITEM);
+    const headers = { ...(options.headers || {}) };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    return fetch(path, { ...options, headers });
+  };
+  let response = await send();
+  if (response.status === 401) {
+    const key = window.prompt("This server needs an API key:");
+    if (key) {
+      localStorage.setItem(KEY_ITEM, key.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
+
 async function loadModels() {
   try {
-    const response = await fetch("/v1/models");
+    const response = await api("/v1/models");
     if (!response.ok) throw new Error(await errorMessage(response));
     const { data } = await response.json();
     if (!data.length) throw new Error("the server lists no models");
@@ -137,7 +162,7 @@ async function send(content) {
     };
     const limit = Number.parseInt(maxTokens.value, 10);
     if (limit > 0) request.max_tokens = limit;
-    const response = await fetch("/v1/chat/completions", {
+    const response = await api("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(request),
