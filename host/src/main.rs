@@ -394,6 +394,9 @@ fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
                 tracing::warn!("requests still running at exit");
             }
         }
+        if !server.connections_closed(Duration::from_secs(2)).await {
+            tracing::warn!("connections still open at exit");
+        }
         tracing::info!("stopped");
         Ok(())
     })

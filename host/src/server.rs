@@ -156,6 +156,19 @@ impl Server {
         }
     }
 
+    /// Waits up to `limit` for every connection to close (each writes out
+    /// what its last response still holds first).
+    pub async fn connections_closed(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.metrics.connections.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn new_store(&self) -> Store<HostState> {
         let state = HostState {
             wasi: WasiCtx::builder().inherit_stderr().envs(&self.settings.guest_env).build(),
