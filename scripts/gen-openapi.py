@@ -145,6 +145,13 @@ paths = {
                                                               ["requests_total", "generation_time_total_ms", "errors_total", "average_generation_time_ms"])},
                              "text/plain": {"schema": S()}}}}}},
     "/metrics/prometheus": get("Prometheus text exposition", S(), "text/plain"),
+    # Answered by the host (tern serve), whatever handler is loaded; marked
+    # `x-tern-host` so the handler's own tests leave them out.
+    "/ready": {"get": {"summary": "Readiness (the host's): ready, or loading / draining", "x-tern-host": True,
+                       "responses": {"200": resp("Ready", O({"status": S(enum=["ready"])}, ["status"])),
+                                     "503": resp("Loading or shutting down", O({"status": S(enum=["loading", "draining"])}, ["status"]))}}},
+    "/metrics/host": {"get": {**get("The host's Prometheus counters (HTTP, instances, swaps, traps, memory)", S(), "text/plain")["get"],
+                              "x-tern-host": True}},
     "/openapi.json": get("This document", O({"openapi": S()}, ["openapi"])),
     "/v1/models": get("Models (OpenAI list)", O({"object": S(), "data": A(R("Model"))}, ["object", "data"])),
     "/v1/models/{id}": {"get": {"summary": "One model", "parameters": [{"name": "id", "in": "path", "required": True, "schema": S(minLength=1)}],

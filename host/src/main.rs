@@ -190,6 +190,9 @@ struct ServeArgs {
     /// admin API is off without one.
     #[arg(long, env = "TERN_ADMIN_KEY", value_delimiter = ',', help_heading = "auth")]
     admin_key: Vec<String>,
+    /// File of admin keys, one per line (`#` comments).
+    #[arg(long, env = "TERN_ADMIN_KEY_FILE", help_heading = "auth")]
+    admin_key_file: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -318,7 +321,7 @@ fn listen_addr(args: &ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<S
 fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let addr = listen_addr(&args, matches)?;
     let keys = auth::Keys::load(&args.api_key, &args.api_key_file)?;
-    let admin_keys = auth::Keys::load(&args.admin_key, &[])?;
+    let admin_keys = auth::Keys::load(&args.admin_key, &args.admin_key_file)?;
     let (server_keys, admin_on) = (keys.len(), !admin_keys.is_empty());
     let mut config = engine_config(&args.model);
     config.max_running = args.max_running;

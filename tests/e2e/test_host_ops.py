@@ -200,6 +200,16 @@ def test_admin_needs_the_admin_key(server):
     assert status == 403 and body["error"]["code"] == "admin_disabled"
 
 
+def test_admin_keys_can_come_from_a_file(tmp_path):
+    (tmp_path / "admin").write_text("# operators\nadmin-from-file\n")
+    s = Server([*model_args(), "--admin-key-file", str(tmp_path / "admin")], tmp_path / "serve.log")
+    try:
+        status, _, _ = s.request("GET", "/admin/component", headers={"Authorization": "Bearer admin-from-file"})
+        assert status == 200
+    finally:
+        s.stop()
+
+
 def test_admin_refuses_a_wrong_key(swap_server):
     status, headers, body = swap_server.json("POST", "/admin/component", b"x", headers={"Authorization": "Bearer no"})
     assert status == 401 and body["error"]["code"] == "invalid_api_key"

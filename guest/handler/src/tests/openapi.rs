@@ -27,7 +27,10 @@ fn every_documented_operation_is_routed() {
     assert!(paths.len() >= 20, "{}", paths.len());
     for (path, ops) in paths {
         let concrete = path.replace("{id}", "job-1");
-        for method in ops.as_object().unwrap().keys() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op["x-tern-host"] == true {
+                continue; // answered by the host, never reaches the handler
+            }
             let mut request = Request::new(&method.to_uppercase(), &concrete);
             if path == "/api/chat-queue" && method != "post" {
                 request = Request::new(&method.to_uppercase(), "/api/chat-queue?requestId=job-1");
