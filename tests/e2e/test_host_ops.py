@@ -424,7 +424,9 @@ def stream_until_end(port, body, out, i):
 
 @pytest.mark.parametrize("grace,max_tokens,expect", [(20, 16, {"done"}), (1, 100000, {"error-event"})])
 def test_sigterm_with_twenty_streams_lets_them_finish_or_end_with_an_error_event(tmp_path, grace, max_tokens, expect):
-    model = synth(tmp_path, "shutdown")
+    # A long context, so that no endless stream can reach its end by itself
+    # within the short grace period.
+    model = synth(tmp_path, "shutdown", "--context", "8192")
     s = Server(["--model", str(model), "--shutdown-grace", str(grace), "--max-running", "20"], tmp_path / "serve.log")
     out = [None] * 20
     body = chat_body(True, max_tokens, model="shutdown")
