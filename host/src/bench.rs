@@ -194,7 +194,20 @@ fn kernels(args: &BenchArgs, threads: usize) -> serde_json::Value {
         );
         heads.push(json!({ "type": name, "rows": rows, "cols": cols, "us": seconds * 1e6, "gbs": gbs, "bandwidth_fraction": gbs / bw }));
     }
-    json!({ "threads": threads, "ternary_isa": isa, "read_bandwidth_gbs": bw, "products": results, "heads": heads })
+    // Attention of a 16-token prompt chunk late in a 2,000-token prompt.
+    let (rows, positions) = (16, 2000);
+    let (together, alone) = bench::time_attention(rows, positions, Duration::from_secs(2));
+    say!(
+        args,
+        "attention {rows} rows at {positions} positions {:7.1} µs on one thread: {:.2}× one call per row ({:.1} µs)",
+        together * 1e6,
+        alone / together,
+        alone * 1e6
+    );
+    let attention = json!({ "rows": rows, "positions": positions, "us": together * 1e6,
+        "one_row_at_a_time_us": alone * 1e6, "speedup": alone / together });
+    json!({ "threads": threads, "ternary_isa": isa, "read_bandwidth_gbs": bw, "products": results, "heads": heads,
+        "attention": attention })
 }
 
 /// Short prompts timed for first-token latency.

@@ -28,7 +28,7 @@ pub type MatvecQ8Fn = fn(&[u8], usize, usize, &[f32], &mut [f32]);
 /// x (n,), weight (n,), eps -> out (n,).
 pub type RmsnormFn = fn(&[f32], &[f32], f32, &mut [f32]);
 /// q, kv, n_heads, n_kv, head_dim, scratch, out.
-pub type AttentionFn = fn(&[f32], reference::KvBlocks, usize, usize, usize, &mut [f32], &mut [f32]);
+pub type AttentionFn = fn(&[f32], usize, reference::KvBlocks, usize, usize, usize, &mut [f32], &mut [f32]);
 
 /// The chosen implementation of each dispatched operation.
 #[derive(Debug, Clone, Copy)]

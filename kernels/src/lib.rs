@@ -240,11 +240,15 @@ pub fn softmax(x: &mut [f32]) {
     reference::softmax(x)
 }
 
-/// Causal attention of one query position over `kv.len` cached positions
-/// kept in blocks, GQA: q (n_heads·head_dim,), scratch (>= kv.len,),
-/// out (n_heads·head_dim,); scores scaled by 1/sqrt(head_dim).
+/// Causal attention of `rows` query positions of one sequence, the last
+/// `rows` of its `kv.len` cached positions kept in blocks, GQA:
+/// q (rows, n_heads·head_dim), scratch (>= rows·(n_heads/n_kv)·kv.len,),
+/// out (rows, n_heads·head_dim); scores scaled by 1/sqrt(head_dim). A
+/// query's result does not depend on how many rows share the call.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
+    rows: usize,
     kv: KvBlocks,
     n_heads: usize,
     n_kv: usize,
@@ -252,7 +256,7 @@ pub fn attention(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    (kernels().attention)(q, kv, n_heads, n_kv, head_dim, scratch, out)
+    (kernels().attention)(q, rows, kv, n_heads, n_kv, head_dim, scratch, out)
 }
 
 /// gate (n,), up (n,) -> out (n,) = relu(gate)² * up.

@@ -171,6 +171,23 @@ impl Pool {
             f(i, part)
         });
     }
+
+    /// Splits `data` at the offsets `ends` (ascending, the last one
+    /// `data.len()`) and calls `f(index, part)` for each part
+    /// `ends[index - 1]..ends[index]`, in parallel.
+    pub fn for_each_part<T: Send>(&self, data: &mut [T], ends: &[usize], f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+        assert!(ends.windows(2).all(|w| w[0] <= w[1]), "for_each_part: offsets out of order");
+        assert_eq!(ends.last().copied().unwrap_or(0), data.len(), "for_each_part: parts do not cover the data");
+        let base = SendPtr(data.as_mut_ptr());
+        self.run(ends.len(), &|i| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            // SAFETY: `run` hands out each index once and the offsets ascend,
+            // so the ranges are disjoint and inside `data`, which is mutably
+            // borrowed for the whole call.
+            let part = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), ends[i] - start) };
+            f(i, part)
+        });
+    }
 }
 
 impl Drop for Pool {
@@ -194,7 +211,7 @@ impl<T> SendPtr<T> {
     }
 }
 // SAFETY: used only to hand disjoint sub-slices of a `&mut [T]` (T: Send)
-// to pool threads, see `for_each_chunk`.
+// to pool threads, see `for_each_chunk` and `for_each_part`.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync)) {

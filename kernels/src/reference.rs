@@ -142,7 +142,7 @@ impl<'a> KvBlocks<'a> {
 
     /// Blocks with at least one position in use, each with its used rows:
     /// (keys, values, positions).
-    fn blocks(&self) -> impl Iterator<Item = (&'a [f32], &'a [f32], usize)> + '_ {
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = (&'a [f32], &'a [f32], usize)> + '_ {
         let (len, bl) = (self.len, self.block_len);
         self.k
             .iter()
@@ -153,12 +153,16 @@ impl<'a> KvBlocks<'a> {
     }
 }
 
-/// Causal attention of one query over `kv.len` cached positions, GQA:
-/// q (n_heads, head_dim), scratch (>= kv.len,), out (n_heads, head_dim);
-/// scores scaled by 1/sqrt(head_dim). Query head h reads kv head
+/// Causal attention of `rows` queries of one sequence, at the last `rows`
+/// of its `kv.len` cached positions (query r sees positions
+/// `0..=kv.len - rows + r`), GQA: q (rows, n_heads·head_dim), scratch
+/// (>= rows·(n_heads/n_kv)·kv.len,), out (rows, n_heads·head_dim); scores
+/// scaled by 1/sqrt(head_dim). Query head h reads kv head
 /// `h / (n_heads / n_kv)`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
+    rows: usize,
     kv: KvBlocks,
     n_heads: usize,
     n_kv: usize,
@@ -172,14 +176,23 @@ pub fn attention(
             *o += p * xv;
         }
     };
-    attention_with(q, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
+    attention_with(q, rows, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
 }
 
 /// The steps of [`attention`] with its two vector operations supplied by a
 /// variant: `dot(a, b)` = Σ a·b and `axpy(p, x, y)`: y += p·x.
+///
+/// Each cached key and value row is read once per kv head and used by every
+/// query of the group and of the `rows` that see it, while it is in cache.
+/// Every query still goes through the same operations in the same order
+/// (its scores position by position, one softmax, its values position by
+/// position), so a query gets the same bits however many rows share the
+/// call.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn attention_with(
     q: &[f32],
+    rows: usize,
     kv: KvBlocks,
     n_heads: usize,
     n_kv: usize,
@@ -189,31 +202,45 @@ pub(crate) fn attention_with(
     dot: impl Fn(&[f32], &[f32]) -> f32,
     axpy: impl Fn(f32, &[f32], &mut [f32]),
 ) {
-    check_attention(q, &kv, n_heads, n_kv, head_dim, scratch, out);
+    check_attention(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
     let group = n_heads / n_kv;
-    let kv_stride = n_kv * head_dim;
+    let (qd, kv_stride) = (n_heads * head_dim, n_kv * head_dim);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let t = kv.len;
-    for h in 0..n_heads {
-        let qh = &q[h * head_dim..(h + 1) * head_dim];
-        let kv_off = (h / group) * head_dim;
-        let row = |j: usize| j * kv_stride + kv_off..j * kv_stride + kv_off + head_dim;
-        // scores (t,)
-        let scores = &mut scratch[..t];
+    let first = t - rows;
+    // The queries of one kv head: x = r·group + g is head `hk·group + g` of
+    // row r, and sees positions 0..=first + r.
+    let queries = rows * group;
+    let span = |hk: usize, x: usize| {
+        let at = (x / group) * qd + (hk * group + x % group) * head_dim;
+        at..at + head_dim
+    };
+    let scores = &mut scratch[..queries * t];
+    for hk in 0..n_kv {
+        let kv_off = hk * head_dim;
         let mut at = 0;
         for (kb, _, used) in kv.blocks() {
-            for (j, sc) in scores[at..at + used].iter_mut().enumerate() {
-                *sc = dot(qh, &kb[row(j)]) * scale;
+            for jj in 0..used {
+                let j = at + jj;
+                let key = &kb[jj * kv_stride + kv_off..jj * kv_stride + kv_off + head_dim];
+                for x in j.saturating_sub(first) * group..queries {
+                    scores[x * t + j] = dot(&q[span(hk, x)], key) * scale;
+                }
             }
             at += used;
         }
-        softmax(scores);
-        let oh = &mut out[h * head_dim..(h + 1) * head_dim];
-        oh.fill(0.0);
+        for x in 0..queries {
+            softmax(&mut scores[x * t..x * t + first + x / group + 1]);
+            out[span(hk, x)].fill(0.0);
+        }
         let mut at = 0;
         for (_, vb, used) in kv.blocks() {
-            for (j, &p) in scores[at..at + used].iter().enumerate() {
-                axpy(p, &vb[row(j)], oh);
+            for jj in 0..used {
+                let j = at + jj;
+                let value = &vb[jj * kv_stride + kv_off..jj * kv_stride + kv_off + head_dim];
+                for x in j.saturating_sub(first) * group..queries {
+                    axpy(scores[x * t + j], value, &mut out[span(hk, x)]);
+                }
             }
             at += used;
         }
@@ -326,8 +353,10 @@ pub(crate) fn check_matvec_q8_0(w_len: usize, rows: usize, cols: usize, x_len: u
 
 /// The shape checks every [`attention`] variant starts with.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_attention(
     q: &[f32],
+    rows: usize,
     kv: &KvBlocks,
     n_heads: usize,
     n_kv: usize,
@@ -336,17 +365,21 @@ pub(crate) fn check_attention(
     out: &[f32],
 ) {
     assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
-    assert_eq!(q.len(), n_heads * head_dim, "attention: q length");
-    assert_eq!(out.len(), n_heads * head_dim, "attention: out length");
+    assert!(rows > 0 && rows <= kv.len, "attention: {rows} query rows over {} positions", kv.len);
+    assert_eq!(q.len(), rows * n_heads * head_dim, "attention: q length");
+    assert_eq!(out.len(), rows * n_heads * head_dim, "attention: out length");
     let blocks = kv.len.div_ceil(kv.block_len.max(1));
-    let rows = kv.block_len * n_kv * head_dim;
-    assert!(kv.block_len > 0 || kv.len == 0, "attention: empty blocks");
+    let block_rows = kv.block_len * n_kv * head_dim;
+    assert!(kv.block_len > 0, "attention: empty blocks");
     assert!(kv.k.len() >= blocks && kv.v.len() >= blocks, "attention: fewer blocks than positions need");
     assert!(
-        kv.k.iter().chain(kv.v).take(blocks).all(|b| b.len() >= rows.min(kv.len * n_kv * head_dim)),
+        kv.k.iter().chain(kv.v).take(blocks).all(|b| b.len() >= block_rows.min(kv.len * n_kv * head_dim)),
         "attention: a k/v block is shorter than its rows"
     );
-    assert!(scratch.len() >= kv.len, "attention: scratch shorter than the positions");
+    assert!(
+        scratch.len() >= rows * (n_heads / n_kv) * kv.len,
+        "attention: scratch shorter than rows x group x positions"
+    );
 }
 
 /// Bytes per row of a Q8_0 matrix with `cols` columns.

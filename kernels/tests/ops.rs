@@ -122,11 +122,11 @@ fn attention_matches_f64_with_gqa() {
             let q = random_f32(&mut rng, n_heads * hd, 1.0);
             let k = random_f32(&mut rng, t * n_kv * hd, 1.0);
             let v = random_f32(&mut rng, t * n_kv * hd, 1.0);
-            let mut scratch = vec![0f32; t + 3];
+            let mut scratch = vec![0f32; n_heads / n_kv * t + 3];
             let want = naive_attention(&q, &k, &v, t, n_heads, n_kv, hd);
             let mut out = vec![f32::NAN; n_heads * hd];
             let (kb, vb) = ([&k[..]], [&v[..]]);
-            (kern.attention)(&q, KvBlocks::contiguous(&kb, &vb, t), n_heads, n_kv, hd, &mut scratch, &mut out);
+            (kern.attention)(&q, 1, KvBlocks::contiguous(&kb, &vb, t), n_heads, n_kv, hd, &mut scratch, &mut out);
             let err = nmse(&out, &want);
             assert!(err < MAX_ATTENTION_NMSE, "{name} ({n_heads}, {n_kv}, {hd}) t {t}: nmse {err:e}");
             // The same positions in blocks of 4, the last one partly used and
@@ -147,8 +147,53 @@ fn attention_matches_f64_with_gqa() {
             let vb: Vec<&[f32]> = padded.iter().map(|(_, v)| &v[..]).collect();
             let mut blocked = vec![f32::NAN; n_heads * hd];
             let kv = KvBlocks { k: &kb, v: &vb, block_len: 4, len: t };
-            (kern.attention)(&q, kv, n_heads, n_kv, hd, &mut scratch, &mut blocked);
+            (kern.attention)(&q, 1, kv, n_heads, n_kv, hd, &mut scratch, &mut blocked);
             assert_eq!(out, blocked, "{name} ({n_heads}, {n_kv}, {hd}) t {t}: blocks changed the result");
+        }
+    }
+}
+
+#[test]
+fn attention_rows_give_each_query_the_bits_it_gets_alone() {
+    let mut rng = rng(25);
+    for ((n_heads, n_kv, hd), (name, kern)) in
+        [(4, 2, 17), (20, 5, 128), (3, 3, 8)].into_iter().flat_map(|s| dense_variants().into_iter().map(move |v| (s, v)))
+    {
+        let (qd, row) = (n_heads * hd, n_kv * hd);
+        let t = 37;
+        let k = random_f32(&mut rng, t * row, 1.0);
+        let v = random_f32(&mut rng, t * row, 1.0);
+        // Blocks of 8 positions, the last one partly used.
+        let blocks: Vec<(Vec<f32>, Vec<f32>)> = (0..t.div_ceil(8))
+            .map(|b| {
+                let take = |x: &[f32]| {
+                    let mut block = vec![f32::NAN; 8 * row];
+                    let rows = &x[b * 8 * row..(t.min(b * 8 + 8)) * row];
+                    block[..rows.len()].copy_from_slice(rows);
+                    block
+                };
+                (take(&k), take(&v))
+            })
+            .collect();
+        let kb: Vec<&[f32]> = blocks.iter().map(|(k, _)| &k[..]).collect();
+        let vb: Vec<&[f32]> = blocks.iter().map(|(_, v)| &v[..]).collect();
+        for rows in [1, 2, 7, 16, t] {
+            let q = random_f32(&mut rng, rows * qd, 1.0);
+            let mut scratch = vec![0f32; rows * (n_heads / n_kv) * t];
+            let mut together = vec![f32::NAN; rows * qd];
+            let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len: t };
+            (kern.attention)(&q, rows, kv, n_heads, n_kv, hd, &mut scratch, &mut together);
+            for r in 0..rows {
+                let len = t - rows + r + 1;
+                let mut alone = vec![f32::NAN; qd];
+                let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len };
+                (kern.attention)(&q[r * qd..(r + 1) * qd], 1, kv, n_heads, n_kv, hd, &mut scratch, &mut alone);
+                assert_eq!(
+                    alone,
+                    together[r * qd..(r + 1) * qd],
+                    "{name} ({n_heads}, {n_kv}, {hd}): row {r} of {rows} differs from the query alone"
+                );
+            }
         }
     }
 }
@@ -161,7 +206,7 @@ fn attention_over_one_position_returns_its_value() {
     let v: Vec<f32> = (0..6).map(|i| i as f32).collect();
     let mut out = [0f32; 12];
     let (kb, vb) = ([&k[..]], [&v[..]]);
-    attention(&q, KvBlocks::contiguous(&kb, &vb, 1), n_heads, n_kv, hd, &mut [0.0], &mut out);
+    attention(&q, 1, KvBlocks::contiguous(&kb, &vb, 1), n_heads, n_kv, hd, &mut [0.0; 2], &mut out);
     assert_eq!(out, [0., 1., 2., 0., 1., 2., 3., 4., 5., 3., 4., 5.]);
 }
 

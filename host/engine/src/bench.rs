@@ -216,3 +216,45 @@ pub fn time_head(rows: usize, cols: usize, q8_0: bool, min_time: Duration) -> (f
     let bytes = if q8_0 { q8.len() } else { w.len() * 2 };
     (start.elapsed().as_secs_f64() / n as f64, bytes)
 }
+
+/// One thread's attention over 2B-4T's heads (20 query, 5 kv, 128 wide) for
+/// `rows` consecutive queries at the end of `positions` cached positions in
+/// 16-position blocks: (seconds with all rows in one call, seconds with one
+/// call per row, as each query was computed before rows shared a call).
+pub fn time_attention(rows: usize, positions: usize, min_time: Duration) -> (f64, f64) {
+    use tern_kernels::KvBlocks;
+    let (n_heads, n_kv, hd, block) = (20, 5, 128, 16);
+    let mut rng = Rng::new(4);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect() };
+    let blocks: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..positions.div_ceil(block)).map(|_| (random(block * n_kv * hd), random(block * n_kv * hd))).collect();
+    let kb: Vec<&[f32]> = blocks.iter().map(|(k, _)| &k[..]).collect();
+    let vb: Vec<&[f32]> = blocks.iter().map(|(_, v)| &v[..]).collect();
+    let q = random(rows * n_heads * hd);
+    let mut out = vec![0.0f32; rows * n_heads * hd];
+    let mut scratch = vec![0.0f32; rows * n_heads / n_kv * positions];
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let start = Instant::now();
+        let mut n = 0usize;
+        while start.elapsed() < min_time || n < 3 {
+            f();
+            n += 1;
+        }
+        start.elapsed().as_secs_f64() / n as f64
+    };
+    let qd = n_heads * hd;
+    let together = time(&mut || {
+        let kv = KvBlocks { k: &kb, v: &vb, block_len: block, len: positions };
+        tern_kernels::attention(&q, rows, kv, n_heads, n_kv, hd, &mut scratch, &mut out);
+    });
+    let one_by_one = time(&mut || {
+        for r in 0..rows {
+            let kv = KvBlocks { k: &kb, v: &vb, block_len: block, len: positions - rows + r + 1 };
+            let (q, out) = (&q[r * qd..(r + 1) * qd], &mut out[r * qd..(r + 1) * qd]);
+            tern_kernels::attention(q, 1, kv, n_heads, n_kv, hd, &mut scratch, out);
+        }
+    });
+    black_box(&out);
+    (together, one_by_one)
+}

@@ -471,7 +471,6 @@ struct Scratch {
     gate: Vec<f32>,  // (n, ff)
     up: Vec<f32>,    // (n, ff)
     h: Vec<f32>,     // (n, ff)
-    probs: Vec<f32>, // (positions,) attention weights
 }
 
 /// Quantises each of the n rows of x (n, cols) to int8 -> xq (n, cols), xs (n,).
@@ -544,8 +543,22 @@ impl Backend for Model {
             gate: vec![0.0; n * ff],
             up: vec![0.0; n * ff],
             h: vec![0.0; n * ff],
-            probs: vec![0.0; owner.iter().map(|&(_, pos)| pos + 1).max().unwrap_or(0)],
         };
+        // Attention runs in pieces of consecutive rows of one item, about one
+        // per thread for a long item; (item, first row, rows) and the end of
+        // each piece in `s.att`.
+        let threads = k::pool::global().threads().max(1);
+        let mut pieces = Vec::new();
+        let mut first = 0;
+        for (i, it) in items.iter().enumerate() {
+            let len = it.tokens.len();
+            let per = len.div_ceil(threads).max(1);
+            for at in (0..len).step_by(per) {
+                pieces.push((i, first + at, per.min(len - at)));
+            }
+            first += len;
+        }
+        let piece_ends: Vec<usize> = pieces.iter().map(|&(_, first, rows)| (first + rows) * qd).collect();
         let tokens = items.iter().flat_map(|it| it.tokens);
         for (i, &t) in tokens.enumerate() {
             // Ids were checked against the vocabulary when the prompt was admitted.
@@ -565,20 +578,19 @@ impl Backend for Model {
                 kv.write(l, items[i].blocks, pos, kt, &s.v[t * kvd..(t + 1) * kvd]);
             }
             let views: Vec<_> = items.iter().map(|it| kv.layer_blocks(l, it.blocks)).collect();
-            let attend = |t: usize, probs: &mut [f32], out: &mut [f32]| {
-                let (i, pos) = owner[t];
+            // A piece is consecutive rows of one item: each cached key and
+            // value is read once for all its queries.
+            let attend = |p: usize, out: &mut [f32]| {
+                let (i, first, rows) = pieces[p];
                 let (kb, vb) = &views[i];
+                let last = owner[first + rows - 1].1;
                 // Causal: a position sees everything up to itself.
-                let blocks = KvBlocks { k: kb, v: vb, block_len: BLOCK_TOKENS, len: pos + 1 };
-                k::attention(&s.q[t * qd..(t + 1) * qd], blocks, c.n_head, c.n_head_kv, c.head_dim, probs, out);
+                let blocks = KvBlocks { k: kb, v: vb, block_len: BLOCK_TOKENS, len: last + 1 };
+                let mut scratch = vec![0.0; rows * (c.n_head / c.n_head_kv) * (last + 1)];
+                let q = &s.q[first * qd..(first + rows) * qd];
+                k::attention(q, rows, blocks, c.n_head, c.n_head_kv, c.head_dim, &mut scratch, out);
             };
-            if n == 1 {
-                attend(0, &mut s.probs, &mut s.att);
-            } else {
-                // Positions are independent once the cache holds them all.
-                k::pool::global()
-                    .for_each_chunk(&mut s.att, qd, &|t, out| attend(t, &mut vec![0.0; owner[t].1 + 1], out));
-            }
+            k::pool::global().for_each_part(&mut s.att, &piece_ends, &attend);
             drop(views);
             rmsnorm_rows(&s.att, &layer.attn_sub_norm, c.rms_eps, n, &mut s.xn);
             bitlinear(&layer.wo, &s.xn[..n * qd], n, &mut s.xq, &mut s.xs, &mut s.out);

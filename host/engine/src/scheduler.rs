@@ -431,7 +431,15 @@ impl Scheduler {
             let wants: Vec<bool> = items.iter().map(|it| it.logits == Logits::Last).collect();
             let model = self.running[members[0]].model.clone();
             let pool = self.pools.get_mut(id).expect("reserve() made the pool");
+            let began = Instant::now();
             let logits = model.backend.forward_batch(pool, &items);
+            tracing::trace!(
+                sequences = items.len(),
+                tokens = items.iter().map(|it| it.tokens.len()).sum::<usize>(),
+                last_position = items.iter().map(|it| it.pos + it.tokens.len()).max().unwrap_or(0),
+                ms = began.elapsed().as_secs_f64() * 1e3,
+                "step"
+            );
             let vocab = model.backend.config().n_vocab;
             let mut row = 0;
             for (&i, want) in members.iter().zip(wants) {

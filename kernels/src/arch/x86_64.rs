@@ -281,11 +281,13 @@ fn hmax_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(x)
 }
 
-/// Causal attention of one query over `kv.len` positions, GQA. See
+/// Causal attention of `rows` queries over `kv.len` positions, GQA. See
 /// [`reference::attention`]: the same steps, with vector dot products for
 /// the scores and fused multiply-adds for the weighted sum of values.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
+    rows: usize,
     kv: reference::KvBlocks,
     n_heads: usize,
     n_kv: usize,
@@ -294,12 +296,227 @@ pub fn attention(
     out: &mut [f32],
 ) {
     if !has_fma_f16c() {
-        return reference::attention(q, kv, n_heads, n_kv, head_dim, scratch, out);
+        return reference::attention(q, rows, kv, n_heads, n_kv, head_dim, scratch, out);
     }
-    // SAFETY (both closures): AVX2 and FMA were detected above.
-    let dot = |a: &[f32], b: &[f32]| unsafe { dot_f32(a, b) };
-    let axpy = |p: f32, x: &[f32], y: &mut [f32]| unsafe { axpy_f32(p, x, y) };
-    reference::attention_with(q, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy)
+    // SAFETY: AVX2 and FMA were detected above.
+    unsafe { attention_avx2(q, rows, kv, n_heads, n_kv, head_dim, scratch, out) }
+}
+
+/// [`reference::attention_with`]'s steps for a head width that is a
+/// multiple of 8, blocked for the cache and the registers: per kv head and
+/// block of positions, each query's scores take four keys at a time, and its
+/// weighted sum of values keeps up to 64 lanes of its output in registers
+/// across the block. Each score is one 8-lane multiply-add chain over the
+/// head then one horizontal sum, and each output lane adds its values
+/// position by position, whichever keys or rows share the work, so a query
+/// gets the same bits however many rows share the call.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+fn attention_avx2(
+    q: &[f32],
+    rows: usize,
+    kv: reference::KvBlocks,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    if !head_dim.is_multiple_of(8) {
+        let dot = |a: &[f32], b: &[f32]| dot_f32(a, b);
+        let axpy = |p: f32, x: &[f32], y: &mut [f32]| axpy_f32(p, x, y);
+        return reference::attention_with(q, rows, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy);
+    }
+    reference::check_attention(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
+    let group = n_heads / n_kv;
+    let (qd, kv_stride) = (n_heads * head_dim, n_kv * head_dim);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let t = kv.len;
+    let first = t - rows;
+    let queries = rows * group;
+    // Query x = r·group + g is head hk·group + g of row r; it sees positions
+    // 0..=first + r, so `seen(x, at, used)` of a block starting at `at`.
+    let span = |hk: usize, x: usize| (x / group) * qd + (hk * group + x % group) * head_dim;
+    let seen = |x: usize, at: usize, used: usize| (first + x / group + 1).saturating_sub(at).min(used);
+    let scores = &mut scratch[..queries * t];
+    for hk in 0..n_kv {
+        let kv_off = hk * head_dim;
+        let mut at = 0;
+        for (kb, _, used) in kv.blocks() {
+            // Key jj of this kv head starts at keys + jj·kv_stride.
+            let keys = kb[kv_off..].as_ptr();
+            for x in 0..queries {
+                let n = seen(x, at, used);
+                let qx = q[span(hk, x)..][..head_dim].as_ptr();
+                let sx = &mut scores[x * t + at..x * t + at + n];
+                for j0 in (0..n).step_by(8) {
+                    // The last group repeats its last key; those sums are dropped.
+                    let key = |i: usize| keys.wrapping_add((j0 + i).min(n - 1) * kv_stride);
+                    // SAFETY: the query and every key row named are head_dim
+                    // long (the slices above and check_attention).
+                    let d = unsafe { dots8(qx, std::array::from_fn(key), head_dim) };
+                    let d = _mm256_mul_ps(d, _mm256_set1_ps(scale));
+                    let mut sums = [0.0f32; 8];
+                    // SAFETY: sums holds 8 f32.
+                    unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), d) };
+                    let m = (n - j0).min(8);
+                    sx[j0..j0 + m].copy_from_slice(&sums[..m]);
+                }
+            }
+            at += used;
+        }
+        for x in 0..queries {
+            softmax_avx2(&mut scores[x * t..x * t + first + x / group + 1]);
+        }
+        let mut at = 0;
+        for (_, vb, used) in kv.blocks() {
+            for x in 0..queries {
+                let n = seen(x, at, used);
+                let o = &mut out[span(hk, x)..][..head_dim];
+                let p = &scores[x * t + at..x * t + at + n];
+                let values = vb[kv_off..].as_ptr();
+                let mut c = 0;
+                // SAFETY (both): o and every value row are head_dim long, and
+                // each call covers lanes c..c + 8·L <= head_dim.
+                while c + 64 <= head_dim {
+                    unsafe { weigh::<8>(p, values, kv_stride, c, at == 0, o.as_mut_ptr()) };
+                    c += 64;
+                }
+                while c < head_dim {
+                    unsafe { weigh::<1>(p, values, kv_stride, c, at == 0, o.as_mut_ptr()) };
+                    c += 8;
+                }
+            }
+            at += used;
+        }
+    }
+}
+
+/// out[c..c + 8·L] = (0 if `fresh`, else out) + Σ_j p[j]·value_j[c..c + 8·L]
+/// where value_j starts at `values + j·stride`, position by position, with
+/// the L accumulators in registers.
+///
+/// # Safety
+/// `out` and every value row must point at `c + 8·L` or more f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn weigh<const L: usize>(p: &[f32], values: *const f32, stride: usize, c: usize, fresh: bool, out: *mut f32) {
+    let mut acc = [_mm256_setzero_ps(); L];
+    if !fresh {
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: the caller guarantees c + 8·L readable lanes.
+            *a = unsafe { _mm256_loadu_ps(out.add(c + 8 * i)) };
+        }
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        let pv = _mm256_set1_ps(pj);
+        let v = values.wrapping_add(j * stride + c);
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *a = _mm256_fmadd_ps(pv, unsafe { _mm256_loadu_ps(v.add(8 * i)) }, *a);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(out.add(c + 8 * i), *a) };
+    }
+}
+
+/// Softmax in place, 8 lanes at a time with [`exp_avx2`]; the sum is 8
+/// lane sums then [`hsum_f32`], plus the tail, so it depends only on x.
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(x: &mut [f32]) {
+    let body = x.len() / 8 * 8;
+    let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in (0..body).step_by(8) {
+        maxv = _mm256_max_ps(maxv, load_f32x8(&x[c..]));
+    }
+    let max = x[body..].iter().fold(hmax_f32(maxv), |m, &v| m.max(v));
+    let (mv, mut sumv) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+    for c in (0..body).step_by(8) {
+        let e = exp_avx2(_mm256_sub_ps(load_f32x8(&x[c..]), mv));
+        sumv = _mm256_add_ps(sumv, e);
+        // SAFETY: c + 8 <= body <= x.len().
+        unsafe { _mm256_storeu_ps(x.as_mut_ptr().add(c), e) };
+    }
+    let mut sum = hsum_f32(sumv);
+    for v in &mut x[body..] {
+        *v = exp_f32(*v - max);
+        sum += *v;
+    }
+    let inv = _mm256_set1_ps(sum);
+    for c in (0..body).step_by(8) {
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(x.as_mut_ptr().add(c), _mm256_div_ps(load_f32x8(&x[c..]), inv)) };
+    }
+    for v in &mut x[body..] {
+        *v /= sum;
+    }
+}
+
+/// e^x for 8 lanes: x = n·ln 2 + r with |r| <= ln 2 / 2, e^r by a degree-6
+/// polynomial (relative error about 2e-7), scaled by 2^n through the
+/// exponent bits. Inputs below -87 give about 1.6e-38 rather than a
+/// denormal; NaN stays NaN.
+#[target_feature(enable = "avx2,fma")]
+fn exp_avx2(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    // ln 2 split in two so that n·LN2_HI is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+}
+
+/// [`exp_avx2`] of one value (the tails of [`softmax_avx2`]).
+#[target_feature(enable = "avx2,fma")]
+fn exp_f32(x: f32) -> f32 {
+    _mm256_cvtss_f32(exp_avx2(_mm256_set1_ps(x)))
+}
+
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Taylor-like coefficients of (e^r - 1 - r) / r², highest power first.
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+
+/// Σ q·k for 8 keys at once, lane i for key i: one 8-lane multiply-add
+/// chain per key over `len` (a multiple of 8) values, then the same tree of
+/// pairwise sums for every key, so a key's sum does not depend on the
+/// others.
+///
+/// # Safety
+/// `q` and every key must point at `len` readable f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dots8(q: *const f32, keys: [*const f32; 8], len: usize) -> __m256 {
+    let mut a = [_mm256_setzero_ps(); 8];
+    for c in (0..len).step_by(8) {
+        // SAFETY: c + 8 <= len, which the caller guarantees readable.
+        let qv = unsafe { _mm256_loadu_ps(q.add(c)) };
+        for (a, k) in a.iter_mut().zip(keys) {
+            *a = _mm256_fmadd_ps(qv, unsafe { _mm256_loadu_ps(k.add(c)) }, *a);
+        }
+    }
+    // Per key k: ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)) of its lanes l.
+    let h01 = _mm256_hadd_ps(a[0], a[1]);
+    let h23 = _mm256_hadd_ps(a[2], a[3]);
+    let h45 = _mm256_hadd_ps(a[4], a[5]);
+    let h67 = _mm256_hadd_ps(a[6], a[7]);
+    // Lanes: keys 0,1,2,3 (low half: lanes 0-3 of each; high: lanes 4-7).
+    let g0 = _mm256_hadd_ps(h01, h23);
+    let g1 = _mm256_hadd_ps(h45, h67);
+    let lo = _mm256_permute2f128_ps::<0x20>(g0, g1);
+    let hi = _mm256_permute2f128_ps::<0x31>(g0, g1);
+    _mm256_add_ps(lo, hi)
 }
 
 /// y += a·x
