@@ -23,6 +23,9 @@ pub type QuantizeFn = fn(&[f32], &mut [i8]) -> f32;
 pub type MatvecF16Fn = fn(&[f16], usize, usize, &[f32], &mut [f32]);
 /// W (rows, cols) f32 @ x (cols,) -> out (rows,).
 pub type MatvecF32Fn = fn(&[f32], usize, usize, &[f32], &mut [f32]);
+/// W (rows, cols) f16 @ two x (cols,) -> two out (rows,), W read once; each
+/// out bit-identical to the same slot's [`MatvecF16Fn`] on its x.
+pub type Matvec2F16Fn = fn(&[f16], usize, usize, [&[f32]; 2], [&mut [f32]; 2]);
 /// W (rows, cols) Q8_0 bytes @ x (cols,) -> out (rows,).
 pub type MatvecQ8Fn = fn(&[u8], usize, usize, &[f32], &mut [f32]);
 /// x (n,), weight (n,), eps -> out (n,).
@@ -38,6 +41,9 @@ pub struct Kernels {
     pub ternary_rows: TernaryRowsFn,
     pub quantize_row_i8: QuantizeFn,
     pub matvec_f16: MatvecF16Fn,
+    /// Two vectors at once where a variant has it (it must match
+    /// `matvec_f16` bit for bit); otherwise `matvec_f16` twice.
+    pub matvec2_f16: Option<Matvec2F16Fn>,
     pub matvec_f32: MatvecF32Fn,
     pub matvec_q8_0: MatvecQ8Fn,
     pub rmsnorm: RmsnormFn,
@@ -51,6 +57,7 @@ impl Kernels {
         ternary_rows: reference::ternary_rows,
         quantize_row_i8: reference::quantize_row_i8,
         matvec_f16: reference::matvec_f16,
+        matvec2_f16: None,
         matvec_f32: reference::matvec_f32,
         matvec_q8_0: reference::matvec_q8_0,
         rmsnorm: reference::rmsnorm,
@@ -68,6 +75,7 @@ impl Kernels {
             k.quantize_row_i8 = v::quantize_row_i8;
             if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
                 k.matvec_f16 = v::matvec_f16;
+                k.matvec2_f16 = Some(v::matvec2_f16);
                 k.matvec_f32 = v::matvec_f32;
                 k.matvec_q8_0 = v::matvec_q8_0;
                 k.attention = v::attention;

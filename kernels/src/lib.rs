@@ -160,6 +160,7 @@ fn matmul_parallel<W: Sync>(
     x: &[f32],
     out: &mut [f32],
     f: impl Fn(&[W], usize, &[f32], &mut [f32]) + Sync,
+    f2: Option<&(dyn Fn(&[W], usize, [&[f32]; 2], [&mut [f32]; 2]) + Sync)>,
 ) {
     let n = x.len() / cols;
     let rows = out.len() / n.max(1);
@@ -180,8 +181,20 @@ fn matmul_parallel<W: Sync>(
             for r0 in (0..m).step_by(tile) {
                 let len = tile.min(m - r0);
                 let wt = &w[(start + r0) * row_len..(start + r0 + len) * row_len];
-                for t in 0..n {
-                    f(wt, len, &x[t * cols..(t + 1) * cols], &mut part[t * m + r0..t * m + r0 + len]);
+                let mut t = 0;
+                while t < n {
+                    let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+                    match f2 {
+                        Some(f2) if t + 1 < n => {
+                            let (a, b) = part.split_at_mut((t + 1) * m);
+                            f2(wt, len, [xt(t), xt(t + 1)], [&mut a[t * m + r0..t * m + r0 + len], &mut b[r0..r0 + len]]);
+                            t += 2;
+                        }
+                        _ => {
+                            f(wt, len, xt(t), &mut part[t * m + r0..t * m + r0 + len]);
+                            t += 1;
+                        }
+                    }
                 }
             }
         });
@@ -199,8 +212,10 @@ fn matmul_parallel<W: Sync>(
 pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
     check_matmul("matmul_f16", rows, cols, x.len(), out.len());
     reference::check_matvec("matmul_f16", w.len(), rows, cols, cols, rows);
-    let f = kernels().matvec_f16;
-    matmul_parallel(w, cols, cols * 2, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
+    let (f, f2) = (kernels().matvec_f16, kernels().matvec2_f16);
+    let two = f2.map(|f2| move |w: &[f16], rows: usize, x: [&[f32]; 2], out: [&mut [f32]; 2]| f2(w, rows, cols, x, out));
+    let two = two.as_ref().map(|g| g as &(dyn Fn(&[f16], usize, [&[f32]; 2], [&mut [f32]; 2]) + Sync));
+    matmul_parallel(w, cols, cols * 2, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out), two)
 }
 
 /// W (rows, cols) f32 @ x (n, cols) -> out (n, rows); see [`matmul_f16`].
@@ -208,7 +223,7 @@ pub fn matmul_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     check_matmul("matmul_f32", rows, cols, x.len(), out.len());
     reference::check_matvec("matmul_f32", w.len(), rows, cols, cols, rows);
     let f = kernels().matvec_f32;
-    matmul_parallel(w, cols, cols * 4, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
+    matmul_parallel(w, cols, cols * 4, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out), None)
 }
 
 /// W (rows, cols) raw Q8_0 @ x (n, cols) -> out (n, rows); see [`matmul_f16`].
@@ -216,7 +231,7 @@ pub fn matmul_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     check_matmul("matmul_q8_0", rows, cols, x.len(), out.len());
     let row_bytes = reference::check_matvec_q8_0(w.len(), rows, cols, cols, rows);
     let f = kernels().matvec_q8_0;
-    matmul_parallel(w, row_bytes, row_bytes, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out))
+    matmul_parallel(w, row_bytes, row_bytes, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out), None)
 }
 
 fn check_matmul(name: &str, rows: usize, cols: usize, x_len: usize, out_len: usize) {

@@ -199,6 +199,22 @@ pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     }
 }
 
+/// W (rows, cols) f16 @ two x (cols,) -> two out (rows,), each row of W
+/// converted once for both; each out is bit-identical to [`matvec_f16`]'s.
+pub fn matvec2_f16(w: &[f16], rows: usize, cols: usize, x: [&[f32]; 2], out: [&mut [f32]; 2]) {
+    let [o0, o1] = out;
+    if !has_fma_f16c() {
+        reference::matvec_f16(w, rows, cols, x[0], o0);
+        return reference::matvec_f16(w, rows, cols, x[1], o1);
+    }
+    reference::check_matvec("matvec2_f16", w.len(), rows, cols, x[0].len(), o0.len());
+    reference::check_matvec("matvec2_f16", w.len(), rows, cols, x[1].len(), o1.len());
+    for (r, (a, b)) in o0.iter_mut().zip(o1.iter_mut()).enumerate() {
+        // SAFETY: AVX2, FMA and F16C were detected above.
+        (*a, *b) = unsafe { dot2_f16(&w[r * cols..(r + 1) * cols], x[0], x[1]) };
+    }
+}
+
 /// W (rows, cols) f32 @ x (cols,) -> out (rows,). See [`reference::matvec_f32`].
 pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
     if !has_fma_f16c() {
@@ -550,6 +566,24 @@ fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     }
     let tail: f32 = w[body..].iter().zip(&x[body..]).map(|(a, b)| a.to_f32() * b).sum();
     hsum_f32(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + tail
+}
+
+/// [`dot_f16`] of one row with two vectors, each through the same steps.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot2_f16(w: &[f16], x0: &[f32], x1: &[f32]) -> (f32, f32) {
+    let (mut a0, mut a1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+    let body = w.len() / 32 * 32;
+    for c in (0..body).step_by(32) {
+        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(c + PREFETCH_AHEAD / 2).cast());
+        for k in 0..4 {
+            let wv = _mm256_cvtph_ps(load_f16x8(&w[c + 8 * k..]));
+            a0[k] = _mm256_fmadd_ps(wv, load_f32x8(&x0[c + 8 * k..]), a0[k]);
+            a1[k] = _mm256_fmadd_ps(wv, load_f32x8(&x1[c + 8 * k..]), a1[k]);
+        }
+    }
+    let tail = |x: &[f32]| -> f32 { w[body..].iter().zip(&x[body..]).map(|(a, b)| a.to_f32() * b).sum() };
+    let sum = |a: [__m256; 4]| hsum_f32(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    (sum(a0) + tail(x0), sum(a1) + tail(x1))
 }
 
 /// Σ w·x over one f32 row.
