@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Tokens generated one at a time in the decode test.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// Positions already in the cache when the decode test starts.
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// Repetitions; the figures are their mean.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -102,7 +105,7 @@ fn model(args: &BenchArgs, threads: usize) -> anyhow::Result<serde_json::Value> 
     );
     say!(args, "bytes per token  {:7.1} MB", bytes_per_token as f64 / 1e6);
     let bw = bandwidth(args, threads);
-    let run = bench::time_model(&model, args.prompt_tokens, args.decode_tokens, args.reps, |rep, r| {
+    let run = bench::time_model(&model, args.prompt_tokens, args.decode_tokens, args.depth, args.reps, |rep, r| {
         eprintln!(
             "  rep {}/{}: prefill {:.2} tok/s, decode {:.2} tok/s",
             rep + 1,
@@ -116,9 +119,10 @@ fn model(args: &BenchArgs, threads: usize) -> anyhow::Result<serde_json::Value> 
     say!(args, "prefill          {:7.2} tok/s  (pp{})", run.prefill_tok_s, args.prompt_tokens);
     say!(
         args,
-        "decode           {:7.2} tok/s  (tg{}): {read:.2} GB/s of weights, {:.0}% of the read bandwidth",
+        "decode           {:7.2} tok/s  (tg{}{}): {read:.2} GB/s of weights, {:.0}% of the read bandwidth",
         run.decode_tok_s,
         args.decode_tokens,
+        if args.depth > 0 { format!(" @ d{}", args.depth) } else { String::new() },
         roofline * 100.0
     );
     Ok(json!({
@@ -128,6 +132,7 @@ fn model(args: &BenchArgs, threads: usize) -> anyhow::Result<serde_json::Value> 
         "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,
+        "depth": args.depth,
         "reps": args.reps,
         "prefill_tok_s": run.prefill_tok_s,
         "decode_tok_s": run.decode_tok_s,

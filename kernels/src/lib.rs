@@ -187,7 +187,12 @@ fn matmul_parallel<W: Sync>(
                     match f2 {
                         Some(f2) if t + 1 < n => {
                             let (a, b) = part.split_at_mut((t + 1) * m);
-                            f2(wt, len, [xt(t), xt(t + 1)], [&mut a[t * m + r0..t * m + r0 + len], &mut b[r0..r0 + len]]);
+                            f2(
+                                wt,
+                                len,
+                                [xt(t), xt(t + 1)],
+                                [&mut a[t * m + r0..t * m + r0 + len], &mut b[r0..r0 + len]],
+                            );
                             t += 2;
                         }
                         _ => {
@@ -213,7 +218,8 @@ pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     check_matmul("matmul_f16", rows, cols, x.len(), out.len());
     reference::check_matvec("matmul_f16", w.len(), rows, cols, cols, rows);
     let (f, f2) = (kernels().matvec_f16, kernels().matvec2_f16);
-    let two = f2.map(|f2| move |w: &[f16], rows: usize, x: [&[f32]; 2], out: [&mut [f32]; 2]| f2(w, rows, cols, x, out));
+    let two =
+        f2.map(|f2| move |w: &[f16], rows: usize, x: [&[f32]; 2], out: [&mut [f32]; 2]| f2(w, rows, cols, x, out));
     let two = two.as_ref().map(|g| g as &(dyn Fn(&[f16], usize, [&[f32]; 2], [&mut [f32]; 2]) + Sync));
     matmul_parallel(w, cols, cols * 2, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out), two)
 }

@@ -121,23 +121,27 @@ pub fn softmax(x: &mut [f32]) {
 }
 
 /// Keys and values of `len` positions kept in blocks of `block_len`
-/// positions: `k[b]` and `v[b]` are (block_len, n_kv·head_dim), position
-/// `j` is row `j % block_len` of block `j / block_len`, and the last block
-/// may be partly filled. One contiguous (len, n_kv·head_dim) pair is one
-/// block of `len` positions ([`KvBlocks::contiguous`]).
+/// positions: `k[b]` and `v[b]` hold (block_len, row_stride) rows, position
+/// `j` is row `j % block_len` of block `j / block_len`, its kv head h at
+/// `h·head_dim` within the row, and the last block may be partly filled.
+/// `row_stride` is n_kv·head_dim for a whole cache, more when the slices
+/// start at a later kv head of a wider one. One contiguous
+/// (len, n_kv·head_dim) pair is one block of `len` positions
+/// ([`KvBlocks::contiguous`]).
 #[derive(Debug, Clone, Copy)]
 pub struct KvBlocks<'a> {
     pub k: &'a [&'a [f32]],
     pub v: &'a [&'a [f32]],
     pub block_len: usize,
     pub len: usize,
+    pub row_stride: usize,
 }
 
 impl<'a> KvBlocks<'a> {
     /// One block holding every position: `k` and `v` are one-element arrays
     /// of (len, n_kv·head_dim) slices.
     pub fn contiguous(k: &'a [&'a [f32]; 1], v: &'a [&'a [f32]; 1], len: usize) -> Self {
-        Self { k, v, block_len: len.max(1), len }
+        Self { k, v, block_len: len.max(1), len, row_stride: k[0].len() / len.max(1) }
     }
 
     /// Blocks with at least one position in use, each with its used rows:
@@ -204,7 +208,7 @@ pub(crate) fn attention_with(
 ) {
     check_attention(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
     let group = n_heads / n_kv;
-    let (qd, kv_stride) = (n_heads * head_dim, n_kv * head_dim);
+    let (qd, kv_stride) = (n_heads * head_dim, kv.row_stride);
     let scale = 1.0 / (head_dim as f32).sqrt();
     let t = kv.len;
     let first = t - rows;
@@ -369,11 +373,13 @@ pub(crate) fn check_attention(
     assert_eq!(q.len(), rows * n_heads * head_dim, "attention: q length");
     assert_eq!(out.len(), rows * n_heads * head_dim, "attention: out length");
     let blocks = kv.len.div_ceil(kv.block_len.max(1));
-    let block_rows = kv.block_len * n_kv * head_dim;
     assert!(kv.block_len > 0, "attention: empty blocks");
+    assert!(kv.row_stride >= n_kv * head_dim, "attention: rows of {} for {n_kv} kv heads of {head_dim}", kv.row_stride);
     assert!(kv.k.len() >= blocks && kv.v.len() >= blocks, "attention: fewer blocks than positions need");
+    // Every block but the last holds block_len rows; the last its used ones.
+    let needs = |b: usize| (kv.block_len.min(kv.len - b * kv.block_len) - 1) * kv.row_stride + n_kv * head_dim;
     assert!(
-        kv.k.iter().chain(kv.v).take(blocks).all(|b| b.len() >= block_rows.min(kv.len * n_kv * head_dim)),
+        (0..blocks).all(|b| kv.k[b].len() >= needs(b) && kv.v[b].len() >= needs(b)),
         "attention: a k/v block is shorter than its rows"
     );
     assert!(

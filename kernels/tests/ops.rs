@@ -146,7 +146,7 @@ fn attention_matches_f64_with_gqa() {
             let kb: Vec<&[f32]> = padded.iter().map(|(k, _)| &k[..]).collect();
             let vb: Vec<&[f32]> = padded.iter().map(|(_, v)| &v[..]).collect();
             let mut blocked = vec![f32::NAN; n_heads * hd];
-            let kv = KvBlocks { k: &kb, v: &vb, block_len: 4, len: t };
+            let kv = KvBlocks { k: &kb, v: &vb, block_len: 4, len: t, row_stride: row };
             (kern.attention)(&q, 1, kv, n_heads, n_kv, hd, &mut scratch, &mut blocked);
             assert_eq!(out, blocked, "{name} ({n_heads}, {n_kv}, {hd}) t {t}: blocks changed the result");
         }
@@ -156,8 +156,9 @@ fn attention_matches_f64_with_gqa() {
 #[test]
 fn attention_rows_give_each_query_the_bits_it_gets_alone() {
     let mut rng = rng(25);
-    for ((n_heads, n_kv, hd), (name, kern)) in
-        [(4, 2, 17), (20, 5, 128), (3, 3, 8)].into_iter().flat_map(|s| dense_variants().into_iter().map(move |v| (s, v)))
+    for ((n_heads, n_kv, hd), (name, kern)) in [(4, 2, 17), (20, 5, 128), (3, 3, 8)]
+        .into_iter()
+        .flat_map(|s| dense_variants().into_iter().map(move |v| (s, v)))
     {
         let (qd, row) = (n_heads * hd, n_kv * hd);
         let t = 37;
@@ -177,16 +178,37 @@ fn attention_rows_give_each_query_the_bits_it_gets_alone() {
             .collect();
         let kb: Vec<&[f32]> = blocks.iter().map(|(k, _)| &k[..]).collect();
         let vb: Vec<&[f32]> = blocks.iter().map(|(_, v)| &v[..]).collect();
+        // One row through a window of each kv head alone gives that head's bits.
+        {
+            let q = random_f32(&mut rng, qd, 1.0);
+            let mut scratch = vec![0f32; (n_heads / n_kv) * t];
+            let mut whole = vec![f32::NAN; qd];
+            let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len: t, row_stride: row };
+            (kern.attention)(&q, 1, kv, n_heads, n_kv, hd, &mut scratch, &mut whole);
+            let g = n_heads / n_kv;
+            for h in 0..n_kv {
+                let kw: Vec<&[f32]> = kb.iter().map(|b| &b[h * hd..]).collect();
+                let vw: Vec<&[f32]> = vb.iter().map(|b| &b[h * hd..]).collect();
+                let kv = KvBlocks { k: &kw, v: &vw, block_len: 8, len: t, row_stride: row };
+                let mut one = vec![f32::NAN; g * hd];
+                (kern.attention)(&q[h * g * hd..(h + 1) * g * hd], 1, kv, g, 1, hd, &mut scratch, &mut one);
+                assert_eq!(
+                    one,
+                    whole[h * g * hd..(h + 1) * g * hd],
+                    "{name} ({n_heads}, {n_kv}, {hd}): kv head {h} alone"
+                );
+            }
+        }
         for rows in [1, 2, 7, 16, t] {
             let q = random_f32(&mut rng, rows * qd, 1.0);
             let mut scratch = vec![0f32; rows * (n_heads / n_kv) * t];
             let mut together = vec![f32::NAN; rows * qd];
-            let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len: t };
+            let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len: t, row_stride: row };
             (kern.attention)(&q, rows, kv, n_heads, n_kv, hd, &mut scratch, &mut together);
             for r in 0..rows {
                 let len = t - rows + r + 1;
                 let mut alone = vec![f32::NAN; qd];
-                let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len };
+                let kv = KvBlocks { k: &kb, v: &vb, block_len: 8, len, row_stride: row };
                 (kern.attention)(&q[r * qd..(r + 1) * qd], 1, kv, n_heads, n_kv, hd, &mut scratch, &mut alone);
                 assert_eq!(
                     alone,

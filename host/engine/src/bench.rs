@@ -137,12 +137,14 @@ pub struct ModelRun {
 }
 
 /// Mean over `reps` of: one forward pass over `prompt_tokens` tokens, and
-/// `decode_tokens` single-token steps from an empty cache (as llama-bench's
-/// pp and tg tests do). `progress` hears each finished repetition.
+/// `decode_tokens` single-token steps after `depth` cached positions (as
+/// llama-bench's pp and tg tests do, and its depth option). `progress` hears
+/// each finished repetition.
 pub fn time_model(
     model: &Model,
     prompt_tokens: usize,
     decode_tokens: usize,
+    depth: usize,
     reps: usize,
     mut progress: impl FnMut(usize, &ModelRun),
 ) -> ModelRun {
@@ -150,7 +152,8 @@ pub fn time_model(
     let mut rng = Rng::new(11);
     let prompt: Vec<u32> = (0..prompt_tokens).map(|_| (rng.next_u64() % c.n_vocab as u64) as u32).collect();
     // Warm-up: touch every weight once and start the pool.
-    black_box(model.forward(&mut KvCache::new(c), &prompt[..prompt.len().min(8)], false));
+    let warm: &[u32] = if prompt.is_empty() { &[0] } else { &prompt[..prompt.len().min(8)] };
+    black_box(model.forward(&mut KvCache::new(c), warm, false));
     let (mut prefill, mut decode) = (0.0, 0.0);
     for rep in 0..reps.max(1) {
         let mut run = ModelRun { prefill_tok_s: 0.0, decode_tok_s: 0.0 };
@@ -162,6 +165,10 @@ pub fn time_model(
         }
         if decode_tokens > 0 {
             let mut cache = KvCache::new(c);
+            if depth > 0 {
+                let context: Vec<u32> = (0..depth).map(|_| (rng.next_u64() % c.n_vocab as u64) as u32).collect();
+                black_box(model.forward(&mut cache, &context, false));
+            }
             let mut token = prompt.first().copied().unwrap_or(0);
             let start = Instant::now();
             for _ in 0..decode_tokens {
@@ -245,12 +252,13 @@ pub fn time_attention(rows: usize, positions: usize, min_time: Duration) -> (f64
     };
     let qd = n_heads * hd;
     let together = time(&mut || {
-        let kv = KvBlocks { k: &kb, v: &vb, block_len: block, len: positions };
+        let kv = KvBlocks { k: &kb, v: &vb, block_len: block, len: positions, row_stride: n_kv * hd };
         tern_kernels::attention(&q, rows, kv, n_heads, n_kv, hd, &mut scratch, &mut out);
     });
     let one_by_one = time(&mut || {
         for r in 0..rows {
-            let kv = KvBlocks { k: &kb, v: &vb, block_len: block, len: positions - rows + r + 1 };
+            let kv =
+                KvBlocks { k: &kb, v: &vb, block_len: block, len: positions - rows + r + 1, row_stride: n_kv * hd };
             let (q, out) = (&q[r * qd..(r + 1) * qd], &mut out[r * qd..(r + 1) * qd]);
             tern_kernels::attention(q, 1, kv, n_heads, n_kv, hd, &mut scratch, out);
         }

@@ -459,18 +459,18 @@ fn ternarize_absmean(w: &[f32], rows: usize, cols: usize) -> Result<TernaryMatri
 
 /// Scratch buffers of one forward call over n tokens.
 struct Scratch {
-    x: Vec<f32>,     // (n, d) residual stream
-    xn: Vec<f32>,    // (n, max(d, q)) normed input of a projection
-    xq: Vec<i8>,     // (n, max(d, q, ff)) its int8 quantisation
-    xs: Vec<f32>,    // (n,) quantisation scales
-    q: Vec<f32>,     // (n, q_dim)
-    k: Vec<f32>,     // (n, kv_dim)
-    v: Vec<f32>,     // (n, kv_dim)
-    att: Vec<f32>,   // (n, q_dim)
-    out: Vec<f32>,   // (n, d) projection output
-    gate: Vec<f32>,  // (n, ff)
-    up: Vec<f32>,    // (n, ff)
-    h: Vec<f32>,     // (n, ff)
+    x: Vec<f32>,    // (n, d) residual stream
+    xn: Vec<f32>,   // (n, max(d, q)) normed input of a projection
+    xq: Vec<i8>,    // (n, max(d, q, ff)) its int8 quantisation
+    xs: Vec<f32>,   // (n,) quantisation scales
+    q: Vec<f32>,    // (n, q_dim)
+    k: Vec<f32>,    // (n, kv_dim)
+    v: Vec<f32>,    // (n, kv_dim)
+    att: Vec<f32>,  // (n, q_dim)
+    out: Vec<f32>,  // (n, d) projection output
+    gate: Vec<f32>, // (n, ff)
+    up: Vec<f32>,   // (n, ff)
+    h: Vec<f32>,    // (n, ff)
 }
 
 /// Quantises each of the n rows of x (n, cols) to int8 -> xq (n, cols), xs (n,).
@@ -545,8 +545,10 @@ impl Backend for Model {
             h: vec![0.0; n * ff],
         };
         // Attention runs in pieces of consecutive rows of one item, about one
-        // per thread for a long item; (item, first row, rows) and the end of
-        // each piece in `s.att`.
+        // per thread for a long item; when there are fewer pieces than
+        // threads (one decoding sequence), single rows are split by kv heads
+        // instead. A piece is (item, first row, rows, kv heads), and
+        // `piece_ends` the end of each one's output in `s.att`.
         let threads = k::pool::global().threads().max(1);
         let mut pieces = Vec::new();
         let mut first = 0;
@@ -554,11 +556,31 @@ impl Backend for Model {
             let len = it.tokens.len();
             let per = len.div_ceil(threads).max(1);
             for at in (0..len).step_by(per) {
-                pieces.push((i, first + at, per.min(len - at)));
+                pieces.push((i, first + at, per.min(len - at), 0..c.n_head_kv));
             }
             first += len;
         }
-        let piece_ends: Vec<usize> = pieces.iter().map(|&(_, first, rows)| (first + rows) * qd).collect();
+        if pieces.len() < threads {
+            let split = threads.div_ceil(pieces.len()).min(c.n_head_kv);
+            let per = c.n_head_kv.div_ceil(split);
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(i, first, rows, heads)| {
+                    let parts = if rows == 1 { heads.step_by(per).collect() } else { vec![0] };
+                    parts.into_iter().map(move |h0| {
+                        let heads = if rows == 1 { h0..(h0 + per).min(c.n_head_kv) } else { 0..c.n_head_kv };
+                        (i, first, rows, heads)
+                    })
+                })
+                .collect();
+        }
+        let group = c.n_head / c.n_head_kv;
+        let region = |first: usize, rows: usize, heads: &std::ops::Range<usize>| {
+            let at = first * qd + heads.start * group * c.head_dim;
+            at..at + (rows - 1) * qd + heads.len() * group * c.head_dim
+        };
+        let piece_ends: Vec<usize> =
+            pieces.iter().map(|(_, first, rows, heads)| region(*first, *rows, heads).end).collect();
         let tokens = items.iter().flat_map(|it| it.tokens);
         for (i, &t) in tokens.enumerate() {
             // Ids were checked against the vocabulary when the prompt was admitted.
@@ -581,14 +603,19 @@ impl Backend for Model {
             // A piece is consecutive rows of one item: each cached key and
             // value is read once for all its queries.
             let attend = |p: usize, out: &mut [f32]| {
-                let (i, first, rows) = pieces[p];
+                let (i, first, rows, ref heads) = pieces[p];
                 let (kb, vb) = &views[i];
                 let last = owner[first + rows - 1].1;
+                // A window onto this piece's kv heads of every block.
+                let skip = heads.start * c.head_dim;
+                let kb: Vec<&[f32]> = kb.iter().map(|b| &b[skip..]).collect();
+                let vb: Vec<&[f32]> = vb.iter().map(|b| &b[skip..]).collect();
                 // Causal: a position sees everything up to itself.
-                let blocks = KvBlocks { k: kb, v: vb, block_len: BLOCK_TOKENS, len: last + 1 };
-                let mut scratch = vec![0.0; rows * (c.n_head / c.n_head_kv) * (last + 1)];
-                let q = &s.q[first * qd..(first + rows) * qd];
-                k::attention(q, rows, blocks, c.n_head, c.n_head_kv, c.head_dim, &mut scratch, out);
+                let blocks = KvBlocks { k: &kb, v: &vb, block_len: BLOCK_TOKENS, len: last + 1, row_stride: kvd };
+                let mut scratch = vec![0.0; rows * group * (last + 1)];
+                let q = &s.q[region(first, rows, heads)];
+                let (n_heads, n_kv) = (heads.len() * group, heads.len());
+                k::attention(q, rows, blocks, n_heads, n_kv, c.head_dim, &mut scratch, out);
             };
             k::pool::global().for_each_part(&mut s.att, &piece_ends, &attend);
             drop(views);
