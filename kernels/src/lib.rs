@@ -141,6 +141,10 @@ fn matvec_parallel<W: Sync>(
     });
 }
 
+/// A dense product of one tile of rows with two vectors at once:
+/// `f(w_part, rows, [x0, x1], [out0, out1])`.
+type TwoVectors<W> = dyn Fn(&[W], usize, [&[f32]; 2], [&mut [f32]; 2]) + Sync;
+
 /// Bytes of weights a task of a dense multi-vector product keeps in cache
 /// while every vector passes over them.
 const DENSE_TILE_BYTES: usize = 128 * 1024;
@@ -160,7 +164,7 @@ fn matmul_parallel<W: Sync>(
     x: &[f32],
     out: &mut [f32],
     f: impl Fn(&[W], usize, &[f32], &mut [f32]) + Sync,
-    f2: Option<&(dyn Fn(&[W], usize, [&[f32]; 2], [&mut [f32]; 2]) + Sync)>,
+    f2: Option<&TwoVectors<W>>,
 ) {
     let n = x.len() / cols;
     let rows = out.len() / n.max(1);
@@ -220,7 +224,7 @@ pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     let (f, f2) = (kernels().matvec_f16, kernels().matvec2_f16);
     let two =
         f2.map(|f2| move |w: &[f16], rows: usize, x: [&[f32]; 2], out: [&mut [f32]; 2]| f2(w, rows, cols, x, out));
-    let two = two.as_ref().map(|g| g as &(dyn Fn(&[f16], usize, [&[f32]; 2], [&mut [f32]; 2]) + Sync));
+    let two = two.as_ref().map(|g| g as &TwoVectors<f16>);
     matmul_parallel(w, cols, cols * 2, cols, x, out, |w, rows, x, out| f(w, rows, cols, x, out), two)
 }
 

@@ -357,7 +357,6 @@ pub(crate) fn check_matvec_q8_0(w_len: usize, rows: usize, cols: usize, x_len: u
 
 /// The shape checks every [`attention`] variant starts with.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_attention(
     q: &[f32],
     rows: usize,

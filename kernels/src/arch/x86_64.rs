@@ -502,8 +502,7 @@ fn exp_f32(x: f32) -> f32 {
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// Taylor-like coefficients of (e^r - 1 - r) / r², highest power first.
-const EXP_POLY: [f32; 6] =
-    [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.0e-1];
 
 /// Σ q·k for 8 keys at once, lane i for key i: one 8-lane multiply-add
 /// chain per key over `len` (a multiple of 8) values, then the same tree of
