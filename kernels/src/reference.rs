@@ -206,19 +206,9 @@ pub(crate) fn attention_with(
     dot: impl Fn(&[f32], &[f32]) -> f32,
     axpy: impl Fn(f32, &[f32], &mut [f32]),
 ) {
-    check_attention(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
-    let group = n_heads / n_kv;
-    let (qd, kv_stride) = (n_heads * head_dim, kv.row_stride);
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let t = kv.len;
-    let first = t - rows;
-    // The queries of one kv head: x = r·group + g is head `hk·group + g` of
-    // row r, and sees positions 0..=first + r.
-    let queries = rows * group;
-    let span = |hk: usize, x: usize| {
-        let at = (x / group) * qd + (hk * group + x % group) * head_dim;
-        at..at + head_dim
-    };
+    let shape = AttentionShape::new(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
+    let AttentionShape { group, kv_stride, scale, t, first, queries, .. } = shape;
+    let span = |hk: usize, x: usize| shape.at(hk, x)..shape.at(hk, x) + head_dim;
     let scores = &mut scratch[..queries * t];
     for hk in 0..n_kv {
         let kv_off = hk * head_dim;
@@ -234,7 +224,7 @@ pub(crate) fn attention_with(
             at += used;
         }
         for x in 0..queries {
-            softmax(&mut scores[x * t..x * t + first + x / group + 1]);
+            softmax(&mut scores[x * t..x * t + shape.sees(x)]);
             out[span(hk, x)].fill(0.0);
         }
         let mut at = 0;
@@ -355,36 +345,81 @@ pub(crate) fn check_matvec_q8_0(w_len: usize, rows: usize, cols: usize, x_len: u
     row_bytes
 }
 
-/// The shape checks every [`attention`] variant starts with.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn check_attention(
-    q: &[f32],
-    rows: usize,
-    kv: &KvBlocks,
-    n_heads: usize,
-    n_kv: usize,
-    head_dim: usize,
-    scratch: &[f32],
-    out: &[f32],
-) {
-    assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
-    assert!(rows > 0 && rows <= kv.len, "attention: {rows} query rows over {} positions", kv.len);
-    assert_eq!(q.len(), rows * n_heads * head_dim, "attention: q length");
-    assert_eq!(out.len(), rows * n_heads * head_dim, "attention: out length");
-    let blocks = kv.len.div_ceil(kv.block_len.max(1));
-    assert!(kv.block_len > 0, "attention: empty blocks");
-    assert!(kv.row_stride >= n_kv * head_dim, "attention: rows of {} for {n_kv} kv heads of {head_dim}", kv.row_stride);
-    assert!(kv.k.len() >= blocks && kv.v.len() >= blocks, "attention: fewer blocks than positions need");
-    // Every block but the last holds block_len rows; the last its used ones.
-    let needs = |b: usize| (kv.block_len.min(kv.len - b * kv.block_len) - 1) * kv.row_stride + n_kv * head_dim;
-    assert!(
-        (0..blocks).all(|b| kv.k[b].len() >= needs(b) && kv.v[b].len() >= needs(b)),
-        "attention: a k/v block is shorter than its rows"
-    );
-    assert!(
-        scratch.len() >= rows * (n_heads / n_kv) * kv.len,
-        "attention: scratch shorter than rows x group x positions"
-    );
+/// How one [`attention`] call is laid out. Per kv head hk there are
+/// `queries` = rows·group queries: x = r·group + g is head hk·group + g of
+/// row r, at position first + r, and sees positions 0..=first + r.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionShape {
+    pub group: usize,
+    pub qd: usize,
+    pub head_dim: usize,
+    pub kv_stride: usize,
+    pub scale: f32,
+    /// Positions in the cache.
+    pub t: usize,
+    /// Position of the first row.
+    pub first: usize,
+    pub queries: usize,
+}
+
+impl AttentionShape {
+    /// Checks the arguments (the shape checks every [`attention`] variant
+    /// starts with) and lays the call out.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        q: &[f32],
+        rows: usize,
+        kv: &KvBlocks,
+        n_heads: usize,
+        n_kv: usize,
+        head_dim: usize,
+        scratch: &[f32],
+        out: &[f32],
+    ) -> Self {
+        assert!(n_kv > 0 && n_heads.is_multiple_of(n_kv), "attention: {n_heads} heads over {n_kv} kv heads");
+        assert!(rows > 0 && rows <= kv.len, "attention: {rows} query rows over {} positions", kv.len);
+        assert_eq!(q.len(), rows * n_heads * head_dim, "attention: q length");
+        assert_eq!(out.len(), rows * n_heads * head_dim, "attention: out length");
+        let blocks = kv.len.div_ceil(kv.block_len.max(1));
+        assert!(kv.block_len > 0, "attention: empty blocks");
+        assert!(
+            kv.row_stride >= n_kv * head_dim,
+            "attention: rows of {} for {n_kv} kv heads of {head_dim}",
+            kv.row_stride
+        );
+        assert!(kv.k.len() >= blocks && kv.v.len() >= blocks, "attention: fewer blocks than positions need");
+        // Every block but the last holds block_len rows; the last its used ones.
+        let needs = |b: usize| (kv.block_len.min(kv.len - b * kv.block_len) - 1) * kv.row_stride + n_kv * head_dim;
+        assert!(
+            (0..blocks).all(|b| kv.k[b].len() >= needs(b) && kv.v[b].len() >= needs(b)),
+            "attention: a k/v block is shorter than its rows"
+        );
+        assert!(
+            scratch.len() >= rows * (n_heads / n_kv) * kv.len,
+            "attention: scratch shorter than rows x group x positions"
+        );
+        let group = n_heads / n_kv;
+        Self {
+            group,
+            qd: n_heads * head_dim,
+            head_dim,
+            kv_stride: kv.row_stride,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            t: kv.len,
+            first: kv.len - rows,
+            queries: rows * group,
+        }
+    }
+
+    /// Where query x of kv head hk starts in q and in out.
+    pub(crate) fn at(&self, hk: usize, x: usize) -> usize {
+        (x / self.group) * self.qd + (hk * self.group + x % self.group) * self.head_dim
+    }
+
+    /// How many positions query x sees.
+    pub(crate) fn sees(&self, x: usize) -> usize {
+        self.first + x / self.group + 1
+    }
 }
 
 /// Bytes per row of a Q8_0 matrix with `cols` columns.

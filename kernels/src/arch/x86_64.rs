@@ -320,7 +320,7 @@ pub fn attention(
 
 /// [`reference::attention_with`]'s steps for a head width that is a
 /// multiple of 8, blocked for the cache and the registers: per kv head and
-/// block of positions, each query's scores take four keys at a time, and its
+/// block of positions, each query's scores take eight keys at a time, and its
 /// weighted sum of values keeps up to 64 lanes of its output in registers
 /// across the block. Each score is one 8-lane multiply-add chain over the
 /// head then one horizontal sum, and each output lane adds its values
@@ -343,17 +343,11 @@ fn attention_avx2(
         let axpy = |p: f32, x: &[f32], y: &mut [f32]| axpy_f32(p, x, y);
         return reference::attention_with(q, rows, kv, n_heads, n_kv, head_dim, scratch, out, dot, axpy);
     }
-    reference::check_attention(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
-    let group = n_heads / n_kv;
-    let (qd, kv_stride) = (n_heads * head_dim, kv.row_stride);
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let t = kv.len;
-    let first = t - rows;
-    let queries = rows * group;
-    // Query x = r·group + g is head hk·group + g of row r; it sees positions
-    // 0..=first + r, so `seen(x, at, used)` of a block starting at `at`.
-    let span = |hk: usize, x: usize| (x / group) * qd + (hk * group + x % group) * head_dim;
-    let seen = |x: usize, at: usize, used: usize| (first + x / group + 1).saturating_sub(at).min(used);
+    let shape = reference::AttentionShape::new(q, rows, &kv, n_heads, n_kv, head_dim, scratch, out);
+    let reference::AttentionShape { kv_stride, scale, t, queries, .. } = shape;
+    let span = |hk: usize, x: usize| shape.at(hk, x);
+    // Positions of a block starting at `at` with `used` rows that query x sees.
+    let seen = |x: usize, at: usize, used: usize| shape.sees(x).saturating_sub(at).min(used);
     let scores = &mut scratch[..queries * t];
     for hk in 0..n_kv {
         let kv_off = hk * head_dim;
@@ -369,7 +363,7 @@ fn attention_avx2(
                     // The last group repeats its last key; those sums are dropped.
                     let key = |i: usize| keys.wrapping_add((j0 + i).min(n - 1) * kv_stride);
                     // SAFETY: the query and every key row named are head_dim
-                    // long (the slices above and check_attention).
+                    // long (the slices above and AttentionShape::new).
                     let d = unsafe { dots8(qx, std::array::from_fn(key), head_dim) };
                     let d = _mm256_mul_ps(d, _mm256_set1_ps(scale));
                     let mut sums = [0.0f32; 8];
@@ -382,7 +376,7 @@ fn attention_avx2(
             at += used;
         }
         for x in 0..queries {
-            softmax_avx2(&mut scores[x * t..x * t + first + x / group + 1]);
+            softmax_avx2(&mut scores[x * t..x * t + shape.sees(x)]);
         }
         let mut at = 0;
         for (_, vb, used) in kv.blocks() {
