@@ -457,6 +457,11 @@ fn ternarize_absmean(w: &[f32], rows: usize, cols: usize) -> Result<TernaryMatri
     TernaryMatrix::from_ternary(&values, rows, cols, scale)
 }
 
+/// Most rows of one sequence in one attention call: enough queries to reuse
+/// each cached key many times while it is in cache, and a bounded scores
+/// buffer (rows × group × positions) for a long prompt read at once.
+const MAX_PIECE_ROWS: usize = 64;
+
 /// Scratch buffers of one forward call over n tokens.
 struct Scratch {
     x: Vec<f32>,    // (n, d) residual stream
@@ -545,7 +550,7 @@ impl Backend for Model {
             h: vec![0.0; n * ff],
         };
         // Attention runs in pieces of consecutive rows of one item, about one
-        // per thread for a long item; when there are fewer pieces than
+        // per thread for a long item (at most MAX_PIECE_ROWS rows); when there are fewer pieces than
         // threads (one decoding sequence), single rows are split by kv heads
         // instead. A piece is (item, first row, rows, kv heads), and
         // `piece_ends` the end of each one's output in `s.att`.
@@ -554,7 +559,7 @@ impl Backend for Model {
         let mut first = 0;
         for (i, it) in items.iter().enumerate() {
             let len = it.tokens.len();
-            let per = len.div_ceil(threads).max(1);
+            let per = len.div_ceil(threads).clamp(1, MAX_PIECE_ROWS);
             for at in (0..len).step_by(per) {
                 pieces.push((i, first + at, per.min(len - at), 0..c.n_head_kv));
             }
