@@ -111,6 +111,19 @@ fn naive_attention(q: &[f32], k: &[f32], v: &[f32], t: usize, n_heads: usize, n_
     out
 }
 
+/// t rows of `row` values from x (t, row), in blocks of `len` rows; the last
+/// block is filled up with NaN (stale rows the kernels must not read).
+fn in_blocks(x: &[f32], t: usize, row: usize, len: usize) -> Vec<Vec<f32>> {
+    (0..t.div_ceil(len))
+        .map(|b| {
+            let mut block = vec![f32::NAN; len * row];
+            let rows = &x[b * len * row..t.min(b * len + len) * row];
+            block[..rows.len()].copy_from_slice(rows);
+            block
+        })
+        .collect()
+}
+
 #[test]
 fn attention_matches_f64_with_gqa() {
     let mut rng = rng(24);
@@ -132,19 +145,9 @@ fn attention_matches_f64_with_gqa() {
             // The same positions in blocks of 4, the last one partly used and
             // with stale rows after the end, must give the same bits.
             let row = n_kv * hd;
-            let padded: Vec<(Vec<f32>, Vec<f32>)> = (0..t.div_ceil(4))
-                .map(|b| {
-                    let take = |x: &[f32]| {
-                        let mut block = vec![f32::NAN; 4 * row];
-                        let rows = &x[b * 4 * row..(t.min(b * 4 + 4)) * row];
-                        block[..rows.len()].copy_from_slice(rows);
-                        block
-                    };
-                    (take(&k), take(&v))
-                })
-                .collect();
-            let kb: Vec<&[f32]> = padded.iter().map(|(k, _)| &k[..]).collect();
-            let vb: Vec<&[f32]> = padded.iter().map(|(_, v)| &v[..]).collect();
+            let (kp, vp) = (in_blocks(&k, t, row, 4), in_blocks(&v, t, row, 4));
+            let kb: Vec<&[f32]> = kp.iter().map(|b| &b[..]).collect();
+            let vb: Vec<&[f32]> = vp.iter().map(|b| &b[..]).collect();
             let mut blocked = vec![f32::NAN; n_heads * hd];
             let kv = KvBlocks { k: &kb, v: &vb, block_len: 4, len: t, row_stride: row };
             (kern.attention)(&q, 1, kv, n_heads, n_kv, hd, &mut scratch, &mut blocked);
@@ -165,19 +168,9 @@ fn attention_rows_give_each_query_the_bits_it_gets_alone() {
         let k = random_f32(&mut rng, t * row, 1.0);
         let v = random_f32(&mut rng, t * row, 1.0);
         // Blocks of 8 positions, the last one partly used.
-        let blocks: Vec<(Vec<f32>, Vec<f32>)> = (0..t.div_ceil(8))
-            .map(|b| {
-                let take = |x: &[f32]| {
-                    let mut block = vec![f32::NAN; 8 * row];
-                    let rows = &x[b * 8 * row..(t.min(b * 8 + 8)) * row];
-                    block[..rows.len()].copy_from_slice(rows);
-                    block
-                };
-                (take(&k), take(&v))
-            })
-            .collect();
-        let kb: Vec<&[f32]> = blocks.iter().map(|(k, _)| &k[..]).collect();
-        let vb: Vec<&[f32]> = blocks.iter().map(|(_, v)| &v[..]).collect();
+        let (kp, vp) = (in_blocks(&k, t, row, 8), in_blocks(&v, t, row, 8));
+        let kb: Vec<&[f32]> = kp.iter().map(|b| &b[..]).collect();
+        let vb: Vec<&[f32]> = vp.iter().map(|b| &b[..]).collect();
         // One row through a window of each kv head alone gives that head's bits.
         {
             let q = random_f32(&mut rng, qd, 1.0);
