@@ -17,7 +17,7 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("host/ sits in the workspace").to_path_buf();
-    for watched in ["guest/handler/src", "guest/handler/Cargo.toml", "guest/api", "wit", "Cargo.toml", "Cargo.lock"] {
+    for watched in ["guest/handler/src", "guest/handler/Cargo.toml", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=TERN_HANDLER_WASM");
