@@ -18,7 +18,7 @@
 //!    response and close, and [`Server::drain`] waits for requests in flight.
 
 use crate::auth::{self, Keys};
-use crate::component::{Components, Loaded, Reusable};
+use crate::components::{Components, Loaded, Reusable};
 use crate::metrics::HostMetrics;
 use crate::state::HostState;
 use crate::store::KvStore;

@@ -1,0 +1,412 @@
+//! The engine: loaded models, admission, and the thread that runs them.
+//!
+//! 1. [`Engine::start`] returns at once and loads the models on a thread of
+//!    its own, so the server can answer `/health` with "loading" meanwhile.
+//! 2. [`Engine::generate`] tokenizes and validates on the caller's thread
+//!    (cheap), then hands the sequence to the scheduler thread and returns a
+//!    [`Generation`] handle; [`Engine::embed`] does the same for an
+//!    embedding request and waits for its vectors.
+//! 3. The scheduler thread ([`crate::scheduler`]) runs every admitted
+//!    sequence in one batched forward pass per step, with KV blocks from
+//!    each model's pool and prefix reuse; it drops a sequence within one
+//!    step of its handle being dropped or its deadline passing.
+//! 4. A [`Generation`] is read without blocking ([`Generation::next`]) and
+//!    waited on either from async code ([`Generation::ready`]) or a plain
+//!    thread ([`Generation::wait`]).
+//! 5. Detached jobs ([`Engine::submit_job`]) are generations the engine
+//!    itself holds ([`crate::jobs`]), so they outlive the request that
+//!    started them; their state is read by id until they expire.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::EngineError;
+use crate::handle::{EmbedShared, Embedding, GenShared, Generation, PendingEmbeddings};
+use crate::jobs::{JobInfo, Jobs};
+use crate::kv::KvUsage;
+use crate::loaded::{LoadedModel, ModelInfo};
+use crate::model::LoadOptions;
+use crate::request::{GenerateRequest, Message, Priority, Prompt};
+use crate::sampler::SamplingParams;
+use crate::scheduler::{Limits, Scheduler, Seq, SeqSpec, Shared};
+use crate::stats::{EngineStatus, Stats};
+use crate::tokenizer::ChatMessage;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// GGUF model files to serve; each is known by its file stem.
+    pub models: Vec<PathBuf>,
+    /// A HF `tokenizer.json` to use instead of the one in the GGUF.
+    pub tokenizer: Option<PathBuf>,
+    /// Sequences decoded together; more wait in the queue.
+    pub max_running: usize,
+    /// Sequences that may wait; more are refused as overloaded.
+    pub max_queue: usize,
+    /// Deadline of a generation that names none.
+    pub default_timeout: Option<Duration>,
+    /// Convert dense output heads to Q8_0 at load ([`LoadOptions::q8_0_head`]).
+    pub q8_0_head: bool,
+    /// Bytes of KV cache per model (at least one full context is kept).
+    pub kv_memory: usize,
+    /// Tokens one scheduler step runs: every decoding sequence's next token
+    /// plus prompt chunks.
+    pub step_tokens: usize,
+    /// Most prompt tokens per step of a prompt that cannot finish within
+    /// the step (one that fits the step's rest runs whole).
+    pub prefill_chunk: usize,
+    /// How long a finished job's result is kept.
+    pub job_ttl: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            tokenizer: None,
+            max_running: 16,
+            max_queue: 64,
+            default_timeout: None,
+            q8_0_head: false,
+            kv_memory: 2 << 30,
+            step_tokens: 64,
+            prefill_chunk: 16,
+            job_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+struct Inner {
+    config: EngineConfig,
+    models: RwLock<Vec<Arc<LoadedModel>>>,
+    ready: AtomicBool,
+    load_error: Mutex<Option<String>>,
+    shared: Arc<Shared>,
+    jobs: Jobs,
+    seed_counter: AtomicU64,
+    seq_counter: AtomicU64,
+}
+
+/// The inference engine. Cheap to clone; all clones share one scheduler.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts loading `config.models` in the background and returns at once.
+    pub fn start(config: EngineConfig) -> Self {
+        let engine = Self::empty(config);
+        let inner = engine.inner.clone();
+        std::thread::Builder::new()
+            .name("tern-load".into())
+            .spawn(move || {
+                let started = Instant::now();
+                match load_all(&inner.config) {
+                    Ok(models) => {
+                        for m in &models {
+                            tracing::info!(model = %m.info.id, architecture = %m.info.architecture,
+                                quantization = %m.info.quantization, parameters = m.info.parameter_count,
+                                context = m.info.context_length, "model loaded");
+                        }
+                        *inner.models.write().unwrap_or_else(PoisonError::into_inner) = models;
+                        inner.ready.store(true, Ordering::Release);
+                        tracing::info!(ms = started.elapsed().as_millis() as u64, "engine ready");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "model loading failed");
+                        *inner.load_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        engine
+    }
+
+    /// Loads `config.models` before returning.
+    pub fn load(config: EngineConfig) -> Result<Self, EngineError> {
+        let models = load_all(&config).map_err(EngineError::Internal)?;
+        let engine = Self::empty(config);
+        *engine.inner.models.write().unwrap_or_else(PoisonError::into_inner) = models;
+        engine.inner.ready.store(true, Ordering::Release);
+        Ok(engine)
+    }
+
+    fn empty(config: EngineConfig) -> Self {
+        let shared = Arc::new(Shared::default());
+        let limits = Limits {
+            max_running: config.max_running,
+            step_tokens: config.step_tokens,
+            prefill_chunk: config.prefill_chunk,
+        };
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("tern-scheduler".into())
+            .spawn(move || Scheduler::new(weak, limits).run())
+            .expect("spawning the scheduler thread");
+        let inner = Arc::new(Inner {
+            jobs: Jobs::new(config.job_ttl),
+            config,
+            models: RwLock::new(Vec::new()),
+            ready: AtomicBool::new(false),
+            load_error: Mutex::new(None),
+            shared,
+            seed_counter: AtomicU64::new(0),
+            seq_counter: AtomicU64::new(1),
+        });
+        Self { inner }
+    }
+
+    /// Waits until the models are loaded (or loading failed).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), EngineError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if s.ready {
+                return Ok(());
+            }
+            if let Some(e) = s.load_error {
+                return Err(EngineError::Internal(e));
+            }
+            if Instant::now() > deadline {
+                return Err(EngineError::Overloaded("the model is still loading".into()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The models served.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        self.loaded().iter().map(|m| m.info.clone()).collect()
+    }
+
+    /// A loaded model by id.
+    pub fn model(&self, id: &str) -> Result<Arc<LoadedModel>, EngineError> {
+        if !self.inner.ready.load(Ordering::Acquire) {
+            return Err(EngineError::Overloaded("the model is still loading".into()));
+        }
+        self.loaded().iter().find(|m| m.info.id == id).cloned().ok_or_else(|| EngineError::UnknownModel(id.to_string()))
+    }
+
+    fn loaded(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<LoadedModel>>> {
+        self.inner.models.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Readiness and load.
+    pub fn status(&self) -> EngineStatus {
+        let kv = self.loaded().iter().map(|m| m.model.blocks().usage()).fold(KvUsage::default(), |a, u| KvUsage {
+            total: a.total + u.total,
+            used: a.used + u.used,
+            cached: a.cached + u.cached,
+        });
+        EngineStatus {
+            ready: self.inner.ready.load(Ordering::Acquire),
+            load_error: self.inner.load_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            ..self.inner.shared.stats.snapshot(kv, self.inner.config.max_queue as u32)
+        }
+    }
+
+    /// Token ids of plain text (no BOS).
+    pub fn tokenize(&self, model: &str, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self.model(model)?.tokenizer.encode_text(text))
+    }
+
+    /// Text of token ids.
+    pub fn detokenize(&self, model: &str, tokens: &[u32]) -> Result<String, EngineError> {
+        let m = self.model(model)?;
+        check_ids(&m, tokens)?;
+        Ok(m.tokenizer.decode(tokens))
+    }
+
+    /// A conversation rendered with the model's template, with the assistant's turn prompt.
+    pub fn render_chat(&self, model: &str, messages: &[Message]) -> Result<String, EngineError> {
+        let m = self.model(model)?;
+        m.tokenizer.render_chat(&chat_messages(messages), true).map_err(|e| EngineError::InvalidRequest(e.to_string()))
+    }
+
+    /// Embeddings of `inputs`: the mean of each input's output-normed final
+    /// hidden states (BOS included when the model asks for one), scaled to
+    /// unit length. The inputs run one after another as one sequence of the
+    /// scheduler, batched with other work, under the engine's deadline;
+    /// this call blocks until the last one is done.
+    pub fn embed(&self, model: &str, inputs: &[String]) -> Result<Vec<Embedding>, EngineError> {
+        let m = self.model(model)?;
+        let context = m.model.config().n_ctx;
+        let mut ids = Vec::with_capacity(inputs.len());
+        for (i, text) in inputs.iter().enumerate() {
+            if text.is_empty() {
+                return Err(EngineError::InvalidRequest(format!("input {i} is empty")));
+            }
+            let tokens = with_bos(&m, m.tokenizer.encode_text(text));
+            if tokens.len() > context {
+                return Err(EngineError::InvalidRequest(format!(
+                    "input {i} has {} tokens, more than the context of {context}",
+                    tokens.len()
+                )));
+            }
+            ids.push(tokens);
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shared = Arc::new(EmbedShared::default());
+        let pending = PendingEmbeddings(shared.clone());
+        let spec = self.spec(m, Priority::Interactive, None);
+        self.enqueue(Seq::embedding(spec, ids, shared))?;
+        pending.wait()
+    }
+
+    /// Validates a request and queues its generation.
+    pub fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
+        let (shared, _, prompt_tokens) = self.start_generation(req)?;
+        Ok(Generation::new(shared, prompt_tokens))
+    }
+
+    /// Queues a generation the engine holds itself; returns its job id.
+    pub fn submit_job(&self, req: GenerateRequest) -> Result<String, EngineError> {
+        let model = req.model.clone();
+        let (shared, seq, prompt_tokens) = self.start_generation(req)?;
+        let id = format!("job-{seq:x}{:04x}", fresh_seed(&self.inner.seed_counter) & 0xffff);
+        self.inner.jobs.insert(id.clone(), model, seq, shared, prompt_tokens);
+        Ok(id)
+    }
+
+    /// A job's state and text; `None` if the id is unknown or expired.
+    pub fn job_status(&self, id: &str) -> Option<JobInfo> {
+        self.inner.jobs.info(id, &|seq| self.place(seq))
+    }
+
+    /// Cancels a job that has not finished; returns its state after.
+    pub fn cancel_job(&self, id: &str) -> Option<JobInfo> {
+        let info = self.inner.jobs.cancel(id, &|seq| self.place(seq));
+        self.inner.shared.wake.notify_all();
+        info
+    }
+
+    /// Where a queued sequence waits: its place and the time until it
+    /// starts, the slots ahead of it turning over once per average
+    /// generation time; `None` once it runs.
+    fn place(&self, seq: u64) -> Option<(u32, Duration)> {
+        let position = self.inner.shared.queue().position(seq)?;
+        let service = Duration::from_micros(self.inner.shared.stats.service_us.load(Ordering::Relaxed));
+        let rounds = (position / self.inner.config.max_running.max(1) + 1) as u32;
+        Some((position as u32, service * rounds))
+    }
+
+    /// Validates a request and puts its sequence in the queue; returns its
+    /// shared state, sequence id and prompt length.
+    fn start_generation(&self, req: GenerateRequest) -> Result<(Arc<GenShared>, u64, u32), EngineError> {
+        let m = self.model(&req.model)?;
+        req.sampling.validate().map_err(EngineError::InvalidRequest)?;
+        let prompt = match &req.prompt {
+            Prompt::Text(text) => with_bos(&m, m.tokenizer.encode_text(text)),
+            Prompt::Chat(messages) => {
+                if messages.is_empty() {
+                    return Err(EngineError::InvalidRequest("messages must not be empty".into()));
+                }
+                m.tokenizer
+                    .encode_chat(&chat_messages(messages), true)
+                    .map_err(|e| EngineError::InvalidRequest(e.to_string()))?
+            }
+            Prompt::Tokens(ids) => {
+                check_ids(&m, ids)?;
+                ids.clone()
+            }
+        };
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let n_ctx = m.model.config().n_ctx;
+        if prompt.len() >= n_ctx {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens: prompt.len() as u32,
+                context_length: n_ctx as u32,
+            });
+        }
+        let seed = req.seed.unwrap_or_else(|| fresh_seed(&self.inner.seed_counter));
+        let shared = Arc::new(GenShared::default());
+        let prompt_tokens = prompt.len() as u32;
+        let spec = self.spec(m, req.priority, req.timeout);
+        let id = spec.id;
+        let sampling = SamplingParams { seed, ..req.sampling };
+        self.enqueue(Seq::generation(spec, prompt, sampling, req.stop, req.max_tokens, shared.clone()))?;
+        Ok((shared, id, prompt_tokens))
+    }
+
+    /// A fresh sequence of `model`, under `timeout` or the engine's default.
+    fn spec(&self, model: Arc<LoadedModel>, priority: Priority, timeout: Option<Duration>) -> SeqSpec {
+        let timeout = timeout.or(self.inner.config.default_timeout);
+        SeqSpec {
+            id: self.inner.seq_counter.fetch_add(1, Ordering::Relaxed),
+            model,
+            priority,
+            deadline: timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Puts `seq` in the queue, unless the queue is full or closed.
+    fn enqueue(&self, seq: Seq) -> Result<(), EngineError> {
+        let shared = &self.inner.shared;
+        let mut queue = shared.queue();
+        if let Some(e) = &queue.closed {
+            return Err(e.clone());
+        }
+        if queue.len() >= self.inner.config.max_queue {
+            Stats::add(&shared.stats.rejected, 1);
+            return Err(EngineError::Overloaded(format!(
+                "{} requests are already waiting; try again shortly",
+                self.inner.config.max_queue
+            )));
+        }
+        queue.push_back(seq);
+        shared.stats.waiting.store(queue.len() as u32, Ordering::Relaxed);
+        drop(queue);
+        shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Ends every running and queued generation with `error` (within one
+    /// step) and refuses new ones with it: for shutting down once the
+    /// grace period is over, so that each client gets a final error rather
+    /// than a cut connection.
+    pub fn abort_all(&self, error: EngineError) {
+        let shared = &self.inner.shared;
+        shared.queue().closed = Some(error);
+        shared.wake.notify_all();
+    }
+}
+
+fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
+    if config.models.is_empty() {
+        return Err("no model file given".into());
+    }
+    let options = LoadOptions { q8_0_head: config.q8_0_head, kv_memory: config.kv_memory };
+    config.models.iter().map(|p| LoadedModel::load(p, config.tokenizer.as_deref(), &options).map(Arc::new)).collect()
+}
+
+/// `ids` after the model's BOS token, when the model asks for one.
+fn with_bos(m: &LoadedModel, ids: Vec<u32>) -> Vec<u32> {
+    match m.tokenizer.bos().filter(|_| m.tokenizer.add_bos()) {
+        Some(bos) => std::iter::once(bos).chain(ids).collect(),
+        None => ids,
+    }
+}
+
+fn check_ids(m: &LoadedModel, ids: &[u32]) -> Result<(), EngineError> {
+    let vocab = m.model.config().n_vocab;
+    match ids.iter().find(|&&t| t as usize >= vocab) {
+        Some(t) => Err(EngineError::InvalidRequest(format!("token id {t} is outside the vocabulary of {vocab}"))),
+        None => Ok(()),
+    }
+}
+
+fn chat_messages(messages: &[Message]) -> Vec<ChatMessage<'_>> {
+    messages.iter().map(|m| ChatMessage { role: &m.role, content: &m.content }).collect()
+}
+
+fn fresh_seed(counter: &AtomicU64) -> u64 {
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}

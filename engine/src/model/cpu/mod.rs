@@ -1,0 +1,253 @@
+//! The CPU compute backend: the BitNet b1.58 forward pass over the kernels.
+//!
+//! Per step, every row (one token of one item) goes through, like
+//! llama2.c's `forward()`:
+//! 1. the embedding lookup;
+//! 2. per layer, an attention block (norm, q/k/v from one int8 input, RoPE,
+//!    keys and values into the KV memory, attention over the item's cached
+//!    positions, sub-norm, output projection, residual) and a feed-forward
+//!    block (norm, gate and up from one int8 input, squared-ReLU or SiLU
+//!    gate, sub-norm, down projection, residual);
+//! 3. the output norm, then the head for the rows that want logits.
+//!
+//! Every operation is per row and attention reads only the row's own item,
+//! so a row gets the same bits whatever else shares its step.
+
+mod attention_plan;
+mod kv_memory;
+mod scratch;
+
+use std::sync::{Mutex, PoisonError};
+
+use attention_plan::AttentionPlan;
+use kv_memory::KvMemory;
+use scratch::Scratch;
+use tern_kernels::{self as k, KvBlocks, TernaryMatrix};
+
+use crate::kv::BLOCK_TOKENS;
+use crate::model::backend::{BatchItem, ComputeBackend, Forward, Output};
+use crate::model::config::{Activation, ModelConfig};
+use crate::model::weights::{Layer, Weights};
+
+/// A model's weights on the CPU, with its KV memory and scratch buffers.
+pub struct CpuBackend {
+    weights: Weights,
+    /// Taken for a whole forward pass: one pass runs at a time.
+    state: Mutex<State>,
+}
+
+struct State {
+    kv: KvMemory,
+    scratch: Scratch,
+}
+
+impl CpuBackend {
+    /// `weights` on the CPU, with KV memory for `kv_memory` bytes of blocks
+    /// (at least one full context). Memory is taken as it is used.
+    pub fn new(weights: Weights, kv_memory: usize) -> Self {
+        let c = &weights.config;
+        let per_block = KvMemory::block_bytes(c.n_layer, c.kv_dim());
+        let blocks = (kv_memory / per_block).max(c.n_ctx.div_ceil(BLOCK_TOKENS));
+        let kv = KvMemory::new(c.n_layer, c.kv_dim(), blocks);
+        Self { weights, state: Mutex::new(State { kv, scratch: Scratch::default() }) }
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// x (n, d) = the embedding rows of every token of the step.
+    fn embed(&self, items: &[BatchItem], x: &mut [f32]) {
+        let d = self.weights.config.n_embd;
+        let tokens = items.iter().flat_map(|it| it.tokens);
+        for (i, &t) in tokens.enumerate() {
+            // Ids were checked against the vocabulary when the prompt was admitted.
+            self.weights.token_embd.row(d, t as usize, &mut x[i * d..(i + 1) * d]);
+        }
+    }
+
+    /// x += Wo · sub_norm(attention(RoPE(Wq n), RoPE(Wk n), Wv n)), n = norm(x).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block(
+        &self,
+        l: usize,
+        layer: &Layer,
+        items: &[BatchItem],
+        rows: &[(usize, usize)],
+        plan: &AttentionPlan,
+        kv: &mut KvMemory,
+        s: &mut Scratch,
+    ) {
+        let c = &self.weights.config;
+        let (n, d, qd, kvd) = (rows.len(), c.n_embd, c.q_dim(), c.kv_dim());
+        // q, k and v share one quantised input.
+        rmsnorm_rows(&s.x, &layer.attn_norm, c.rms_eps, n, &mut s.xn);
+        quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
+        bitlinear_quantized(&layer.wq, &s.xq[..n * d], &s.xs, n, &mut s.q);
+        bitlinear_quantized(&layer.wk, &s.xq[..n * d], &s.xs, n, &mut s.k);
+        bitlinear_quantized(&layer.wv, &s.xq[..n * d], &s.xs, n, &mut s.v);
+        for (t, &(i, pos)) in rows.iter().enumerate() {
+            k::rope_neox(&mut s.q[t * qd..(t + 1) * qd], c.n_head, c.head_dim, c.rope_dim, pos, c.rope_theta);
+            let kt = &mut s.k[t * kvd..(t + 1) * kvd];
+            k::rope_neox(kt, c.n_head_kv, c.head_dim, c.rope_dim, pos, c.rope_theta);
+            kv.write(l, items[i].blocks, pos, kt, &s.v[t * kvd..(t + 1) * kvd]);
+        }
+        let views: Vec<_> = items.iter().map(|it| kv.layer_blocks(l, it.blocks)).collect();
+        let group = c.n_head / c.n_head_kv;
+        let q = &s.q;
+        let attend = |p: usize, out: &mut [f32]| {
+            let piece = &plan.pieces[p];
+            let (kb, vb) = &views[piece.item];
+            let last = rows[piece.first + piece.rows - 1].1;
+            // A window onto this piece's kv heads of every block.
+            let skip = piece.heads.start * c.head_dim;
+            let kb: Vec<&[f32]> = kb.iter().map(|b| &b[skip..]).collect();
+            let vb: Vec<&[f32]> = vb.iter().map(|b| &b[skip..]).collect();
+            // Causal: a position sees everything up to itself.
+            let blocks = KvBlocks { k: &kb, v: &vb, block_len: BLOCK_TOKENS, len: last + 1, row_stride: kvd };
+            let (n_heads, n_kv) = (piece.heads.len() * group, piece.heads.len());
+            with_scores(piece.rows * group * (last + 1), |scores| {
+                k::attention(&q[plan.region(piece)], piece.rows, blocks, n_heads, n_kv, c.head_dim, scores, out)
+            });
+        };
+        k::pool::global().for_each_part(&mut s.att, &plan.ends, &attend);
+        drop(views);
+        rmsnorm_rows(&s.att, &layer.attn_sub_norm, c.rms_eps, n, &mut s.xn);
+        bitlinear(&layer.wo, &s.xn[..n * qd], n, &mut s.xq, &mut s.xs, &mut s.out);
+        s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
+    }
+
+    /// x += Wdown · sub_norm(act(Wgate n) * (Wup n)), n = norm(x).
+    fn feed_forward_block(&self, layer: &Layer, n: usize, s: &mut Scratch) {
+        let c = &self.weights.config;
+        let d = c.n_embd;
+        // gate and up share one quantised input.
+        rmsnorm_rows(&s.x, &layer.ffn_norm, c.rms_eps, n, &mut s.xn);
+        quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
+        bitlinear_quantized(&layer.w_gate, &s.xq[..n * d], &s.xs, n, &mut s.gate);
+        bitlinear_quantized(&layer.w_up, &s.xq[..n * d], &s.xs, n, &mut s.up);
+        match c.activation {
+            Activation::Relu2 => k::relu2_gate(&s.gate, &s.up, &mut s.h),
+            Activation::Silu => k::silu_gate(&s.gate, &s.up, &mut s.h),
+        }
+        rmsnorm_rows(&s.h, &layer.ffn_sub_norm, c.rms_eps, n, &mut s.gate);
+        bitlinear(&layer.w_down, &s.gate, n, &mut s.xq, &mut s.xs, &mut s.out);
+        s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
+    }
+
+    /// The output norm of the rows the items want, then the head, once,
+    /// for the rows that want logits.
+    fn head(&self, items: &[BatchItem], x: &[f32]) -> Forward {
+        let c = &self.weights.config;
+        let d = c.n_embd;
+        let (mut logit_rows, mut hidden_rows) = (Vec::new(), Vec::new());
+        let mut first = 0;
+        for it in items {
+            let len = it.tokens.len();
+            match it.output {
+                Output::Nothing => {}
+                Output::LastLogits => logit_rows.push(first + len - 1),
+                Output::AllLogits => logit_rows.extend(first..first + len),
+                Output::Hidden => hidden_rows.extend(first..first + len),
+            }
+            first += len;
+        }
+        let normed = |rows: &[usize]| {
+            let mut out = vec![0.0; rows.len() * d];
+            for (j, &i) in rows.iter().enumerate() {
+                let (row, o) = (&x[i * d..(i + 1) * d], &mut out[j * d..(j + 1) * d]);
+                k::rmsnorm(row, &self.weights.output_norm, c.rms_eps, o);
+            }
+            out
+        };
+        let mut logits = vec![0.0; logit_rows.len() * c.n_vocab];
+        if !logit_rows.is_empty() {
+            self.weights.head().matmul(c.n_vocab, d, &normed(&logit_rows), &mut logits);
+        }
+        Forward { logits, hidden: normed(&hidden_rows) }
+    }
+}
+
+impl ComputeBackend for CpuBackend {
+    fn config(&self) -> &ModelConfig {
+        &self.weights.config
+    }
+
+    fn device(&self) -> String {
+        format!("cpu {}", k::dispatch::kernels().ternary_isa)
+    }
+
+    fn kv_blocks(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).kv.blocks()
+    }
+
+    fn forward(&self, items: &[BatchItem]) -> Forward {
+        // Every token of the step with its item and position.
+        let mut rows = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            let end = it.pos + it.tokens.len();
+            assert!(it.blocks.len() * BLOCK_TOKENS >= end, "forward: item {i} has no KV room for {end} positions");
+            assert!(!it.tokens.is_empty() || it.output == Output::Nothing, "forward: output of no tokens");
+            rows.extend((it.pos..end).map(|pos| (i, pos)));
+        }
+        if rows.is_empty() {
+            return Forward::default();
+        }
+        let c = &self.weights.config;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let State { kv, scratch: s } = &mut *state;
+        s.resize(rows.len(), c);
+        let plan = AttentionPlan::new(items, c, k::pool::global().threads());
+        self.embed(items, &mut s.x);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            self.attention_block(l, layer, items, &rows, &plan, kv, s);
+            self.feed_forward_block(layer, rows.len(), s);
+        }
+        self.head(items, &s.x)
+    }
+}
+
+/// Runs `f` on a scores buffer of `len` floats, kept per thread and grown.
+fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
+    thread_local! {
+        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCORES.with_borrow_mut(|scores| {
+        if scores.len() < len {
+            scores.resize(len, 0.0);
+        }
+        f(&mut scores[..len])
+    })
+}
+
+/// Quantises each of the n rows of x (n, cols) to int8 -> xq (n, cols), xs (n,).
+fn quantize_rows(x: &[f32], n: usize, cols: usize, xq: &mut [i8], xs: &mut [f32]) {
+    for i in 0..n {
+        xs[i] = k::quantize_row_i8(&x[i * cols..(i + 1) * cols], &mut xq[i * cols..(i + 1) * cols]);
+    }
+}
+
+/// Quantises n rows of `x` (n, cols) to int8, then W (rows, cols) @ x -> out (n, rows).
+fn bitlinear(w: &TernaryMatrix, x: &[f32], n: usize, xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
+    let cols = w.cols();
+    quantize_rows(x, n, cols, xq, xs);
+    bitlinear_quantized(w, &xq[..n * cols], &xs[..n], n, out);
+}
+
+/// W (rows, cols) @ already quantised xq (n, cols) -> out (n, rows).
+fn bitlinear_quantized(w: &TernaryMatrix, xq: &[i8], xs: &[f32], n: usize, out: &mut [f32]) {
+    let rows = w.rows();
+    if n == 1 {
+        k::ternary_gemv(w, xq, xs[0], &mut out[..rows]);
+    } else {
+        k::ternary_gemm(w, xq, &xs[..n], &mut out[..n * rows]);
+    }
+}
+
+/// RMSNorm of every row of x (n, cols) with `weight` (cols,) into out (n, cols).
+fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut [f32]) {
+    let cols = weight.len();
+    for i in 0..n {
+        k::rmsnorm(&x[i * cols..(i + 1) * cols], weight, eps, &mut out[i * cols..(i + 1) * cols]);
+    }
+}

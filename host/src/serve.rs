@@ -1,0 +1,133 @@
+//! `tern serve`: loads the model in the background, compiles the handler
+//! (built into this binary, or `--component FILE`), serves until SIGTERM or
+//! SIGINT, then drains: no new connections, requests in flight get
+//! `--shutdown-grace` seconds, then their generations end with an error.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tern_engine::{Engine, EngineError};
+
+use crate::cli::{engine_config, ServeArgs};
+use crate::{auth, components, metrics, server, store};
+
+/// The handler component built from guest/handler by build.rs.
+static BUILT_HANDLER: &[u8] = include_bytes!(env!("TERN_HANDLER_WASM"));
+
+/// Task polls between tokio's checks for I/O and for work from other threads.
+const EVENT_INTERVAL: u32 = 4;
+
+/// `--addr`, with the port from `PORT` when the address was not given as a
+/// flag or `TERN_ADDR` (the convention of hosting platforms).
+fn listen_addr(args: &ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<SocketAddr> {
+    let mut addr = args.addr;
+    let explicit = matches!(
+        matches.value_source("addr"),
+        Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+    );
+    if let (false, Ok(port)) = (explicit, std::env::var("PORT")) {
+        addr.set_port(port.trim().parse().with_context(|| format!("PORT={port} is not a port number"))?);
+    }
+    Ok(addr)
+}
+
+/// Runs the server until a signal stops it.
+pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let addr = listen_addr(&args, matches)?;
+    let keys = auth::Keys::load(&args.api_key, &args.api_key_file)?;
+    let admin_keys = auth::Keys::load(&args.admin_key, &args.admin_key_file)?;
+    let (server_keys, admin_on) = (keys.len(), !admin_keys.is_empty());
+    let mut config = engine_config(&args.model);
+    config.max_running = args.max_running;
+    config.max_queue = args.max_queue;
+    config.default_timeout = Some(Duration::from_secs(args.request_timeout));
+    config.kv_memory = args.kv_memory_mib << 20;
+    config.step_tokens = args.step_tokens;
+    config.prefill_chunk = args.prefill_chunk;
+    config.job_ttl = Duration::from_secs(args.job_ttl);
+    let model = config.models[0].clone();
+    anyhow::ensure!(model.exists(), "model file {} not found (give one with --model)", model.display());
+    let engine = Engine::start(config);
+
+    let settings = server::Settings {
+        memory_bytes: args.instance_memory_mib << 20,
+        request_timeout: Duration::from_secs(args.request_timeout),
+        max_instances: args.max_instances,
+        reuse_instances: args.reuse_instances,
+        guest_env: vec![
+            ("TERN_MAX_BATCH".into(), args.max_batch.to_string()),
+            ("TERN_CACHE_TTL".into(), args.cache_ttl.to_string()),
+            ("TERN_CORS_ORIGINS".into(), args.cors_origins.join(",")),
+        ],
+        header_timeout: Duration::from_secs(args.header_timeout),
+        keep_alive: Duration::from_secs(args.keep_alive),
+        max_header_bytes: args.max_header_bytes,
+        max_body_bytes: args.max_body_kib << 10,
+        max_connections: args.max_connections,
+        max_component_bytes: args.max_component_mib << 20,
+        compress: args.compress,
+    };
+    let store = Arc::new(store::KvStore::new(args.cache_mib << 20));
+    let metrics = Arc::new(metrics::HostMetrics::default());
+    let wasm_engine = server::wasm_engine(&settings)?;
+    let (wasm, source) = match &args.component {
+        Some(p) => (std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string()),
+        None => (BUILT_HANDLER.to_vec(), "built-in".to_string()),
+    };
+    let cache_dir =
+        if args.no_compile_cache { None } else { args.compile_cache.clone().or_else(components::default_cache_dir) };
+    let components =
+        Arc::new(components::Components::new(wasm_engine.clone(), cache_dir, &wasm, &source, metrics.clone())?);
+    server::start_epoch_ticker(&wasm_engine);
+    let server =
+        Arc::new(server::Server::new(components.clone(), engine.clone(), store, settings, keys, admin_keys, metrics));
+
+    // A guest that computes yields at every epoch tick, but tokio wakes a
+    // yielding task again without looking for I/O; look for it every few
+    // polls so new connections are accepted while guests are busy.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .global_queue_interval(EVENT_INTERVAL)
+        .build()?;
+    runtime.block_on(async move {
+        let listener = server::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, model = %model.display(), api_keys = server_keys,
+            admin = admin_on, "listening");
+        if let Some(path) = args.component.clone() {
+            tokio::spawn(components::watch(components, path));
+        }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let serving = tokio::spawn(server.clone().serve(listener, stopped));
+        let signal = shutdown_signal().await;
+        let in_flight = server.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(signal, in_flight, grace_s = args.shutdown_grace, "shutting down: no new connections");
+        let _ = stop.send(true);
+        let _ = serving.await;
+        if !server.drain(Duration::from_secs(args.shutdown_grace)).await {
+            tracing::warn!("grace period over; ending the remaining generations with an error");
+            engine.abort_all(EngineError::Overloaded("the server is shutting down".into()));
+            if !server.drain(Duration::from_secs(5)).await {
+                tracing::warn!("requests still running at exit");
+            }
+        }
+        if !server.connections_closed(Duration::from_secs(2)).await {
+            tracing::warn!("connections still open at exit");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,269 @@
+//! Measurements behind `tern bench`: memory read bandwidth, ternary GEMV and
+//! GEMM out of cache, and a model's prefill and decode speed.
+//!
+//! Machines are shared and noisy, so every figure comes with a baseline
+//! taken in the same run: products are reported as a fraction of the read
+//! bandwidth measured just before them, GEMM against per-token GEMV.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tern_engine::model::{Model, Session};
+use tern_engine::sampler::{argmax, Rng};
+use tern_kernels::{pool, TernaryMatrix};
+
+/// Instruction set of the ternary products on this CPU ("avx2", ...).
+pub fn ternary_isa() -> &'static str {
+    tern_kernels::dispatch::kernels().ternary_isa
+}
+
+/// Best-of-`reps` read bandwidth in GB/s (10^9 bytes/s) over a buffer of
+/// `bytes`, read by the kernels' thread pool in wide independent streams.
+pub fn read_bandwidth_gbs(bytes: usize, reps: usize) -> f64 {
+    let words = vec![1u64; bytes / 8];
+    let chunk = (words.len() / (pool::global().threads() * 8)).max(1024);
+    let tasks = words.len().div_ceil(chunk);
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let sink = AtomicU64::new(0);
+        let start = Instant::now();
+        pool::global().run(tasks, &|i| {
+            let part = &words[i * chunk..((i + 1) * chunk).min(words.len())];
+            // Eight independent lanes: the compiler keeps them in vector registers.
+            let lanes = part.chunks_exact(8).fold([0u64; 8], |mut acc, c| {
+                for (a, v) in acc.iter_mut().zip(c) {
+                    *a = a.wrapping_add(*v);
+                }
+                acc
+            });
+            sink.fetch_add(lanes.iter().fold(0, |a, v| a ^ v), Ordering::Relaxed);
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        black_box(sink.load(Ordering::Relaxed));
+    }
+    (words.len() * 8) as f64 / best / 1e9
+}
+
+/// One ternary product measured out of cache.
+#[derive(Debug, Clone, Copy)]
+pub struct ProductRun {
+    pub rows: usize,
+    pub cols: usize,
+    /// Tokens per product: 1 for GEMV.
+    pub tokens: usize,
+    /// Mean time of one product.
+    pub seconds: f64,
+    /// Packed weight bytes of one matrix.
+    pub weight_bytes: usize,
+}
+
+impl ProductRun {
+    /// Weight bytes streamed per second, GB/s.
+    pub fn weight_gbs(&self) -> f64 {
+        self.weight_bytes as f64 / self.seconds / 1e9
+    }
+
+    /// Multiply-adds per second, in 10^9.
+    pub fn gmacs(&self) -> f64 {
+        (self.rows * self.cols * self.tokens) as f64 / self.seconds / 1e9
+    }
+}
+
+/// Random ternary (rows, cols) matrices, enough copies to hold at least
+/// `total_bytes`, so that cycling through them always reads from DRAM.
+pub fn random_matrices(rows: usize, cols: usize, total_bytes: usize, seed: u64) -> Vec<TernaryMatrix> {
+    let mut rng = Rng::new(seed);
+    // A TQ2_0 payload of random codes 0..=2 (no code 3), one shared scale.
+    let blocks = rows * cols / tern_kernels::TQ_BLOCK;
+    let mut bytes = Vec::with_capacity(blocks * 66);
+    let scale = half::f16::from_f32(0.02).to_le_bytes();
+    for _ in 0..blocks {
+        for _ in 0..8 {
+            let r = rng.next_u64();
+            for k in 0..8 {
+                let b = (r >> (8 * k)) as u8;
+                // four 2-bit fields, each folded into 0..=2
+                let mut v = 0u8;
+                for f in 0..4 {
+                    v |= (((b >> (2 * f)) & 3) % 3) << (2 * f);
+                }
+                bytes.push(v);
+            }
+        }
+        bytes.extend_from_slice(&scale);
+    }
+    let one = TernaryMatrix::from_tq2_0(&bytes, rows, cols).expect("valid random TQ2_0");
+    let copies = total_bytes.div_ceil(one.size_bytes()).max(1);
+    vec![one; copies]
+}
+
+/// Mean time of one GEMV (`tokens` = 1) or GEMM over `mats`, cycled for at
+/// least `min_time`.
+pub fn time_product(mats: &[TernaryMatrix], tokens: usize, min_time: Duration) -> ProductRun {
+    let (rows, cols) = (mats[0].rows(), mats[0].cols());
+    let mut rng = Rng::new(7);
+    let q: Vec<i8> = (0..tokens * cols).map(|_| rng.next_u64() as i8).collect();
+    let s: Vec<f32> = (0..tokens).map(|t| 1.0 + t as f32).collect();
+    let mut out = vec![0.0f32; tokens * rows];
+    let run = |m: &TernaryMatrix, out: &mut [f32]| {
+        if tokens == 1 {
+            tern_kernels::ternary_gemv(m, &q, s[0], out)
+        } else {
+            tern_kernels::ternary_gemm(m, &q, &s, out)
+        }
+    };
+    run(&mats[0], &mut out); // warm the pool and code paths
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < min_time || n < mats.len() {
+        run(&mats[n % mats.len()], &mut out);
+        n += 1;
+    }
+    black_box(&out);
+    ProductRun {
+        rows,
+        cols,
+        tokens,
+        seconds: start.elapsed().as_secs_f64() / n as f64,
+        weight_bytes: mats[0].size_bytes(),
+    }
+}
+
+/// Prefill and decode speed of a model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelRun {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+}
+
+/// Mean over `reps` of: one forward pass over `prompt_tokens` tokens, and
+/// `decode_tokens` single-token steps after `depth` cached positions (as
+/// llama-bench's pp and tg tests do, and its depth option). `progress` hears
+/// each finished repetition.
+pub fn time_model(
+    model: &Model,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+    depth: usize,
+    reps: usize,
+    mut progress: impl FnMut(usize, &ModelRun),
+) -> ModelRun {
+    let c = model.config();
+    let mut rng = Rng::new(11);
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|_| (rng.next_u64() % c.n_vocab as u64) as u32).collect();
+    // Warm-up: touch every weight once and start the pool.
+    let warm: &[u32] = if prompt.is_empty() { &[0] } else { &prompt[..prompt.len().min(8)] };
+    black_box(Session::new(model).forward(warm, false));
+    let (mut prefill, mut decode) = (0.0, 0.0);
+    for rep in 0..reps.max(1) {
+        let mut run = ModelRun { prefill_tok_s: 0.0, decode_tok_s: 0.0 };
+        if prompt_tokens > 0 {
+            let mut session = Session::new(model);
+            let start = Instant::now();
+            black_box(session.forward(&prompt, false));
+            run.prefill_tok_s = prompt_tokens as f64 / start.elapsed().as_secs_f64();
+        }
+        if decode_tokens > 0 {
+            let mut session = Session::new(model);
+            if depth > 0 {
+                let context: Vec<u32> = (0..depth).map(|_| (rng.next_u64() % c.n_vocab as u64) as u32).collect();
+                black_box(session.forward(&context, false));
+            }
+            let mut token = prompt.first().copied().unwrap_or(0);
+            let start = Instant::now();
+            for _ in 0..decode_tokens {
+                let logits = session.forward(&[token], false);
+                token = argmax(&logits);
+            }
+            run.decode_tok_s = decode_tokens as f64 / start.elapsed().as_secs_f64();
+        }
+        prefill += run.prefill_tok_s;
+        decode += run.decode_tok_s;
+        progress(rep, &run);
+    }
+    let n = reps.max(1) as f64;
+    ModelRun { prefill_tok_s: prefill / n, decode_tok_s: decode / n }
+}
+
+/// Mean time of one output-head product (n_vocab × n_embd) over a matrix of
+/// random F16 values or its Q8_0 conversion, cycled for at least `min_time`.
+/// Returns (seconds, weight bytes).
+pub fn time_head(rows: usize, cols: usize, q8_0: bool, min_time: Duration) -> (f64, usize) {
+    let mut rng = Rng::new(3);
+    let w: Vec<half::f16> = (0..rows * cols).map(|_| half::f16::from_f32(rng.next_f64() as f32 - 0.5)).collect();
+    let x: Vec<f32> = (0..cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
+    let mut out = vec![0.0f32; rows];
+    let q8: Vec<u8> = if q8_0 {
+        let row_bytes = tern_kernels::q8_0_row_bytes(cols);
+        let mut bytes = vec![0u8; rows * row_bytes];
+        let mut row = vec![0.0f32; cols];
+        for (r, dst) in bytes.chunks_exact_mut(row_bytes).enumerate() {
+            tern_kernels::row_f16(&w, cols, r, &mut row);
+            tern_kernels::quantize_row_q8_0(&row, dst);
+        }
+        bytes
+    } else {
+        Vec::new()
+    };
+    let run = |out: &mut [f32]| {
+        if q8_0 {
+            tern_kernels::matvec_q8_0(&q8, rows, cols, &x, out)
+        } else {
+            tern_kernels::matvec_f16(&w, rows, cols, &x, out)
+        }
+    };
+    run(&mut out);
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < min_time || n < 3 {
+        run(&mut out);
+        n += 1;
+    }
+    black_box(&out);
+    let bytes = if q8_0 { q8.len() } else { w.len() * 2 };
+    (start.elapsed().as_secs_f64() / n as f64, bytes)
+}
+
+/// One thread's attention over 2B-4T's heads (20 query, 5 kv, 128 wide) for
+/// `rows` consecutive queries at the end of `positions` cached positions in
+/// 16-position blocks: (seconds with all rows in one call, seconds with one
+/// call per row, as each query was computed before rows shared a call).
+pub fn time_attention(rows: usize, positions: usize, min_time: Duration) -> (f64, f64) {
+    use tern_kernels::KvBlocks;
+    let (n_heads, n_kv, hd, block) = (20, 5, 128, 16);
+    let mut rng = Rng::new(4);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect() };
+    let blocks: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..positions.div_ceil(block)).map(|_| (random(block * n_kv * hd), random(block * n_kv * hd))).collect();
+    let kb: Vec<&[f32]> = blocks.iter().map(|(k, _)| &k[..]).collect();
+    let vb: Vec<&[f32]> = blocks.iter().map(|(_, v)| &v[..]).collect();
+    let q = random(rows * n_heads * hd);
+    let mut out = vec![0.0f32; rows * n_heads * hd];
+    let mut scratch = vec![0.0f32; rows * n_heads / n_kv * positions];
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let start = Instant::now();
+        let mut n = 0usize;
+        while start.elapsed() < min_time || n < 3 {
+            f();
+            n += 1;
+        }
+        start.elapsed().as_secs_f64() / n as f64
+    };
+    let qd = n_heads * hd;
+    let together = time(&mut || {
+        let kv = KvBlocks { k: &kb, v: &vb, block_len: block, len: positions, row_stride: n_kv * hd };
+        tern_kernels::attention(&q, rows, kv, n_heads, n_kv, hd, &mut scratch, &mut out);
+    });
+    let one_by_one = time(&mut || {
+        for r in 0..rows {
+            let kv =
+                KvBlocks { k: &kb, v: &vb, block_len: block, len: positions - rows + r + 1, row_stride: n_kv * hd };
+            let (q, out) = (&q[r * qd..(r + 1) * qd], &mut out[r * qd..(r + 1) * qd]);
+            tern_kernels::attention(q, 1, kv, n_heads, n_kv, hd, &mut scratch, out);
+        }
+    });
+    black_box(&out);
+    (together, one_by_one)
+}
