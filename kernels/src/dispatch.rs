@@ -1,12 +1,14 @@
 #![forbid(unsafe_code)]
 //! The one place that chooses an implementation for each operation.
 //!
-//! On first use the CPU is probed once (`is_x86_feature_detected!` on
-//! x86_64, `is_aarch64_feature_detected!` on aarch64; wasm32 decides at
-//! compile time through `target_feature = "simd128"`), and the chosen
-//! function pointers are cached in a [`OnceLock`]. Every slot starts as the
-//! scalar reference, so a CPU or target without a variant still runs
-//! everything.
+//! [`VARIANTS`] lists every set of implementations this build has, with
+//! what each needs of the CPU; dispatch, the kernel tests and `tern bench
+//! --kernels` all read it, so adding a variant is one entry. On first use
+//! the CPU is probed once (`is_x86_feature_detected!` on x86_64,
+//! `is_aarch64_feature_detected!` on aarch64; wasm32 decides at compile time
+//! through `target_feature = "simd128"`) and the last variant it can run is
+//! kept. Every slot a variant does not override is the scalar reference, so
+//! a CPU or target without a variant still runs everything.
 
 use crate::reference;
 use crate::ternary::TernaryMatrix;
@@ -33,11 +35,9 @@ pub type RmsnormFn = fn(&[f32], &[f32], f32, &mut [f32]);
 /// q, kv, n_heads, n_kv, head_dim, scratch, out.
 pub type AttentionFn = fn(&[f32], usize, reference::KvBlocks, usize, usize, usize, &mut [f32], &mut [f32]);
 
-/// The chosen implementation of each dispatched operation.
+/// The implementation of each dispatched operation in one variant.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
-    /// Instruction set of the ternary products: "reference", "avx2", ...
-    pub ternary_isa: &'static str,
     pub ternary_rows: TernaryRowsFn,
     pub quantize_row_i8: QuantizeFn,
     pub matvec_f16: MatvecF16Fn,
@@ -53,7 +53,6 @@ pub struct Kernels {
 impl Kernels {
     /// Every slot on the scalar reference.
     pub const REFERENCE: Kernels = Kernels {
-        ternary_isa: "reference",
         ternary_rows: reference::ternary_rows,
         quantize_row_i8: reference::quantize_row_i8,
         matvec_f16: reference::matvec_f16,
@@ -63,52 +62,100 @@ impl Kernels {
         rmsnorm: reference::rmsnorm,
         attention: reference::attention,
     };
+}
 
-    fn detect() -> Kernels {
-        #[allow(unused_mut)]
-        let mut k = Kernels::REFERENCE;
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            use crate::arch::x86_64 as v;
-            k.ternary_isa = "avx2";
-            k.ternary_rows = v::ternary_rows;
-            k.quantize_row_i8 = v::quantize_row_i8;
-            if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
-                k.matvec_f16 = v::matvec_f16;
-                k.matvec2_f16 = Some(v::matvec2_f16);
-                k.matvec_f32 = v::matvec_f32;
-                k.matvec_q8_0 = v::matvec_q8_0;
-                k.attention = v::attention;
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            // NEON is part of every aarch64 target; dotprod (ARMv8.4, optional from 8.2) is not.
-            use crate::arch::aarch64 as v;
-            k.ternary_isa = "neon";
-            k.ternary_rows = v::ternary_rows;
-            if std::arch::is_aarch64_feature_detected!("dotprod") {
-                k.ternary_isa = "neon-dotprod";
-                k.ternary_rows = v::ternary_rows_dotprod;
-            }
-            k.matvec_f16 = v::matvec_f16;
-            k.matvec_f32 = v::matvec_f32;
-            k.matvec_q8_0 = v::matvec_q8_0;
-        }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        {
-            use crate::arch::wasm32 as v;
-            k.ternary_isa = "simd128";
-            k.ternary_rows = v::ternary_rows;
-            k.matvec_f32 = v::matvec_f32;
-            k.matvec_q8_0 = v::matvec_q8_0;
-        }
-        k
+/// One set of implementations this build has.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    /// `reference`, `avx2`, `neon`, `neon-dotprod`, `simd128`.
+    pub name: &'static str,
+    /// What it needs of the CPU, in words (for SKIP lines).
+    pub needs: &'static str,
+    /// Whether this CPU can run it.
+    pub available: fn() -> bool,
+    pub kernels: Kernels,
+}
+
+impl Variant {
+    pub fn available(&self) -> bool {
+        (self.available)()
     }
 }
 
-/// The implementations this process uses, chosen on first call.
+fn always() -> bool {
+    true
+}
+
+/// Every variant of this build, the scalar reference first; dispatch keeps
+/// the last one the CPU can run.
+pub const VARIANTS: &[Variant] = &[
+    Variant { name: "reference", needs: "nothing", available: always, kernels: Kernels::REFERENCE },
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "avx2",
+        needs: "AVX2, FMA and F16C",
+        available: crate::arch::x86_64::has_fma_f16c,
+        kernels: {
+            use crate::arch::x86_64 as v;
+            Kernels {
+                ternary_rows: v::ternary_rows,
+                quantize_row_i8: v::quantize_row_i8,
+                matvec_f16: v::matvec_f16,
+                matvec2_f16: Some(v::matvec2_f16),
+                matvec_f32: v::matvec_f32,
+                matvec_q8_0: v::matvec_q8_0,
+                attention: v::attention,
+                ..Kernels::REFERENCE
+            }
+        },
+    },
+    // NEON is part of every aarch64 target; dotprod (ARMv8.4, optional from 8.2) is not.
+    #[cfg(target_arch = "aarch64")]
+    Variant { name: "neon", needs: "NEON", available: always, kernels: NEON },
+    #[cfg(target_arch = "aarch64")]
+    Variant {
+        name: "neon-dotprod",
+        needs: "the dot-product extension",
+        available: crate::arch::aarch64::has_dotprod,
+        kernels: Kernels { ternary_rows: crate::arch::aarch64::ternary_rows_dotprod, ..NEON },
+    },
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Variant {
+        name: "simd128",
+        needs: "simd128",
+        available: always,
+        kernels: {
+            // simd128 has no f16 conversion: matvec_f16 stays on the reference.
+            use crate::arch::wasm32 as v;
+            Kernels {
+                ternary_rows: v::ternary_rows,
+                matvec_f32: v::matvec_f32,
+                matvec_q8_0: v::matvec_q8_0,
+                ..Kernels::REFERENCE
+            }
+        },
+    },
+];
+
+#[cfg(target_arch = "aarch64")]
+const NEON: Kernels = {
+    use crate::arch::aarch64 as v;
+    Kernels {
+        ternary_rows: v::ternary_rows,
+        matvec_f16: v::matvec_f16,
+        matvec_f32: v::matvec_f32,
+        matvec_q8_0: v::matvec_q8_0,
+        ..Kernels::REFERENCE
+    }
+};
+
+/// The variant this process uses, chosen on first call.
+pub fn chosen() -> &'static Variant {
+    static CHOSEN: OnceLock<&'static Variant> = OnceLock::new();
+    CHOSEN.get_or_init(|| VARIANTS.iter().rev().find(|v| v.available()).unwrap_or(&VARIANTS[0]))
+}
+
+/// The implementations this process uses.
 pub fn kernels() -> &'static Kernels {
-    static CHOSEN: OnceLock<Kernels> = OnceLock::new();
-    CHOSEN.get_or_init(Kernels::detect)
+    &chosen().kernels
 }

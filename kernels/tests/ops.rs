@@ -243,48 +243,12 @@ fn naive_matvec(rows: usize, cols: usize, w: impl Fn(usize, usize) -> f64, x: &[
     (0..rows).map(|r| (0..cols).map(|c| w(r, c) * x[c] as f64).sum()).collect()
 }
 
-/// The dense products under test: the crate's (dispatched, threaded), the
-/// reference, and each variant this CPU can run.
+/// The dense products under test: the crate's (dispatched, threaded), and
+/// each variant this CPU can run (the reference among them).
 fn dense_variants() -> Vec<(&'static str, dispatch::Kernels)> {
     let public = dispatch::Kernels { matvec_f16, matvec_f32, matvec_q8_0, attention, ..dispatch::Kernels::REFERENCE };
-    #[allow(unused_mut)]
-    let mut v = vec![("public", public), ("reference", dispatch::Kernels::REFERENCE)];
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-        use tern_kernels::arch::x86_64 as a;
-        let k = dispatch::Kernels {
-            matvec_f16: a::matvec_f16,
-            matvec_f32: a::matvec_f32,
-            matvec_q8_0: a::matvec_q8_0,
-            attention: a::attention,
-            ..dispatch::Kernels::REFERENCE
-        };
-        v.push(("avx2", k));
-    } else {
-        eprintln!("SKIP avx2 dense products: this CPU lacks AVX2, FMA or F16C");
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        use tern_kernels::arch::aarch64 as a;
-        let k = dispatch::Kernels {
-            matvec_f16: a::matvec_f16,
-            matvec_f32: a::matvec_f32,
-            matvec_q8_0: a::matvec_q8_0,
-            ..dispatch::Kernels::REFERENCE
-        };
-        v.push(("neon", k));
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    {
-        // simd128 has no f16 conversion: matvec_f16 stays on the reference.
-        use tern_kernels::arch::wasm32 as a;
-        let k = dispatch::Kernels {
-            matvec_f32: a::matvec_f32,
-            matvec_q8_0: a::matvec_q8_0,
-            ..dispatch::Kernels::REFERENCE
-        };
-        v.push(("simd128", k));
-    }
+    let mut v = vec![("public", public)];
+    v.extend(runnable_variants("dense products").into_iter().map(|variant| (variant.name, variant.kernels)));
     v
 }
 

@@ -35,63 +35,36 @@ fn public() -> (GemvFn, GemmFn) {
     (Box::new(tern_kernels::ternary_gemv), Box::new(tern_kernels::ternary_gemm))
 }
 
-/// Runs `$body` once per implementation of the ternary products, as
-/// `<name>_<variant>` tests; a variant this CPU cannot run prints SKIP.
+/// Runs `body` on the crate's products (dispatched and threaded) and on
+/// each variant's `ternary_rows` this CPU can run; the line printed before
+/// each run names the one a failure belongs to.
+fn on_every_variant(test: &str, body: fn(GemvFn, GemmFn)) {
+    eprintln!("{test}: dispatched");
+    let (gemv, gemm) = public();
+    body(gemv, gemm);
+    for variant in runnable_variants(test) {
+        eprintln!("{test}: {}", variant.name);
+        let (gemv, gemm) = from_rows(variant.kernels.ternary_rows);
+        body(gemv, gemm);
+    }
+}
+
+/// One `#[test]` per behaviour, each run on every variant.
 macro_rules! ternary_variant_tests {
     ($($name:ident => $body:ident;)*) => {
-        mod reference_variant {
-            use super::*;
-            $(#[test] fn $name() { let (v, m) = from_rows(reference::ternary_rows); super::$body(v, m) })*
-        }
-        mod dispatched {
-            $(#[test] fn $name() { let (v, m) = super::public(); super::$body(v, m) })*
-        }
-        #[cfg(target_arch = "x86_64")]
-        mod avx2 {
-            use super::*;
-            $(#[test] fn $name() {
-                if !std::is_x86_feature_detected!("avx2") {
-                    eprintln!("SKIP {}_avx2: this CPU has no AVX2", stringify!($name));
-                    return;
-                }
-                let (v, m) = from_rows(tern_kernels::arch::x86_64::ternary_rows);
-                super::$body(v, m)
-            })*
-        }
-        #[cfg(target_arch = "aarch64")]
-        mod neon {
-            use super::*;
-            $(#[test] fn $name() { let (v, m) = from_rows(tern_kernels::arch::aarch64::ternary_rows); super::$body(v, m) })*
-        }
-        #[cfg(target_arch = "aarch64")]
-        mod neon_dotprod {
-            use super::*;
-            $(#[test] fn $name() {
-                if !std::arch::is_aarch64_feature_detected!("dotprod") {
-                    eprintln!("SKIP {}_neon_dotprod: this CPU has no dot-product extension", stringify!($name));
-                    return;
-                }
-                let (v, m) = from_rows(tern_kernels::arch::aarch64::ternary_rows_dotprod);
-                super::$body(v, m)
-            })*
-        }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        mod simd128 {
-            use super::*;
-            $(#[test] fn $name() { let (v, m) = from_rows(tern_kernels::arch::wasm32::ternary_rows); super::$body(v, m) })*
-        }
+        $(#[test] fn $name() { on_every_variant(stringify!($name), $body) })*
     };
 }
 
 ternary_variant_tests! {
-    gemv_is_exact_at_awkward_sizes => gemv_is_exact_at_awkward_sizes;
-    gemv_is_exact_with_per_block_scales => gemv_is_exact_with_per_block_scales;
-    gemv_handles_extreme_activations => gemv_handles_extreme_activations;
-    gemm_matches_gemv_per_token => gemm_matches_gemv_per_token;
-    large_products_match_the_reference => large_products_match_the_reference;
+    gemv_is_exact_at_awkward_sizes => gemv_is_exact_at_awkward_sizes_on;
+    gemv_is_exact_with_per_block_scales => gemv_is_exact_with_per_block_scales_on;
+    gemv_handles_extreme_activations => gemv_handles_extreme_activations_on;
+    gemm_matches_gemv_per_token => gemm_matches_gemv_per_token_on;
+    large_products_match_the_reference => large_products_match_the_reference_on;
 }
 
-fn gemv_is_exact_at_awkward_sizes(gemv: GemvFn, _: GemmFn) {
+fn gemv_is_exact_at_awkward_sizes_on(gemv: GemvFn, _: GemmFn) {
     let mut rng = rng(11);
     for &rows in &AWKWARD_ROWS {
         for &cols in &AWKWARD_COLS {
@@ -111,7 +84,7 @@ fn gemv_is_exact_at_awkward_sizes(gemv: GemvFn, _: GemmFn) {
     }
 }
 
-fn gemv_is_exact_with_per_block_scales(gemv: GemvFn, _: GemmFn) {
+fn gemv_is_exact_with_per_block_scales_on(gemv: GemvFn, _: GemmFn) {
     let mut rng = rng(12);
     let (rows, cols) = (5, 3 * TQ_BLOCK);
     let values = random_ternary(&mut rng, rows * cols);
@@ -143,7 +116,7 @@ fn gemv_is_exact_with_per_block_scales(gemv: GemvFn, _: GemmFn) {
     }
 }
 
-fn gemv_handles_extreme_activations(gemv: GemvFn, _: GemmFn) {
+fn gemv_handles_extreme_activations_on(gemv: GemvFn, _: GemmFn) {
     // Every weight +1 or -1 against every activation -128: the largest sums.
     for cols in [128, 129, 4096 + 33] {
         for sign in [-1i8, 1] {
@@ -156,7 +129,7 @@ fn gemv_handles_extreme_activations(gemv: GemvFn, _: GemmFn) {
     }
 }
 
-fn gemm_matches_gemv_per_token(gemv: GemvFn, gemm: GemmFn) {
+fn gemm_matches_gemv_per_token_on(gemv: GemvFn, gemm: GemmFn) {
     let mut rng = rng(13);
     for &(rows, cols) in &[(1, 1), (3, 17), (17, 129), (33, 256), (4, 385)] {
         let values = random_ternary(&mut rng, rows * cols);
@@ -177,7 +150,7 @@ fn gemm_matches_gemv_per_token(gemv: GemvFn, gemm: GemmFn) {
 
 /// Sizes big enough to be split over threads and to reach the i16 partial
 /// sums' widening (8 groups), with per-tensor and per-block scales.
-fn large_products_match_the_reference(gemv: GemvFn, gemm: GemmFn) {
+fn large_products_match_the_reference_on(gemv: GemvFn, gemm: GemmFn) {
     let mut rng = rng(16);
     let (rows, cols) = (260, 2 * 1024 + 256);
     let values = random_ternary(&mut rng, rows * cols);
@@ -214,21 +187,18 @@ fn large_products_match_the_reference(gemv: GemvFn, gemm: GemmFn) {
 }
 
 #[test]
-fn dispatch_names_the_chosen_ternary_isa() {
-    let isa = tern_kernels::dispatch::kernels().ternary_isa;
+fn dispatch_keeps_the_last_variant_this_cpu_can_run() {
+    let chosen = tern_kernels::dispatch::chosen();
+    let want = runnable_variants("dispatch").last().expect("the reference always runs").name;
+    assert_eq!(chosen.name, want);
+    assert_eq!(tern_kernels::dispatch::VARIANTS[0].name, "reference");
     #[cfg(target_arch = "x86_64")]
-    let want = if std::is_x86_feature_detected!("avx2") { "avx2" } else { "reference" };
-    #[cfg(target_arch = "aarch64")]
-    let want = if std::arch::is_aarch64_feature_detected!("dotprod") { "neon-dotprod" } else { "neon" };
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let want = "simd128";
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        all(target_arch = "wasm32", target_feature = "simd128")
-    )))]
-    let want = "reference";
-    assert_eq!(isa, want);
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        assert_eq!(chosen.name, "avx2");
+    }
 }
 
 #[test]
@@ -290,12 +260,9 @@ fn quantize_then_gemv_approximates_the_float_product() {
 /// specials included (NaN is ignored by the absmax and quantises to 0).
 #[test]
 fn quantize_variants_match_the_reference_exactly() {
-    #[allow(unused_mut)]
     let mut variants: Vec<(&str, tern_kernels::dispatch::QuantizeFn)> = vec![("dispatched", quantize_row_i8)];
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        variants.push(("avx2", tern_kernels::arch::x86_64::quantize_row_i8));
-    }
+    let runnable = runnable_variants("quantize_variants_match_the_reference_exactly");
+    variants.extend(runnable.iter().map(|v| (v.name, v.kernels.quantize_row_i8)));
     let mut rng = rng(17);
     let mut inputs: Vec<Vec<f32>> =
         AWKWARD_COLS.iter().chain(&[2560, 6912]).map(|&n| random_f32(&mut rng, n, 3.0)).collect();

@@ -139,6 +139,9 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
 const SHAPES: [(usize, usize); 2] = [(6912, 2560), (2560, 6912)];
 /// 2B-4T's tied output head: vocabulary × hidden size.
 const HEAD: (usize, usize) = (128256, 2560);
+/// Tokens of the per-variant product: one tile, so the scalar reference
+/// stays quick.
+const VARIANT_TOKENS: usize = 4;
 /// Matrices cycled through per shape: far more than any cache.
 const OUT_OF_CACHE_BYTES: usize = 512 << 20;
 
@@ -204,8 +207,27 @@ fn kernels(args: &Options, threads: usize) -> serde_json::Value {
     );
     let attention = json!({ "rows": rows, "positions": positions, "us": together * 1e6,
         "one_row_at_a_time_us": alone * 1e6, "speedup": alone / together });
+    // Every variant this CPU runs, on one thread, against the reference.
+    let (rows, cols) = SHAPES[1];
+    let mut variants = Vec::new();
+    let mut reference = None;
+    for variant in tern_kernels::dispatch::VARIANTS.iter().filter(|v| v.available()) {
+        let run =
+            measure::time_variant(variant.kernels.ternary_rows, rows, cols, VARIANT_TOKENS, Duration::from_secs(1));
+        let base = *reference.get_or_insert(run.seconds);
+        say!(
+            args,
+            "variant {:<12} gemm {cols:>5}→{rows:<5} n={VARIANT_TOKENS} {:7.1} µs  {:6.2} GMAC/s on one thread: {:.1}× reference",
+            variant.name,
+            run.seconds * 1e6,
+            run.gmacs(),
+            base / run.seconds
+        );
+        variants.push(json!({ "name": variant.name, "us": run.seconds * 1e6, "gmacs": run.gmacs(),
+            "speedup_vs_reference": base / run.seconds }));
+    }
     json!({ "threads": threads, "ternary_isa": isa, "read_bandwidth_gbs": bw, "products": results, "heads": heads,
-        "attention": attention })
+        "attention": attention, "variants": variants })
 }
 
 /// Short prompts timed for first-token latency.

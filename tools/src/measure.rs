@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use tern_engine::model::{Model, Session};
 use tern_engine::sampler::{argmax, Rng};
+use tern_kernels::dispatch::TernaryRowsFn;
 use tern_kernels::{pool, TernaryMatrix};
 
-/// Instruction set of the ternary products on this CPU ("avx2", ...).
+/// The kernel variant this CPU runs ("avx2", ...).
 pub fn ternary_isa() -> &'static str {
-    tern_kernels::dispatch::kernels().ternary_isa
+    tern_kernels::dispatch::chosen().name
 }
 
 /// Best-of-`reps` read bandwidth in GB/s (10^9 bytes/s) over a buffer of
@@ -128,6 +129,26 @@ pub fn time_product(mats: &[TernaryMatrix], tokens: usize, min_time: Duration) -
         seconds: start.elapsed().as_secs_f64() / n as f64,
         weight_bytes: mats[0].size_bytes(),
     }
+}
+
+/// Mean time of one product of a random (rows, cols) matrix with `tokens`
+/// tokens through `rows_fn` (one variant's `ternary_rows`) on the calling
+/// thread alone, repeated for at least `min_time`.
+pub fn time_variant(rows_fn: TernaryRowsFn, rows: usize, cols: usize, tokens: usize, min_time: Duration) -> ProductRun {
+    let w = random_matrices(rows, cols, 0, 2).remove(0);
+    let mut rng = Rng::new(9);
+    let q: Vec<i8> = (0..tokens * cols).map(|_| rng.next_u64() as i8).collect();
+    let s: Vec<f32> = (0..tokens).map(|t| 1.0 + t as f32).collect();
+    let mut out = vec![0.0f32; tokens * rows];
+    rows_fn(&w, &q, &s, 0..rows, &mut out);
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < min_time || n < 2 {
+        rows_fn(&w, &q, &s, 0..rows, &mut out);
+        n += 1;
+    }
+    black_box(&out);
+    ProductRun { rows, cols, tokens, seconds: start.elapsed().as_secs_f64() / n as f64, weight_bytes: w.size_bytes() }
 }
 
 /// Prefill and decode speed of a model.

@@ -24,41 +24,27 @@
 //! `vdotq_s32` is still unstable on Rust 1.95, so `sdot` issues the one
 //! instruction through `asm!`; swap it for the intrinsic once stable.
 
-use crate::reference::{self, check_ternary_rows, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
-use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
+use crate::arch::driver::{self, Tile, TileKernel};
+use crate::reference::{self, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::ternary::{TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES};
 use half::f16;
 use std::arch::aarch64::*;
 use std::arch::asm;
 use std::ops::Range;
 
-/// Tokens that share one unpacked group.
-const TILE: usize = 4;
 /// Groups summed in i16 before widening: each i16 lane takes 8 products of
 /// magnitude <= 128 per group, so 16 groups stay within 16384.
 const I16_GROUPS: usize = 16;
-/// Groups per TQ block (per-block scales).
-const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
 
-fn has_dotprod() -> bool {
+pub(crate) fn has_dotprod() -> bool {
     std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
 /// Rows `rows` of W @ q (n, cols) -> out (rows.len(), n), plain NEON. See
 /// [`reference::ternary_rows`].
 pub fn ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
-    check_ternary_rows(w, q, s, &rows, out);
-    for (t0, tile) in tiles(s.len()) {
-        let job = Tile { w, q, s, t0 };
-        // SAFETY: NEON is part of every aarch64 target.
-        unsafe {
-            match tile {
-                4 => rows_neon::<4>(&job, rows.clone(), out),
-                3 => rows_neon::<3>(&job, rows.clone(), out),
-                2 => rows_neon::<2>(&job, rows.clone(), out),
-                _ => rows_neon::<1>(&job, rows.clone(), out),
-            }
-        }
-    }
+    // SAFETY: NEON is part of every aarch64 target.
+    unsafe { driver::ternary_rows::<Neon>(w, q, s, rows, out) }
 }
 
 /// [`ternary_rows`] with the dot-product extension (`sdot`); the plain
@@ -67,89 +53,42 @@ pub fn ternary_rows_dotprod(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<
     if !has_dotprod() {
         return ternary_rows(w, q, s, rows, out);
     }
-    check_ternary_rows(w, q, s, &rows, out);
-    for (t0, tile) in tiles(s.len()) {
-        let job = Tile { w, q, s, t0 };
-        // SAFETY: dotprod was detected above; NEON is part of every aarch64 target.
-        unsafe {
-            match tile {
-                4 => rows_dotprod::<4>(&job, rows.clone(), out),
-                3 => rows_dotprod::<3>(&job, rows.clone(), out),
-                2 => rows_dotprod::<2>(&job, rows.clone(), out),
-                _ => rows_dotprod::<1>(&job, rows.clone(), out),
-            }
-        }
+    // SAFETY: dotprod was detected above; NEON is part of every aarch64 target.
+    unsafe { driver::ternary_rows::<NeonDotprod>(w, q, s, rows, out) }
+}
+
+/// The plain NEON inner kernel: [`group_dots_neon`].
+struct Neon;
+
+impl TileKernel for Neon {
+    const SUMS_CODES: bool = false;
+
+    unsafe fn rows<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+        // SAFETY: NEON is part of every aarch64 target.
+        unsafe { rows_neon::<T>(tile, rows, out) }
     }
 }
 
-/// (first token, tokens) of each tile of `n` tokens.
-fn tiles(n: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..n).step_by(TILE).map(move |t0| (t0, (n - t0).min(TILE)))
+/// The dot-product inner kernel: [`group_dots_sdot`].
+struct NeonDotprod;
+
+impl TileKernel for NeonDotprod {
+    const SUMS_CODES: bool = false;
+
+    unsafe fn rows<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+        // SAFETY: the caller guarantees dotprod.
+        unsafe { rows_dotprod::<T>(tile, rows, out) }
+    }
 }
 
 #[target_feature(enable = "neon")]
-fn rows_neon<const T: usize>(job: &Tile, rows: Range<usize>, out: &mut [f32]) {
-    job.rows::<T>(rows, out, |codes, q, groups| group_dots_neon::<T>(codes, q, groups))
+fn rows_neon<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+    tile.rows::<T>(rows, out, |codes, q, groups| group_dots_neon::<T>(codes, q, groups))
 }
 
 #[target_feature(enable = "neon,dotprod")]
-fn rows_dotprod<const T: usize>(job: &Tile, rows: Range<usize>, out: &mut [f32]) {
-    job.rows::<T>(rows, out, |codes, q, groups| group_dots_sdot::<T>(codes, q, groups))
-}
-
-/// Tokens `t0..t0 + T` of one ternary_rows call.
-struct Tile<'a> {
-    w: &'a TernaryMatrix,
-    q: &'a [i8],
-    s: &'a [f32],
-    t0: usize,
-}
-
-impl Tile<'_> {
-    /// The row loop and rescale shared by both instruction sets; `dots`
-    /// gives Σ w·q over a range of whole groups of one packed row for the
-    /// tile's T tokens. Inlined into each `#[target_feature]` caller.
-    #[inline(always)]
-    fn rows<const T: usize>(
-        &self,
-        rows: Range<usize>,
-        out: &mut [f32],
-        dots: impl Fn(&[u8], &[&[i8]; T], Range<usize>) -> [i32; T],
-    ) {
-        let (w, n, t0) = (self.w, self.s.len(), self.t0);
-        // Whole groups per row; columns past them are the scalar tail.
-        let full = w.cols / TERNARY_GROUP;
-        let qt: [&[i8]; T] = std::array::from_fn(|t| &self.q[(t0 + t) * w.cols..(t0 + t + 1) * w.cols]);
-        for (i, r) in rows.enumerate() {
-            let codes = w.row_codes(r);
-            let o = &mut out[i * n + t0..i * n + t0 + T];
-            match &w.scales {
-                Scales::Tensor(d) => {
-                    let dots = dots(codes, &qt, 0..full);
-                    for t in 0..T {
-                        let tail: i32 = (full * TERNARY_GROUP..w.cols)
-                            .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
-                            .sum();
-                        o[t] = (dots[t] + tail) as f32 * d / self.s[t0 + t];
-                    }
-                }
-                Scales::Blocks(ds) => {
-                    // Only TQ payloads have block scales: cols % 256 == 0, no tail.
-                    let blocks = w.cols / TQ_BLOCK;
-                    let mut acc = [0.0f32; T];
-                    for b in 0..blocks {
-                        let dots = dots(codes, &qt, b * GROUPS_PER_BLOCK..(b + 1) * GROUPS_PER_BLOCK);
-                        for t in 0..T {
-                            acc[t] += dots[t] as f32 * ds[r * blocks + b];
-                        }
-                    }
-                    for t in 0..T {
-                        o[t] = acc[t] / self.s[t0 + t];
-                    }
-                }
-            }
-        }
-    }
+fn rows_dotprod<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+    tile.rows::<T>(rows, out, |codes, q, groups| group_dots_sdot::<T>(codes, q, groups))
 }
 
 /// The weights of group `group` (its 32 bytes) as eight vectors of -1/0/1:

@@ -1,6 +1,8 @@
 //! Per-architecture variants. Each keeps the name and signature of its
 //! [`crate::reference`] counterpart and is tested against it; only
-//! [`crate::dispatch`] decides which one runs.
+//! [`crate::dispatch`] decides which one runs. The ternary products of
+//! every instruction set share one row and tile loop ([`driver`]); each
+//! supplies only its inner group sums.
 //!
 //! | module | ternary products | dense products | chosen |
 //! |---|---|---|---|
@@ -12,6 +14,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub(crate) mod driver;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm32;
 #[cfg(target_arch = "x86_64")]

@@ -17,82 +17,32 @@
 #![cfg(target_feature = "simd128")]
 #![allow(unsafe_code)]
 
-use crate::reference::{self, check_ternary_rows, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
-use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
+use crate::arch::driver::{self, Tile, TileKernel};
+use crate::reference::{self, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::ternary::{TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES};
 use half::f16;
 use std::arch::wasm32::*;
 use std::ops::Range;
 
-/// Tokens that share one unpacked group.
-const TILE: usize = 4;
 /// Groups summed in i16 before widening: each i16 lane takes 16 products of
 /// magnitude <= 128 per group, so 8 groups stay within 16384.
 const I16_GROUPS: usize = 8;
-/// Groups per TQ block (per-block scales).
-const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
 
 /// Rows `rows` of W @ q (n, cols) -> out (rows.len(), n). See
 /// [`reference::ternary_rows`].
 pub fn ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
-    check_ternary_rows(w, q, s, &rows, out);
-    let n = s.len();
-    let mut t0 = 0;
-    while t0 < n {
-        let tile = (n - t0).min(TILE);
-        let job = Tile { w, q, s, t0 };
-        match tile {
-            4 => job.rows::<4>(rows.clone(), out),
-            3 => job.rows::<3>(rows.clone(), out),
-            2 => job.rows::<2>(rows.clone(), out),
-            _ => job.rows::<1>(rows.clone(), out),
-        }
-        t0 += tile;
-    }
+    // SAFETY: this module exists only in builds with simd128.
+    unsafe { driver::ternary_rows::<Simd128>(w, q, s, rows, out) }
 }
 
-/// Tokens `t0..t0 + T` of one [`ternary_rows`] call.
-struct Tile<'a> {
-    w: &'a TernaryMatrix,
-    q: &'a [i8],
-    s: &'a [f32],
-    t0: usize,
-}
+/// The simd128 inner kernel: [`group_dots`].
+struct Simd128;
 
-impl Tile<'_> {
-    fn rows<const T: usize>(&self, rows: Range<usize>, out: &mut [f32]) {
-        let (w, n, t0) = (self.w, self.s.len(), self.t0);
-        // Whole groups per row; columns past them are the scalar tail.
-        let full = w.cols / TERNARY_GROUP;
-        let qt: [&[i8]; T] = std::array::from_fn(|t| &self.q[(t0 + t) * w.cols..(t0 + t + 1) * w.cols]);
-        for (i, r) in rows.enumerate() {
-            let codes = w.row_codes(r);
-            let o = &mut out[i * n + t0..i * n + t0 + T];
-            match &w.scales {
-                Scales::Tensor(d) => {
-                    let dots = group_dots::<T>(codes, &qt, 0..full);
-                    for t in 0..T {
-                        let tail: i32 = (full * TERNARY_GROUP..w.cols)
-                            .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
-                            .sum();
-                        o[t] = (dots[t] + tail) as f32 * d / self.s[t0 + t];
-                    }
-                }
-                Scales::Blocks(ds) => {
-                    // Only TQ payloads have block scales: cols % 256 == 0, no tail.
-                    let blocks = w.cols / TQ_BLOCK;
-                    let mut acc = [0.0f32; T];
-                    for b in 0..blocks {
-                        let dots = group_dots::<T>(codes, &qt, b * GROUPS_PER_BLOCK..(b + 1) * GROUPS_PER_BLOCK);
-                        for t in 0..T {
-                            acc[t] += dots[t] as f32 * ds[r * blocks + b];
-                        }
-                    }
-                    for t in 0..T {
-                        o[t] = acc[t] / self.s[t0 + t];
-                    }
-                }
-            }
-        }
+impl TileKernel for Simd128 {
+    const SUMS_CODES: bool = false;
+
+    unsafe fn rows<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+        tile.rows::<T>(rows, out, |codes, q, groups| group_dots::<T>(codes, q, groups))
     }
 }
 

@@ -14,119 +14,56 @@
 //! stays integer until the one rescale per row (or per block), which makes
 //! the result bit-identical to the reference.
 //!
-//! Several tokens (a tile of up to [`TILE`]) share each unpacked group, so
-//! a batch pays for unpacking once per weight instead of once per token.
+//! Several tokens (a tile of [`driver`]) share each unpacked group, so a
+//! batch pays for unpacking once per weight instead of once per token; the
+//! row loop, tail and rescale are the driver's.
 
-use crate::reference::{self, check_ternary_rows, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
-use crate::ternary::{get_code, Scales, TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
+use crate::arch::driver::{self, Tile, TileKernel};
+use crate::reference::{self, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+use crate::ternary::{TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES};
 use half::f16;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// Tokens that share one unpacked group.
-const TILE: usize = 4;
 /// Groups summed in i16 before widening. With codes scaled by 4 a `maddubs`
 /// lane reaches ±2048; two per group over 4 groups: 16384 < 32767.
 const I16_GROUPS: usize = 4;
 /// Bytes ahead of the current group that the ternary loop prefetches.
 const PREFETCH_AHEAD: usize = 2048;
-/// Groups per TQ block (per-block scales).
-const GROUPS_PER_BLOCK: usize = TQ_BLOCK / TERNARY_GROUP;
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
-fn has_fma_f16c() -> bool {
+pub(crate) fn has_fma_f16c() -> bool {
     has_avx2() && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
 }
 
 /// Rows `rows` of W @ q (n, cols) -> out (rows.len(), n). See
 /// [`reference::ternary_rows`].
 pub fn ternary_rows(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
-    check_ternary_rows(w, q, s, &rows, out);
     if !has_avx2() {
         return reference::ternary_rows(w, q, s, rows, out);
     }
-    let n = s.len();
-    let full = w.cols / TERNARY_GROUP;
-    // gsum (n, full): Σ q of each token over each group, the offset the codes carry.
-    let gsum: Vec<i32> = (0..n)
-        .flat_map(|t| {
-            q[t * w.cols..t * w.cols + full * TERNARY_GROUP]
-                .chunks_exact(TERNARY_GROUP)
-                .map(|g| g.iter().map(|&v| v as i32).sum::<i32>())
-        })
-        .collect();
-    let mut t0 = 0;
-    while t0 < n {
-        let tile = (n - t0).min(TILE);
-        let job = Tile { w, q, s, gsum: &gsum, n, t0, full };
-        // SAFETY: AVX2 was detected above.
-        unsafe {
-            match tile {
-                4 => job.rows::<4>(rows.clone(), out),
-                3 => job.rows::<3>(rows.clone(), out),
-                2 => job.rows::<2>(rows.clone(), out),
-                _ => job.rows::<1>(rows.clone(), out),
-            }
-        }
-        t0 += tile;
+    // SAFETY: AVX2 was detected above.
+    unsafe { driver::ternary_rows::<Avx2>(w, q, s, rows, out) }
+}
+
+/// The AVX2 inner kernel of the ternary products: [`group_dots`].
+struct Avx2;
+
+impl TileKernel for Avx2 {
+    const SUMS_CODES: bool = true;
+
+    unsafe fn rows<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { rows_avx2::<T>(tile, rows, out) }
     }
 }
 
-/// Tokens `t0..t0 + T` of one [`ternary_rows`] call.
-struct Tile<'a> {
-    w: &'a TernaryMatrix,
-    q: &'a [i8],
-    s: &'a [f32],
-    /// gsum (n, full)
-    gsum: &'a [i32],
-    n: usize,
-    t0: usize,
-    /// Whole groups per row; columns past them are the scalar tail.
-    full: usize,
-}
-
-impl Tile<'_> {
-    #[target_feature(enable = "avx2")]
-    fn rows<const T: usize>(&self, rows: Range<usize>, out: &mut [f32]) {
-        let (w, n, t0, full) = (self.w, self.n, self.t0, self.full);
-        let qt: [&[i8]; T] = std::array::from_fn(|t| &self.q[(t0 + t) * w.cols..(t0 + t + 1) * w.cols]);
-        let gs: [&[i32]; T] = std::array::from_fn(|t| &self.gsum[(t0 + t) * full..(t0 + t + 1) * full]);
-        for (i, r) in rows.enumerate() {
-            let codes = w.row_codes(r);
-            let o = &mut out[i * n + t0..i * n + t0 + T];
-            match &w.scales {
-                Scales::Tensor(d) => {
-                    let dots = group_dots::<T>(codes, &qt, 0..full);
-                    for t in 0..T {
-                        let qsum: i32 = gs[t].iter().sum();
-                        let tail: i32 = (full * TERNARY_GROUP..w.cols)
-                            .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
-                            .sum();
-                        o[t] = (dots[t] - qsum + tail) as f32 * d / self.s[t0 + t];
-                    }
-                }
-                Scales::Blocks(ds) => {
-                    // Only TQ payloads have block scales: cols % 256 == 0, no tail.
-                    let blocks = w.cols / TQ_BLOCK;
-                    let mut acc = [0.0f32; T];
-                    for b in 0..blocks {
-                        let g = b * GROUPS_PER_BLOCK..(b + 1) * GROUPS_PER_BLOCK;
-                        let dots = group_dots::<T>(codes, &qt, g.clone());
-                        for t in 0..T {
-                            let qsum: i32 = gs[t][g.clone()].iter().sum();
-                            acc[t] += (dots[t] - qsum) as f32 * ds[r * blocks + b];
-                        }
-                    }
-                    for t in 0..T {
-                        o[t] = acc[t] / self.s[t0 + t];
-                    }
-                }
-            }
-        }
-    }
+#[target_feature(enable = "avx2")]
+fn rows_avx2<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+    tile.rows::<T>(rows, out, |codes, q, groups| group_dots::<T>(codes, q, groups))
 }
 
 /// Σ code·q over `groups` of one packed row, for T tokens at once.

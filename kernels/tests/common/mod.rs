@@ -4,6 +4,7 @@
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tern_kernels::dispatch::{Variant, VARIANTS};
 
 /// Awkward sizes: 1, 3, 17, 33, around the 128-column group and 256 block.
 pub const AWKWARD_COLS: [usize; 11] = [1, 3, 17, 33, 127, 128, 129, 255, 256, 257, 385];
@@ -49,4 +50,18 @@ pub fn nmse(got: &[f32], want: &[f64]) -> f64 {
 /// Σ_c w[r,c]·q[c] in i32 for every row: W (rows, cols) @ q (cols,) -> (rows,)
 pub fn naive_ternary_dots(values: &[i8], rows: usize, cols: usize, q: &[i8]) -> Vec<i32> {
     (0..rows).map(|r| (0..cols).map(|c| values[r * cols + c] as i32 * q[c] as i32).sum()).collect()
+}
+
+/// The variants of this build this CPU can run, from the one list dispatch
+/// uses; prints a SKIP line for each of the others.
+pub fn runnable_variants(test: &str) -> Vec<&'static Variant> {
+    VARIANTS
+        .iter()
+        .filter(|v| {
+            if !v.available() {
+                eprintln!("SKIP {test} on {}: this CPU lacks {}", v.name, v.needs);
+            }
+            v.available()
+        })
+        .collect()
 }

@@ -174,7 +174,7 @@ impl ComputeBackend for CpuBackend {
     }
 
     fn device(&self) -> String {
-        format!("cpu {}", k::dispatch::kernels().ternary_isa)
+        format!("cpu {}", k::dispatch::chosen().name)
     }
 
     fn kv_blocks(&self) -> usize {
