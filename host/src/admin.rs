@@ -9,12 +9,23 @@
 //! Both need an admin key (`--admin-key`); without one configured the route
 //! answers 403, so a server never takes code from an unauthenticated caller.
 
-use crate::server::{error_response, text_response, unauthorized, Response, Server};
-use http_body_util::BodyExt as _;
 use std::sync::Arc;
 
-pub async fn component(server: &Arc<Server>, req: hyper::Request<hyper::body::Incoming>) -> Response {
-    if server.admin_keys.is_empty() {
+use http_body_util::BodyExt as _;
+
+use crate::auth::Keys;
+use crate::components::Components;
+use crate::responses::{error_response, text_response, unauthorized, Response};
+
+/// Answers `/admin/component` for callers holding one of `admin_keys`;
+/// uploads are at most `max_bytes`.
+pub async fn component(
+    components: &Arc<Components>,
+    admin_keys: &Keys,
+    max_bytes: usize,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    if admin_keys.is_empty() {
         return error_response(
             403,
             "invalid_request_error",
@@ -22,12 +33,12 @@ pub async fn component(server: &Arc<Server>, req: hyper::Request<hyper::body::In
             "The admin API is off; start tern with --admin-key to use it.",
         );
     }
-    if !server.admin_keys.allows(req.headers()) {
+    if !admin_keys.allows(req.headers()) {
         return unauthorized();
     }
     match *req.method() {
-        http::Method::GET => describe(server),
-        http::Method::POST => upload(server, req).await,
+        http::Method::GET => describe(components),
+        http::Method::POST => upload(components, max_bytes, req).await,
         _ => {
             let mut resp = error_response(
                 405,
@@ -41,12 +52,11 @@ pub async fn component(server: &Arc<Server>, req: hyper::Request<hyper::body::In
     }
 }
 
-fn describe(server: &Server) -> Response {
-    text_response(200, "application/json", server.components.active().describe().to_string())
+fn describe(components: &Components) -> Response {
+    text_response(200, "application/json", components.active().describe().to_string())
 }
 
-async fn upload(server: &Arc<Server>, req: hyper::Request<hyper::body::Incoming>) -> Response {
-    let limit = server.settings.max_component_bytes;
+async fn upload(components: &Arc<Components>, limit: usize, req: hyper::Request<hyper::body::Incoming>) -> Response {
     let body = http_body_util::Limited::new(req.into_body(), limit);
     let wasm = match body.collect().await {
         Ok(b) => b.to_bytes().to_vec(),
@@ -65,7 +75,7 @@ async fn upload(server: &Arc<Server>, req: hyper::Request<hyper::body::Incoming>
     if wasm.is_empty() {
         return error_response(400, "invalid_request_error", "empty_component", "The body must be a component.");
     }
-    match server.components.load(wasm, "upload".into()).await {
+    match components.load(wasm, "upload".into()).await {
         Ok(loaded) => text_response(200, "application/json", loaded.describe().to_string()),
         Err(e) => error_response(
             422,

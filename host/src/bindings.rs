@@ -10,8 +10,8 @@ wasmtime::component::bindgen!({
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-        "tern:llm/inference.generation": crate::inference::GenerationResource,
-        "wasi:keyvalue/store.bucket": crate::store::BucketHandle,
+        "tern:llm/inference.generation": crate::resources::GenerationResource,
+        "wasi:keyvalue/store.bucket": crate::resources::BucketHandle,
     },
 });
 

@@ -5,7 +5,6 @@
 //! streams (SSE, NDJSON) carry no length and go out as they come, so a
 //! token is never held back in a compressor's buffer.
 
-use crate::server::{error_response, Response};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -13,6 +12,8 @@ use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TY
 use http::HeaderValue;
 use http_body_util::BodyExt as _;
 use std::io::Write as _;
+
+use crate::responses::{error_response, Response};
 
 /// Smaller answers are not worth a compressor.
 const MIN_BYTES: u64 = 1024;

@@ -5,25 +5,15 @@
 //! Every function returns two levels: the outer `wasmtime::Result` is a host
 //! bug or trap, the inner `Result` is an error the guest handles.
 
-use crate::bindings::inference::{self as wit, Host, HostGeneration};
-use crate::state::HostState;
 use std::time::Duration;
+
 use tern_engine as engine;
 use wasmtime::component::Resource;
-use wasmtime_wasi::p2::{DynPollable, Pollable};
+use wasmtime_wasi::p2::DynPollable;
 
-/// A generation as the guest holds it. Dropping the resource drops the
-/// engine's handle, which cancels the work.
-pub struct GenerationResource {
-    generation: engine::Generation,
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for GenerationResource {
-    async fn ready(&mut self) {
-        self.generation.ready().await
-    }
-}
+use crate::bindings::inference::{self as wit, Host, HostGeneration};
+use crate::resources::GenerationResource;
+use crate::state::HostState;
 
 fn to_wit_error(e: engine::EngineError) -> wit::Error {
     use engine::EngineError as E;

@@ -20,11 +20,14 @@ mod compress;
 mod config;
 mod generate;
 mod inference;
+mod keyvalue;
+mod kv_store;
 mod metrics;
+mod resources;
+mod responses;
 mod serve;
 mod server;
 mod state;
-mod store;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};

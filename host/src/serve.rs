@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tern_engine::{Engine, EngineError};
 
 use crate::cli::{engine_config, ServeArgs};
-use crate::{auth, components, metrics, server, store};
+use crate::{auth, components, kv_store, metrics, server};
 
 /// The handler component built from guest/handler by build.rs.
 static BUILT_HANDLER: &[u8] = include_bytes!(env!("TERN_HANDLER_WASM"));
@@ -69,9 +69,9 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         max_component_bytes: args.max_component_mib << 20,
         compress: args.compress,
     };
-    let store = Arc::new(store::KvStore::new(args.cache_mib << 20));
+    let store = Arc::new(kv_store::KvStore::new(args.cache_mib << 20));
     let metrics = Arc::new(metrics::HostMetrics::default());
-    let wasm_engine = server::wasm_engine(&settings)?;
+    let wasm_engine = server::instances::wasm_engine(&settings)?;
     let (wasm, source) = match &args.component {
         Some(p) => (std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string()),
         None => (BUILT_HANDLER.to_vec(), "built-in".to_string()),
@@ -80,7 +80,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         if args.no_compile_cache { None } else { args.compile_cache.clone().or_else(components::default_cache_dir) };
     let components =
         Arc::new(components::Components::new(wasm_engine.clone(), cache_dir, &wasm, &source, metrics.clone())?);
-    server::start_epoch_ticker(&wasm_engine);
+    server::instances::start_epoch_ticker(&wasm_engine);
     let server =
         Arc::new(server::Server::new(components.clone(), engine.clone(), store, settings, keys, admin_keys, metrics));
 
@@ -93,7 +93,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         .global_queue_interval(EVENT_INTERVAL)
         .build()?;
     runtime.block_on(async move {
-        let listener = server::bind(addr).await?;
+        let listener = server::connection::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, model = %model.display(), api_keys = server_keys,
             admin = admin_on, "listening");
         if let Some(path) = args.component.clone() {

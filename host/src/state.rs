@@ -2,7 +2,6 @@
 //! memory limits, the request's deadline, and handles to the shared engine
 //! and key-value store.
 
-use crate::store::KvStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +12,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
     Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
+
+use crate::kv_store::KvStore;
 
 pub struct HostState {
     pub wasi: WasiCtx,

@@ -1,18 +1,17 @@
-//! The host's `wasi:keyvalue` store: named buckets in memory, shared by
-//! every request's instance, under one byte limit. A write that does not fit
-//! evicts the least recently used entries of its own bucket, so a busy
-//! response cache never pushes out a small bucket of counters. The handler keeps its response cache here; `tern:llm/store-usage`
-//! reports what each bucket holds.
+//! The memory behind the host's `wasi:keyvalue` store: named buckets shared
+//! by every request's instance, under one byte limit. A write that does not
+//! fit evicts the least recently used entries of its own bucket, so a busy
+//! response cache never pushes out a small bucket of counters. The handler
+//! keeps its response cache here; `tern:llm/store-usage` reports what each
+//! bucket holds (the WIT glue is `keyvalue`).
 //!
 //! Policy (what to cache, for how long) is the guest's: the store only keeps
 //! bytes and forgets the least recently used ones when full.
 
-use crate::bindings::store_usage::{self, BucketUsage};
-use crate::bindings::wasi::keyvalue::{atomics, store};
-use crate::state::HostState;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use wasmtime::component::Resource;
+use std::sync::{Mutex, PoisonError};
+
+use crate::bindings::store_usage::BucketUsage;
 
 /// Bytes an entry costs beyond its key and value (map and LRU bookkeeping).
 const ENTRY_OVERHEAD: u64 = 64;
@@ -84,7 +83,7 @@ impl KvStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Opens (creating if new) bucket `name`.
@@ -175,97 +174,6 @@ impl KvStore {
             max_bytes: self.max_bytes,
             evictions: b.evictions,
         })
-    }
-}
-
-/// An open bucket as the guest holds it.
-pub struct BucketHandle {
-    name: String,
-}
-
-fn other(message: String) -> store::Error {
-    store::Error::Other(message)
-}
-
-impl HostState {
-    fn bucket_name(&self, bucket: &Resource<BucketHandle>) -> wasmtime::Result<String> {
-        Ok(self.table.get(bucket)?.name.clone())
-    }
-
-    fn kv(&self) -> &Arc<KvStore> {
-        &self.store
-    }
-}
-
-impl store::Host for HostState {
-    fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<BucketHandle>, store::Error>> {
-        self.kv().open(&identifier);
-        Ok(Ok(self.table.push(BucketHandle { name: identifier })?))
-    }
-}
-
-impl store::HostBucket for HostState {
-    fn get(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let name = self.bucket_name(&bucket)?;
-        Ok(Ok(self.kv().get(&name, &key)))
-    }
-
-    fn set(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let name = self.bucket_name(&bucket)?;
-        Ok(self.kv().set(&name, &key, value).map_err(other))
-    }
-
-    fn delete(&mut self, bucket: Resource<BucketHandle>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
-        let name = self.bucket_name(&bucket)?;
-        self.kv().delete(&name, &key);
-        Ok(Ok(()))
-    }
-
-    fn exists(&mut self, bucket: Resource<BucketHandle>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
-        let name = self.bucket_name(&bucket)?;
-        Ok(Ok(self.kv().exists(&name, &key)))
-    }
-
-    fn list_keys(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        cursor: Option<u64>,
-    ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        let name = self.bucket_name(&bucket)?;
-        let (keys, cursor) = self.kv().list_keys(&name, cursor.unwrap_or(0));
-        Ok(Ok(store::KeyResponse { keys, cursor }))
-    }
-
-    fn drop(&mut self, bucket: Resource<BucketHandle>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
-    }
-}
-
-impl atomics::Host for HostState {
-    fn increment(
-        &mut self,
-        bucket: Resource<BucketHandle>,
-        key: String,
-        delta: u64,
-    ) -> wasmtime::Result<Result<u64, store::Error>> {
-        let name = self.bucket_name(&bucket)?;
-        Ok(self.kv().increment(&name, &key, delta).map_err(other))
-    }
-}
-
-impl store_usage::Host for HostState {
-    fn usage(&mut self, identifier: String) -> wasmtime::Result<Option<BucketUsage>> {
-        Ok(self.kv().usage(&identifier))
     }
 }
 

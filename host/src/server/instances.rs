@@ -1,0 +1,211 @@
+//! Handler instances: the wasmtime engine set up for serving, one `Store`
+//! per request (memory limit, wall-clock deadline, a yield at every epoch
+//! tick), and a request run through a fresh instance of the active handler
+//! or, with `--reuse-instances`, one that already answered others.
+//!
+//! The guest parks on pollables while the engine's threads compute, and
+//! yields to tokio at every epoch tick, so a guest stuck in a loop neither
+//! holds a worker thread nor outlives its deadline. Epochs cannot interrupt
+//! a guest parked in a host call: a host-side timeout covers that.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tern_engine::Engine;
+use tracing::Instrument as _;
+use wasmtime::component::ResourceTable;
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use crate::bindings::Handler;
+use crate::components::{Components, Loaded, Reusable};
+use crate::kv_store::KvStore;
+use crate::metrics::HostMetrics;
+use crate::responses::Response;
+use crate::server::settings::Settings;
+use crate::server::track::Track;
+use crate::state::{HostState, NoOutgoingRequests};
+
+/// How often the epoch advances; deadlines are whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A wasmtime engine configured for serving: async, epochs, pooling.
+pub fn wasm_engine(settings: &Settings) -> anyhow::Result<wasmtime::Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(settings.max_instances);
+    pool.total_core_instances(settings.max_instances * 4);
+    pool.total_memories(settings.max_instances * 2);
+    pool.total_tables(settings.max_instances * 4);
+    pool.max_memory_size(settings.memory_bytes);
+    // Pooled fiber stacks are reset after each request: the first 128 KiB by
+    // memset, the rest handed back to the kernel, so a guest that recursed
+    // deep leaves neither its data nor resident pages behind.
+    config.async_stack_zeroing(true);
+    pool.async_stack_keep_resident(128 << 10);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(wasmtime::Engine::new(&config)?)
+}
+
+/// Advances the epoch forever; a detached thread so it outlives no one.
+pub fn start_epoch_ticker(engine: &wasmtime::Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tern-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })
+        .expect("spawning the epoch thread");
+}
+
+/// What a request's instance is made of and limited by.
+pub struct Instances {
+    components: Arc<Components>,
+    engine: Engine,
+    kv: Arc<KvStore>,
+    settings: Settings,
+    metrics: Arc<HostMetrics>,
+}
+
+impl Instances {
+    pub fn new(
+        components: Arc<Components>,
+        engine: Engine,
+        kv: Arc<KvStore>,
+        settings: Settings,
+        metrics: Arc<HostMetrics>,
+    ) -> Self {
+        Self { components, engine, kv, settings, metrics }
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let state = HostState {
+            wasi: WasiCtx::builder().inherit_stderr().envs(&self.settings.guest_env).build(),
+            http: WasiHttpCtx::new(),
+            hooks: NoOutgoingRequests,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new().memory_size(self.settings.memory_bytes).instances(8).build(),
+            engine: self.engine.clone(),
+            store: self.kv.clone(),
+            deadline: Instant::now() + self.settings.request_timeout,
+            timed_out: false,
+            tokens: 0,
+        };
+        let mut store = Store::new(self.components.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // Every tick the guest is running, it yields to tokio (so a busy
+        // guest never holds a worker thread) until its deadline passes.
+        store.epoch_deadline_callback(|mut ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                ctx.data_mut().timed_out = true;
+                return Err(wasmtime::format_err!("the request handler ran past its deadline"));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// An idle instance of `loaded` to reuse (with the requests it has
+    /// answered), or a new store to instantiate in.
+    fn store_for(&self, loaded: &Loaded) -> (Store<HostState>, Option<(Handler, u32)>) {
+        if self.settings.reuse_instances > 1 {
+            if let Some(r) = loaded.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+                let Reusable { mut store, handler, uses } = r;
+                store.data_mut().deadline = Instant::now() + self.settings.request_timeout;
+                store.data_mut().tokens = 0;
+                store.set_epoch_deadline(1);
+                self.metrics.reused();
+                return (store, Some((handler, uses)));
+            }
+        }
+        (self.new_store(), None)
+    }
+
+    /// Runs one request through the active handler.
+    pub async fn run(
+        self: &Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+        track: Arc<Track>,
+    ) -> anyhow::Result<Response> {
+        let loaded = self.components.active();
+        let (mut store, reused) = self.store_for(&loaded);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let this = self.clone();
+        let version = loaded.version().to_string();
+        let id = track.id.clone();
+        let span = tracing::info_span!("request", id = %id);
+        // The guest keeps running after the head is sent, to stream the body.
+        let task = tokio::task::spawn(
+            async move {
+                let (handler, uses) = match reused {
+                    Some(reused) => reused,
+                    None => {
+                        let started = Instant::now();
+                        let handler = loaded.pre.instantiate_async(&mut store).await?;
+                        this.metrics.instantiated(started.elapsed());
+                        (handler, 0)
+                    }
+                };
+                // Epochs cannot interrupt a guest parked in a host call: the
+                // host's own deadline covers that.
+                let limit = this.settings.request_timeout + EPOCH_TICK * 2;
+                let call = handler.wasi_http_incoming_handler().call_handle(&mut store, req, out);
+                let result = match tokio::time::timeout(limit, call).await {
+                    Ok(r) => r.map_err(anyhow::Error::from),
+                    Err(_) => {
+                        store.data_mut().timed_out = true;
+                        Err(anyhow::anyhow!("the request handler ran past its deadline"))
+                    }
+                };
+                track.tokens.store(store.data().tokens, Ordering::Relaxed);
+                match result {
+                    Ok(()) if uses + 1 < this.settings.reuse_instances => {
+                        let mut idle = loaded.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                        idle.push(Reusable { store, handler, uses: uses + 1 });
+                        Ok(())
+                    }
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        this.metrics.trapped();
+                        track.timed_out.store(store.data().timed_out, Ordering::Relaxed);
+                        tracing::error!(error = format!("{e:#}"), "the request handler failed");
+                        Err(e)
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        match receiver.await {
+            Ok(Ok(mut resp)) => {
+                if let Ok(v) = http::HeaderValue::from_str(&version) {
+                    resp.headers_mut().insert("x-tern-component", v);
+                }
+                Ok(resp)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                // A trap was logged by the task; the other two are logged here.
+                let e = match task.await {
+                    Ok(Ok(())) => anyhow::anyhow!("the handler returned without a response"),
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => e.into(),
+                };
+                tracing::error!(%id, error = format!("{e:#}"), "the handler failed before responding");
+                Err(e)
+            }
+        }
+    }
+}
