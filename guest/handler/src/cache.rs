@@ -26,13 +26,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{
-    Backend, BucketUsage, Error, Event, FinishReason, Finished, GenerationStream, Message, SamplingParams, Store, Usage,
+use crate::engine_client::{
+    BucketUsage, EngineClient, Error, Event, FinishReason, Finished, GenerationStream, Message, SamplingParams, Store,
+    Usage,
 };
-use crate::chat::finish_reason;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
-use crate::json::{self, Fields};
+use crate::wire::finish_reason;
 
 /// Bucket holding cached answers.
 pub const RESPONSES: &str = "responses";
@@ -181,7 +181,7 @@ pub enum Lookup {
 /// cacheable request, one store read; never starts a generation.
 pub fn look_up(
     req: &Request,
-    backend: &dyn Backend,
+    engine: &dyn EngineClient,
     model: &str,
     messages: &[Message],
     params: &SamplingParams,
@@ -190,9 +190,9 @@ pub fn look_up(
     if !cacheable(params, use_cache) {
         return Ok(Lookup::Bypass);
     }
-    let rendered = backend.render_chat(model, messages).map_err(|e| ApiError::engine(e, "messages"))?;
+    let rendered = engine.render_chat(model, messages).map_err(|e| ApiError::engine(e, "messages"))?;
     let key = key(CHAT, model, &rendered, params, req.header("authorization"));
-    let store = backend.store();
+    let store = engine.store();
     match fetch(store, &key, ttl_seconds(), now_ms()) {
         Some(entry) => {
             store.increment(COUNTERS, HITS, 1);
@@ -243,7 +243,7 @@ impl Lookup {
     /// [`Pending`] stores the record once the answer is delivered.
     pub fn generation(
         self,
-        backend: &dyn Backend,
+        engine: &dyn EngineClient,
         start: impl FnOnce() -> Result<Box<dyn GenerationStream>, Error>,
     ) -> Result<(Box<dyn GenerationStream>, Option<Pending>), Error> {
         match self {
@@ -253,7 +253,7 @@ impl Lookup {
                 let generation = start()?;
                 let draft = Rc::new(RefCell::new(Draft { text: String::new(), finished: None }));
                 let recording = Recording { generation, draft: draft.clone() };
-                Ok((Box::new(recording), Some(Pending { store: backend.store().share(), key, draft })))
+                Ok((Box::new(recording), Some(Pending { store: engine.store().share(), key, draft })))
             }
         }
     }
@@ -436,42 +436,4 @@ pub fn stats(store: &dyn Store) -> Stats {
         invalidations: counter(store, INVALIDATIONS),
         usage: store.usage(RESPONSES).unwrap_or(BucketUsage { entries: 0, bytes: 0, max_bytes: 0, evictions: 0 }),
     }
-}
-
-/// `GET /api/cache-stats` (with `?keys=1`, the keys too) and
-/// `POST /api/cache-stats` `{"action": "clear"}` or
-/// `{"action": "invalidate", "key": ".."}`.
-pub fn handle_stats(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
-    let store = backend.store();
-    if req.method == "POST" {
-        return act(req, store);
-    }
-    let mut body = stats(store).json();
-    body["ttl_seconds"] = Value::from(ttl_seconds());
-    let wants_keys =
-        req.query.as_deref().is_some_and(|q| q.split('&').any(|pair| matches!(pair, "keys" | "keys=1" | "keys=true")));
-    if wants_keys {
-        body["keys"] = Value::from(store.keys(RESPONSES));
-    }
-    Ok(Response::json(200, &body))
-}
-
-fn act(req: &Request, store: &dyn Store) -> Result<Response, ApiError> {
-    let map = json::parse_object(&req.body)?;
-    let f = Fields::new(&map);
-    let keys = match f.required_string("action")? {
-        "clear" => store.keys(RESPONSES),
-        "invalidate" => {
-            let key = f.required_string("key")?;
-            store.get(RESPONSES, key).map(|_| vec![key.to_string()]).unwrap_or_default()
-        }
-        other => {
-            return Err(ApiError::param("action", format!("'action' must be 'clear' or 'invalidate', not {other:?}.")))
-        }
-    };
-    for key in &keys {
-        store.delete(RESPONSES, key);
-    }
-    store.increment(COUNTERS, INVALIDATIONS, keys.len() as u64);
-    Ok(Response::json(200, &json!({"action": f.required_string("action")?, "deleted": keys.len()})))
 }

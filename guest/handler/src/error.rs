@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::backend::Error;
+use crate::engine_client::Error;
 use crate::http::{Response, MAX_BODY_BYTES};
 
 /// A request the handler refuses or the engine could not serve.

@@ -1,11 +1,9 @@
 //! Plain HTTP values the router works on.
 //!
 //! Nothing in this module touches wasi:http, so the router and its tests run
-//! natively; `lib.rs` converts to and from the wasi:http resources.
+//! natively; `export.rs` converts to and from the wasi:http resources.
 
 use std::fmt;
-
-use crate::error::ApiError;
 
 /// Largest request body the handler reads. Chat requests are text; anything
 /// bigger is refused before it costs memory in the instance.
@@ -139,25 +137,6 @@ impl Response {
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
-/// Refuses a body whose declared `content-length` is over the limit, before
-/// any of it is read.
-pub fn check_declared_length(content_length: Option<&str>) -> Result<(), ApiError> {
-    match content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
-        Some(len) if len > MAX_BODY_BYTES as u64 => Err(ApiError::BodyTooLarge),
-        _ => Ok(()),
-    }
-}
-
-/// Appends a chunk read from the body, refusing to grow past the limit (a
-/// chunked body declares no length, so it is counted as it arrives).
-pub fn append_body_chunk(body: &mut Vec<u8>, chunk: &[u8]) -> Result<(), ApiError> {
-    if body.len().saturating_add(chunk.len()) > MAX_BODY_BYTES {
-        return Err(ApiError::BodyTooLarge);
-    }
-    body.extend_from_slice(chunk);
-    Ok(())
 }
 
 /// `text` with `%XX` escapes decoded and `+` read as a space; a malformed

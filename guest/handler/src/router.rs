@@ -1,37 +1,34 @@
-//! The request router: a plain function from request to response.
+//! The request router: a plain function from request to response. It holds
+//! the route table (path and method to a route of `routes/`), answers
+//! `OPTIONS` and `HEAD`, counts error responses, and stamps every response
+//! with the handler's version.
 
-use serde_json::{json, Value};
-
-use crate::backend::{Backend, ModelInfo};
+use crate::cache::COUNTERS;
 use crate::cors::CorsPolicy;
+use crate::engine_client::EngineClient;
 use crate::error::{error_response, ApiError};
 use crate::http::{Body, Request, Response};
-use crate::ollama::{self, Route as Ollama};
-use crate::{cache, chat, completions, embeddings, generate, llamacpp, metrics, optimized, page, queue, spin};
+use crate::routes::ollama::{self, Route as Ollama};
+use crate::routes::service::{self, ERRORS};
+use crate::routes::{llamacpp, openai, seed, spin};
+use crate::wire::HANDLER_VERSION;
 
-/// Version stamped on every response as `x-tern-handler`, so a client can tell
-/// which handler component served it across hot swaps.
-pub const HANDLER_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// The OpenAPI 3.0 description of every route, served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// Answers `req` using `backend` for inference, under the CORS policy in
+/// Answers `req` using `engine` for inference, under the CORS policy in
 /// `TERN_CORS_ORIGINS`. Never panics on client input: every failure becomes
 /// an OpenAI-shaped error response.
-pub fn route(req: &Request, backend: &dyn Backend) -> Response {
-    route_with(req, backend, &CorsPolicy::from_env())
+pub fn route(req: &Request, engine: &dyn EngineClient) -> Response {
+    route_with(req, engine, &CorsPolicy::from_env())
 }
 
 /// [`route`] under an explicit CORS policy. `HEAD` answers are `GET`'s
 /// without the body.
-pub fn route_with(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Response {
-    let response = match dispatch(req, backend, cors) {
+pub fn route_with(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Response {
+    let response = match dispatch(req, engine, cors) {
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
     if response.status >= 400 {
-        backend.store().increment(cache::COUNTERS, metrics::ERRORS, 1);
+        engine.store().increment(COUNTERS, ERRORS, 1);
     }
     let response = if req.method == "HEAD" { Response { body: Body::Full(Vec::new()), ..response } } else { response };
     stamp(cors.decorate(req, response))
@@ -48,7 +45,7 @@ fn stamp(response: Response) -> Response {
 }
 
 /// Routes by path, answers `OPTIONS` for every route, then checks the method.
-fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<Response, ApiError> {
+fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Result<Response, ApiError> {
     let path = req.path.as_str();
     let (allow, handler): (&'static str, Handler) = match path {
         "/" => ("GET, HEAD", Handler::Root),
@@ -105,32 +102,32 @@ fn dispatch(req: &Request, backend: &dyn Backend, cors: &CorsPolicy) -> Result<R
         };
     }
     match handler {
-        Handler::Root => Ok(page::root(req)),
-        Handler::Static(name) => page::static_file(req, name),
-        Handler::Health => health(backend),
-        Handler::Metrics => Ok(metrics::handle(req, backend)),
-        Handler::Models => Ok(models(backend)),
-        Handler::Model(id) => model(backend, id),
-        Handler::Chat => chat::handle(req, backend),
-        Handler::Generate => generate::handle(req, backend),
-        Handler::Batch => queue::batch(req, backend),
-        Handler::QueueSubmit => queue::submit(req, backend),
-        Handler::QueueStatus(id) => queue::status(id, backend),
-        Handler::QueueCancel(id) => queue::cancel(id, backend),
-        Handler::QueueStatusQuery(id) => queue::status(&id, backend),
-        Handler::QueueCancelQuery(id) => queue::cancel(&id, backend),
-        Handler::OpenApi => Ok(Response::text(200, "application/json", OPENAPI.as_bytes().to_vec())),
-        Handler::SpinInfer => spin::infer(req, backend),
-        Handler::SpinEmbed => spin::embed(req, backend),
-        Handler::ChatOptimized => Ok(optimized::handle(req, backend)),
-        Handler::CacheStats => cache::handle_stats(req, backend),
-        Handler::Ollama(api) => Ok(ollama::handle(api, req, backend)),
-        Handler::Completions => completions::handle(req, backend),
-        Handler::Embeddings => embeddings::handle(req, backend),
-        Handler::LlamaCompletion => Ok(llamacpp::completion(req, backend)),
-        Handler::LlamaTokenize => Ok(llamacpp::tokenize(req, backend)),
-        Handler::LlamaDetokenize => Ok(llamacpp::detokenize(req, backend)),
-        Handler::LlamaProps => Ok(llamacpp::props(backend)),
+        Handler::Root => Ok(service::root(req)),
+        Handler::Static(name) => service::static_file(req, name),
+        Handler::Health => service::health(engine),
+        Handler::Metrics => Ok(service::metrics(req, engine)),
+        Handler::Models => Ok(openai::models(engine)),
+        Handler::Model(id) => openai::model(engine, id),
+        Handler::Chat => openai::chat(req, engine),
+        Handler::Generate => seed::generate(req, engine),
+        Handler::Batch => seed::batch(req, engine),
+        Handler::QueueSubmit => seed::submit_job(req, engine),
+        Handler::QueueStatus(id) => seed::job_status(id, engine),
+        Handler::QueueCancel(id) => seed::cancel_job(id, engine),
+        Handler::QueueStatusQuery(id) => seed::job_status(&id, engine),
+        Handler::QueueCancelQuery(id) => seed::cancel_job(&id, engine),
+        Handler::OpenApi => Ok(service::openapi()),
+        Handler::SpinInfer => spin::infer(req, engine),
+        Handler::SpinEmbed => spin::embed(req, engine),
+        Handler::ChatOptimized => Ok(seed::chat_optimized(req, engine)),
+        Handler::CacheStats => seed::cache_stats(req, engine),
+        Handler::Ollama(api) => Ok(ollama::handle(api, req, engine)),
+        Handler::Completions => openai::completions(req, engine),
+        Handler::Embeddings => openai::embeddings(req, engine),
+        Handler::LlamaCompletion => Ok(llamacpp::completion(req, engine)),
+        Handler::LlamaTokenize => Ok(llamacpp::tokenize(req, engine)),
+        Handler::LlamaDetokenize => Ok(llamacpp::detokenize(req, engine)),
+        Handler::LlamaProps => Ok(llamacpp::props(engine)),
     }
 }
 
@@ -161,57 +158,4 @@ enum Handler<'a> {
     LlamaTokenize,
     LlamaDetokenize,
     LlamaProps,
-}
-
-/// `GET /health`: 200 once the engine is ready (with the engine's load, the
-/// server's uptime and its measured resident memory), llama.cpp's 503 before.
-fn health(backend: &dyn Backend) -> Result<Response, ApiError> {
-    let s = backend.status();
-    if s.ready {
-        Ok(Response::json(
-            200,
-            &json!({
-                "status": "ok",
-                "running": s.running,
-                "waiting": s.waiting,
-                "max_waiting": s.max_waiting,
-                "prompt_tokens_total": s.prompt_tokens_total,
-                "generated_tokens_total": s.generated_tokens_total,
-                "kv_blocks_total": s.kv_blocks_total,
-                "kv_blocks_used": s.kv_blocks_used,
-                "kv_blocks_cached": s.kv_blocks_cached,
-                "uptime_s": s.uptime_ms as f64 / 1e3,
-                "memory_bytes": s.rss_bytes,
-            }),
-        ))
-    } else {
-        Err(ApiError::Loading)
-    }
-}
-
-/// `GET /v1/models`: OpenAI's model list, with the engine's details added.
-fn models(backend: &dyn Backend) -> Response {
-    let data: Vec<Value> = backend.list_models().iter().map(model_json).collect();
-    Response::json(200, &json!({"object": "list", "data": data}))
-}
-
-/// `GET /v1/models/{id}`: one model, or 404 `model_not_found`.
-fn model(backend: &dyn Backend, id: &str) -> Result<Response, ApiError> {
-    match backend.list_models().iter().find(|m| m.id == id) {
-        Some(info) => Ok(Response::json(200, &model_json(info))),
-        None => Err(ApiError::engine(crate::backend::Error::UnknownModel(id.to_string()), "model")),
-    }
-}
-
-fn model_json(info: &ModelInfo) -> Value {
-    json!({
-        "id": info.id,
-        "object": "model",
-        "created": info.modified_at,
-        "owned_by": "tern",
-        "architecture": info.architecture,
-        "context_length": info.context_length,
-        "quantization": info.quantization,
-        "parameter_count": info.parameter_count,
-    })
 }

@@ -445,5 +445,5 @@ fn metrics_are_json_by_default_and_prometheus_on_request() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
-    super::assert_valid_exposition(&text);
+    super::metrics::assert_valid_exposition(&text);
 }

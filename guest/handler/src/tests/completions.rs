@@ -239,10 +239,10 @@ fn embeddings_keep_input_order_and_embed_token_ids_as_their_text() {
 
 #[test]
 fn embeddings_in_base64_are_the_little_endian_floats() {
-    assert_eq!(crate::embeddings::base64_f32(&[1.0]), "AACAPw==");
-    assert_eq!(crate::embeddings::base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
-    assert_eq!(crate::embeddings::base64_f32(&[0.5, 0.25, 3.0]), "AAAAPwAAgD4AAEBA");
-    assert_eq!(crate::embeddings::base64_f32(&[]), "");
+    assert_eq!(crate::routes::openai::base64_f32(&[1.0]), "AACAPw==");
+    assert_eq!(crate::routes::openai::base64_f32(&[1.0, -2.0]), "AACAPwAAAMA=");
+    assert_eq!(crate::routes::openai::base64_f32(&[0.5, 0.25, 3.0]), "AAAAPwAAgD4AAEBA");
+    assert_eq!(crate::routes::openai::base64_f32(&[]), "");
 
     let script = Script::new(Vec::new());
     let float = json_of(route(&embeddings(json!({"model": MODEL, "input": "Hi"})), &script));
@@ -250,7 +250,7 @@ fn embeddings_in_base64_are_the_little_endian_floats() {
         json_of(route(&embeddings(json!({"model": MODEL, "input": "Hi", "encoding_format": "base64"})), &script));
     let floats: Vec<f32> =
         float["data"][0]["embedding"].as_array().expect("floats").iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    assert_eq!(base64["data"][0]["embedding"], crate::embeddings::base64_f32(&floats));
+    assert_eq!(base64["data"][0]["embedding"], crate::routes::openai::base64_f32(&floats));
 }
 
 #[test]

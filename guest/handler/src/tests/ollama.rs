@@ -3,7 +3,8 @@
 //! shape.
 
 use super::script::*;
-use crate::ollama::{digest, parameter_size, rfc3339};
+use crate::routes::ollama::{digest, parameter_size};
+use crate::wire::rfc3339;
 
 fn generate(extra: Value) -> Request {
     post("/api/generate", &merged(json!({"model": MODEL, "prompt": "Tell me"}), extra))

@@ -1,7 +1,7 @@
 //! `/openapi.json` describes the routes the router serves.
 
 use super::script::*;
-use crate::router::OPENAPI;
+use crate::routes::service::OPENAPI;
 
 fn spec() -> Value {
     serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON")

@@ -1,4 +1,4 @@
-//! The scripted backend the router's tests drive, and helpers to read its
+//! The scripted engine client the router's tests drive, and helpers to read its
 //! responses.
 //!
 //! The scripted generation only replays events so that framing and
@@ -10,14 +10,16 @@ pub(crate) use std::rc::Rc;
 
 pub(crate) use serde_json::{json, Value};
 
-pub(crate) use crate::backend::{
-    Backend, BucketUsage, ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished,
+pub(crate) use crate::body_limit;
+pub(crate) use crate::engine_client::{
+    BucketUsage, ContextOverflow, Embedding, EngineClient, EngineStatus, Error, Event, FinishReason, Finished,
     GenerationStream, Histogram, JobInfo, JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams,
     Store, Usage,
 };
 pub(crate) use crate::error::{error_response, ApiError};
-pub(crate) use crate::http::{self, Body, Request, Response, MAX_BODY_BYTES};
-pub(crate) use crate::router::{refuse, route, HANDLER_VERSION};
+pub(crate) use crate::http::{Body, Request, Response, MAX_BODY_BYTES};
+pub(crate) use crate::router::{refuse, route};
+pub(crate) use crate::wire::HANDLER_VERSION;
 
 pub(crate) const MODEL: &str = "bitnet-test";
 
@@ -124,7 +126,7 @@ pub(crate) fn usage(prompt_tokens: u32, completion_tokens: u32) -> Usage {
     Usage { prompt_tokens, completion_tokens, cached_tokens: 3, queue_ms: 1.0, prompt_ms: 4.0, generation_ms: 15.0 }
 }
 
-impl Backend for Script {
+impl EngineClient for Script {
     fn list_models(&self) -> Vec<ModelInfo> {
         vec![ModelInfo {
             id: MODEL.into(),

@@ -1,78 +1,76 @@
 //! llama.cpp server's native API, for its clients and UIs: `POST /completion`,
-//! `POST /tokenize`, `POST /detokenize` and `GET /props` (`/health` is the
-//! router's). Errors take llama.cpp's shape, `code` being the HTTP status.
+//! `POST /tokenize`, `POST /detokenize` and `GET /props` (`/health` is
+//! `service.rs`'s). Errors take llama.cpp's shape, `code` being the HTTP
+//! status.
 //!
 //! `/completion` reads `prompt` (a string or token ids), `n_predict` (-1 or
 //! absent: until the model ends its text or the context is full), the
-//! sampling fields with llama.cpp's defaults (`temperature` 0.8, `top_k` 40,
-//! `top_p` 0.95, `min_p` 0.05, `seed` -1 for a random one), `stop`, `stream`
-//! and `cache_prompt`, which is accepted and always on: the engine reuses
-//! every cached prefix. The engine reports a stop string and the end of text
+//! sampling fields with llama.cpp's defaults ([`LLAMA_CPP_DEFAULTS`]:
+//! `temperature` 0.8, `top_k` 40, `top_p` 0.95, `min_p` 0.05, `seed` -1 for
+//! a random one), `stop`, `stream` and `cache_prompt`, which is accepted and
+//! always on: the engine reuses every cached prefix. The engine reports a stop string and the end of text
 //! alike, so `stop_type` is `word` whenever stop strings were given and the
 //! generation stopped by itself, `eos` otherwise; `limit` means `n_predict`,
 //! the context or the deadline ran out.
 
 use serde_json::{json, Value};
 
-use crate::backend::{Backend, Error, FinishReason, Finished, ModelInfo, Priority};
-use crate::chat::{parse_sampling, read_all, sse_data, timings_json, SamplingDefaults, DEFAULT_REPEAT_LAST_N};
-use crate::completions::{parse_prompt, token_ids};
+use crate::engine_client::{EngineClient, Error, FinishReason, Finished, ModelInfo, Priority};
 use crate::error::{llama_error_body, llama_error_response, ApiError};
-use crate::generate::{first_model, model_or_first, Frames, Framing};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
-use crate::router::HANDLER_VERSION;
+use crate::params::{first_model, model_or_first, parse_prompt, parse_sampling, token_ids, LLAMA_CPP_DEFAULTS};
+use crate::stream::{read_all, Frames, Framing};
+use crate::wire::{sse_data, timings_json, HANDLER_VERSION};
 
 /// Field holding the prompt, named by context-overflow errors.
 const PROMPT_PARAM: &str = "prompt";
 
-/// llama.cpp server's sampling defaults.
-const LLAMA_DEFAULTS: SamplingDefaults = SamplingDefaults { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05 };
-
 /// `POST /completion`.
-pub fn completion(req: &Request, backend: &dyn Backend) -> Response {
-    answer(serve_completion(req, backend))
+pub fn completion(req: &Request, engine: &dyn EngineClient) -> Response {
+    answer(serve_completion(req, engine))
 }
 
 /// `POST /tokenize`: `{content, with_pieces?, model?}` → `{tokens}`, each
 /// token `{id, piece}` with `with_pieces`.
-pub fn tokenize(req: &Request, backend: &dyn Backend) -> Response {
-    answer(serve_tokenize(req, backend))
+pub fn tokenize(req: &Request, engine: &dyn EngineClient) -> Response {
+    answer(serve_tokenize(req, engine))
 }
 
 /// `POST /detokenize`: `{tokens, model?}` → `{content}`.
-pub fn detokenize(req: &Request, backend: &dyn Backend) -> Response {
-    answer(serve_detokenize(req, backend))
+pub fn detokenize(req: &Request, engine: &dyn EngineClient) -> Response {
+    answer(serve_detokenize(req, engine))
 }
 
 /// `GET /props`: the server's settings as llama.cpp reports them.
-pub fn props(backend: &dyn Backend) -> Response {
-    answer(serve_props(backend))
+pub fn props(engine: &dyn EngineClient) -> Response {
+    answer(serve_props(engine))
 }
 
 fn answer(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|err| llama_error_response(&err))
 }
 
-fn serve_completion(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn serve_completion(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let prompt = parse_prompt(&f)?;
-    let model = model_or_first(&f, backend)?;
+    let model = model_or_first(&f, engine)?;
     let max_tokens = match f.integer("n_predict")? {
+        None => LLAMA_CPP_DEFAULTS.max_tokens,
         // The engine's "until the context is full".
-        None | Some(-1) => 0,
+        Some(-1) => 0,
         Some(n) if n >= 1 => u32::try_from(n).unwrap_or(u32::MAX),
         Some(n) => return Err(f.out_of_range("n_predict", "-1 or an integer >= 1", &Value::from(n))),
     };
-    let mut sampling = parse_sampling(&f, max_tokens, &LLAMA_DEFAULTS, Priority::Interactive)?;
+    let mut sampling = parse_sampling(&f, max_tokens, &LLAMA_CPP_DEFAULTS, Priority::Interactive)?;
     if f.integer("seed")? == Some(-1) {
         sampling.params.seed = None;
     }
     f.boolean("cache_prompt")?;
 
     let generation =
-        backend.generate(&model, &prompt, &sampling.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
+        engine.generate(&model, &prompt, &sampling.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
     let words = !sampling.params.stop.is_empty();
     if sampling.stream {
         let events = Frames::new(generation, LlamaFraming { model, words });
@@ -126,8 +124,8 @@ impl Framing for LlamaFraming {
         sse_data(json!({"content": text, "stop": false}))
     }
 
-    fn finished(&mut self, finished: &Finished) -> Vec<u8> {
-        sse_data(last_json("", &self.model, finished, self.words))
+    fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>> {
+        vec![sse_data(last_json("", &self.model, finished, self.words))]
     }
 
     fn failed(&mut self, error: Error) -> Vec<u8> {
@@ -135,7 +133,7 @@ impl Framing for LlamaFraming {
     }
 }
 
-fn serve_tokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn serve_tokenize(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let content = f.required_string("content")?;
@@ -146,13 +144,13 @@ fn serve_tokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiE
             "'add_special' is not supported: /tokenize returns the text's tokens without BOS.",
         ));
     }
-    let model = model_or_first(&f, backend)?;
+    let model = model_or_first(&f, engine)?;
     let engine_error = |e| ApiError::engine(e, "content");
-    let ids = backend.tokenize(&model, content).map_err(engine_error)?;
+    let ids = engine.tokenize(&model, content).map_err(engine_error)?;
     // A piece is its token's own text: one detokenize call per token.
     let tokens: Vec<Value> = if with_pieces {
         ids.iter()
-            .map(|&id| Ok(json!({"id": id, "piece": backend.detokenize(&model, &[id]).map_err(engine_error)?})))
+            .map(|&id| Ok(json!({"id": id, "piece": engine.detokenize(&model, &[id]).map_err(engine_error)?})))
             .collect::<Result<_, ApiError>>()?
     } else {
         ids.iter().map(|&id| Value::from(id)).collect()
@@ -160,7 +158,7 @@ fn serve_tokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiE
     Ok(Response::json(200, &json!({"tokens": tokens})))
 }
 
-fn serve_detokenize(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn serve_detokenize(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let ids = match f.get("tokens") {
@@ -170,40 +168,40 @@ fn serve_detokenize(req: &Request, backend: &dyn Backend) -> Result<Response, Ap
         Some(Value::Array(list)) => token_ids("tokens", list)?,
         Some(other) => return Err(f.wrong_type("tokens", "an array of token ids", other)),
     };
-    let model = model_or_first(&f, backend)?;
+    let model = model_or_first(&f, engine)?;
     let content = if ids.is_empty() {
         String::new()
     } else {
-        backend.detokenize(&model, &ids).map_err(|e| ApiError::engine(e, "tokens"))?
+        engine.detokenize(&model, &ids).map_err(|e| ApiError::engine(e, "tokens"))?
     };
     Ok(Response::json(200, &json!({"content": content})))
 }
 
-fn serve_props(backend: &dyn Backend) -> Result<Response, ApiError> {
-    if !backend.status().ready {
+fn serve_props(engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    if !engine.status().ready {
         return Err(ApiError::Loading);
     }
-    let id = first_model(backend)?;
-    let models = backend.list_models();
+    let id = first_model(engine)?;
+    let models = engine.list_models();
     let info = models.iter().find(|m| m.id == id).ok_or(ApiError::Loading)?;
     let body = json!({
         "default_generation_settings": {
             "n_ctx": info.context_length,
             "model": info.id,
             "n_predict": -1,
-            "temperature": LLAMA_DEFAULTS.temperature,
-            "top_k": LLAMA_DEFAULTS.top_k,
-            "top_p": LLAMA_DEFAULTS.top_p,
-            "min_p": LLAMA_DEFAULTS.min_p,
-            "repeat_penalty": 1.0,
-            "repeat_last_n": DEFAULT_REPEAT_LAST_N,
+            "temperature": LLAMA_CPP_DEFAULTS.temperature,
+            "top_k": LLAMA_CPP_DEFAULTS.top_k,
+            "top_p": LLAMA_CPP_DEFAULTS.top_p,
+            "min_p": LLAMA_CPP_DEFAULTS.min_p,
+            "repeat_penalty": LLAMA_CPP_DEFAULTS.repeat_penalty,
+            "repeat_last_n": LLAMA_CPP_DEFAULTS.repeat_last_n,
             "presence_penalty": 0.0,
             "frequency_penalty": 0.0,
             "seed": -1,
             "stream": false,
             "cache_prompt": true,
         },
-        "total_slots": total_slots(info, backend),
+        "total_slots": total_slots(info, engine),
         "model_path": info.id,
         "build_info": format!("tern-handler {HANDLER_VERSION}"),
     });
@@ -212,8 +210,8 @@ fn serve_props(backend: &dyn Backend) -> Result<Response, ApiError> {
 
 /// llama.cpp's parallel slots, in an engine without slots: how many
 /// sequences of the full context its KV pool holds at once (at least one).
-fn total_slots(info: &ModelInfo, backend: &dyn Backend) -> u64 {
-    let status = backend.status();
+fn total_slots(info: &ModelInfo, engine: &dyn EngineClient) -> u64 {
+    let status = engine.status();
     let positions = u64::from(status.kv_blocks_total) * u64::from(status.kv_block_tokens);
     (positions / u64::from(info.context_length.max(1))).max(1)
 }

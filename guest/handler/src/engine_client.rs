@@ -1,9 +1,10 @@
-//! What the router needs from the inference engine.
+//! What the routes need from the inference engine: an engine client.
 //!
-//! The trait mirrors the `tern:llm/inference` functions the routes call and
-//! speaks the WIT-generated types, re-exported here, so the router never holds
-//! a copy of a cross-boundary type. `lib.rs` implements it over the host's
-//! imports; unit tests implement it with a scripted generation.
+//! The engine is remote, behind the host's `tern:llm/inference` interface.
+//! The trait mirrors the functions the routes call and speaks the
+//! WIT-generated types, re-exported here, so no route holds a copy of a
+//! cross-boundary type. `host.rs` implements it over the host's imports;
+//! unit tests implement it with a scripted generation (`tests/script.rs`).
 
 pub use crate::bindings::tern::llm::inference::{
     ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo, JobState,
@@ -12,7 +13,7 @@ pub use crate::bindings::tern::llm::inference::{
 pub use crate::bindings::tern::llm::store_usage::BucketUsage;
 
 /// The inference functions the routes use.
-pub trait Backend {
+pub trait EngineClient {
     /// The models this engine serves (`list-models`).
     fn list_models(&self) -> Vec<ModelInfo>;
     /// Readiness and load (`status`).

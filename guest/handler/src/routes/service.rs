@@ -1,4 +1,8 @@
-//! `GET /metrics`: the engine's and the handler's counters.
+//! The service's own routes: `GET /health`, `GET /metrics`,
+//! `GET /openapi.json`, and the chat page at `GET /` with its files under
+//! `GET /static/` (`page.rs`).
+//!
+//! `/metrics` reports the engine's and the handler's counters:
 //!
 //! - By default a JSON summary: `requests_total`, `generation_time_total_ms`,
 //!   `errors_total`, `average_generation_time_ms`, the engine's load and the
@@ -15,17 +19,66 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use crate::backend::{Backend, EngineStatus, Histogram};
 use crate::cache::{self, Stats};
+use crate::engine_client::{EngineClient, EngineStatus, Histogram};
+use crate::error::ApiError;
 use crate::http::{Request, Response};
+use crate::page;
+
+/// The OpenAPI 3.0 description of every route, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /` and `HEAD /`: the chat page for browsers, Ollama's liveness
+/// answer for everything else ([`page::root`]).
+pub fn root(req: &Request) -> Response {
+    page::root(req)
+}
+
+/// `GET /static/{name}`: one of the chat page's files, or 404.
+pub fn static_file(req: &Request, name: &str) -> Result<Response, ApiError> {
+    page::static_file(req, name)
+}
+
+/// `GET /openapi.json`.
+pub fn openapi() -> Response {
+    Response::text(200, "application/json", OPENAPI.as_bytes().to_vec())
+}
+
+/// `GET /health`: 200 once the engine is ready (with the engine's load, the
+/// server's uptime and its measured resident memory), llama.cpp's 503 before.
+pub fn health(engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let s = engine.status();
+    if s.ready {
+        Ok(Response::json(
+            200,
+            &json!({
+                "status": "ok",
+                "running": s.running,
+                "waiting": s.waiting,
+                "max_waiting": s.max_waiting,
+                "prompt_tokens_total": s.prompt_tokens_total,
+                "generated_tokens_total": s.generated_tokens_total,
+                "kv_blocks_total": s.kv_blocks_total,
+                "kv_blocks_used": s.kv_blocks_used,
+                "kv_blocks_cached": s.kv_blocks_cached,
+                "uptime_s": s.uptime_ms as f64 / 1e3,
+                "memory_bytes": s.rss_bytes,
+            }),
+        ))
+    } else {
+        Err(ApiError::Loading)
+    }
+}
+
+// Metrics
 
 /// Counter in [`cache::COUNTERS`] of responses with status 400 or more.
 pub const ERRORS: &str = "errors";
 
 /// `GET /metrics` and `GET /metrics/prometheus`.
-pub fn handle(req: &Request, backend: &dyn Backend) -> Response {
-    let store = backend.store();
-    let (status, stats, errors) = (backend.status(), cache::stats(store), cache::counter(store, ERRORS));
+pub fn metrics(req: &Request, engine: &dyn EngineClient) -> Response {
+    let store = engine.store();
+    let (status, stats, errors) = (engine.status(), cache::stats(store), cache::counter(store, ERRORS));
     if req.path == "/metrics/prometheus" || wants_text(req.header("accept")) {
         let mut out = exposition(&status);
         guest_families(&mut out, &stats, errors);

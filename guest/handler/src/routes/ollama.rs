@@ -9,29 +9,22 @@
 //! that a full queue is 503, as in Ollama. An error after streaming began is
 //! sent as one last line `{"error": "..."}`.
 //!
-//! Options a request leaves out take Ollama's defaults (`temperature 0.8`,
-//! `top_k 40`, `top_p 0.9`, `repeat_penalty 1.1`, `repeat_last_n 64`), not
-//! the OpenAI routes' ones, so a client sees what it would see on Ollama.
+//! Options a request leaves out take Ollama's defaults
+//! ([`OLLAMA_DEFAULTS`]: `temperature 0.8`, `top_k 40`, `top_p 0.9`,
+//! `repeat_penalty 1.1`, `repeat_last_n 64`), not the OpenAI routes' ones,
+//! so a client sees what it would see on Ollama.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::backend::{Backend, Error, Finished, Message, ModelInfo, Priority, Prompt, SamplingParams};
-use crate::chat::finish_reason;
+use crate::engine_client::{EngineClient, Error, Finished, Message, ModelInfo, Prompt, SamplingParams};
 use crate::error::{error_body, ApiError};
-use crate::generate::{collect, engine_ms, Frames, Framing};
 use crate::http::{Body, Request, Response};
 use crate::json::{self, Fields};
-use crate::router::HANDLER_VERSION;
-
-/// Ollama's defaults for the sampling options, in the order `/api/show`
-/// lists them as the model's parameters (Spin's `/infer` shares them).
-pub const DEFAULT_TEMPERATURE: f64 = 0.8;
-pub const DEFAULT_TOP_K: u32 = 40;
-pub const DEFAULT_TOP_P: f64 = 0.9;
-pub const DEFAULT_REPEAT_PENALTY: f64 = 1.1;
-pub const DEFAULT_REPEAT_LAST_N: u32 = 64;
+use crate::params::{ollama_sampling, OLLAMA_DEFAULTS};
+use crate::stream::{collect, Frames, Framing};
+use crate::wire::{engine_ms, finish_reason, ndjson_line, now_rfc3339, rfc3339, HANDLER_VERSION};
 
 /// `expires_at` of a model in `/api/ps`: tern never unloads a served model,
 /// so it reports the last second RFC 3339 can spell (9999-12-31T23:59:59Z).
@@ -60,16 +53,16 @@ pub enum Route {
 
 /// Serves one Ollama request; every failure is answered in Ollama's error
 /// shape.
-pub fn handle(route: Route, req: &Request, backend: &dyn Backend) -> Response {
+pub fn handle(route: Route, req: &Request, engine: &dyn EngineClient) -> Response {
     let answer = match route {
-        Route::Generate => generate(req, backend),
-        Route::Chat => chat(req, backend),
-        Route::Tags => Ok(tags(backend)),
-        Route::Show => show(req, backend),
-        Route::Ps => Ok(ps(backend)),
+        Route::Generate => generate(req, engine),
+        Route::Chat => chat(req, engine),
+        Route::Tags => Ok(tags(engine)),
+        Route::Show => show(req, engine),
+        Route::Ps => Ok(ps(engine)),
         Route::Version => Ok(Response::json(200, &json!({"version": HANDLER_VERSION}))),
-        Route::Embed => embed(req, backend),
-        Route::Embeddings => embeddings(req, backend),
+        Route::Embed => embed(req, engine),
+        Route::Embeddings => embeddings(req, engine),
     };
     answer.unwrap_or_else(|err| error_response(&err))
 }
@@ -133,12 +126,12 @@ fn check_keep_alive(f: &Fields<'_>) -> Result<(), ApiError> {
 
 /// The served model `name` refers to: its id, or its id with Ollama's
 /// default tag `:latest`.
-fn find_model(backend: &dyn Backend, name: &str) -> Result<ModelInfo, ApiError> {
+fn find_model(engine: &dyn EngineClient, name: &str) -> Result<ModelInfo, ApiError> {
     let found =
-        backend.list_models().into_iter().find(|m| m.id == name || name.strip_suffix(":latest") == Some(m.id.as_str()));
+        engine.list_models().into_iter().find(|m| m.id == name || name.strip_suffix(":latest") == Some(m.id.as_str()));
     match found {
         Some(model) => Ok(model),
-        None if !backend.status().ready => Err(ApiError::Loading),
+        None if !engine.status().ready => Err(ApiError::Loading),
         None => Err(ApiError::engine(Error::UnknownModel(name.to_string()), "model")),
     }
 }
@@ -152,71 +145,6 @@ fn options<'a>(f: &Fields<'a>, empty: &'a Map<String, Value>) -> Result<Fields<'
     }
 }
 
-/// An optional finite number with no range (the penalties Ollama leaves
-/// unbounded).
-fn any_number(o: &Fields<'_>, name: &str) -> Result<Option<f64>, ApiError> {
-    o.number_in(name, f64::MIN, false, f64::MAX)
-}
-
-/// The engine's sampling from Ollama's `options` for `model`. Unknown
-/// options are ignored, as Ollama does; known ones with a wrong type or
-/// value are a 400.
-///
-/// `num_predict` -1 (infinite), -2 (fill the context) and 0 all mean "until
-/// the context is full". `repeat_last_n` -1 means the whole context. A
-/// negative `seed` (Ollama's -1) draws a fresh one. `num_ctx` is checked as
-/// a positive integer and then ignored: every generation may use the
-/// model's whole context, and a larger `num_ctx` cannot extend it.
-pub fn sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingParams, ApiError> {
-    let max_tokens = match o.integer("num_predict")? {
-        None | Some(-2..=0) => 0,
-        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
-        Some(n) => return Err(o.out_of_range("num_predict", "an integer >= -2", &Value::from(n))),
-    };
-    let repeat_last_n = match o.integer("repeat_last_n")? {
-        None => DEFAULT_REPEAT_LAST_N,
-        Some(-1) => model.context_length,
-        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
-        Some(n) => return Err(o.out_of_range("repeat_last_n", "an integer >= -1", &Value::from(n))),
-    };
-    o.integer_at_least("num_ctx", 1)?;
-    Ok(SamplingParams {
-        max_tokens,
-        temperature: o.number_in("temperature", 0.0, false, f64::MAX)?.unwrap_or(DEFAULT_TEMPERATURE) as f32,
-        top_k: o.integer_at_least("top_k", 0)?.unwrap_or(DEFAULT_TOP_K),
-        top_p: o.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(DEFAULT_TOP_P) as f32,
-        min_p: o.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(0.0) as f32,
-        repeat_penalty: o.number_above("repeat_penalty", 0.0)?.unwrap_or(DEFAULT_REPEAT_PENALTY) as f32,
-        repeat_last_n,
-        presence_penalty: any_number(o, "presence_penalty")?.unwrap_or(0.0) as f32,
-        frequency_penalty: any_number(o, "frequency_penalty")?.unwrap_or(0.0) as f32,
-        seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
-        stop: stops(o)?,
-        timeout_ms: None,
-        priority: Priority::Interactive,
-    })
-}
-
-/// `options.stop`: a list of strings (one string is taken as a list of one);
-/// empty strings are dropped, as they would end every generation at once.
-fn stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
-    let list: &[Value] = match o.get("stop") {
-        None => return Ok(Vec::new()),
-        Some(one @ Value::String(_)) => std::slice::from_ref(one),
-        Some(Value::Array(list)) => list,
-        Some(other) => return Err(o.wrong_type("stop", "an array of strings", other)),
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        match item {
-            Value::String(s) if s.is_empty() => {}
-            Value::String(s) => out.push(s.clone()),
-            other => return Err(o.wrong_type(&format!("stop[{i}]"), "a string", other)),
-        }
-    }
-    Ok(out)
-}
-
 /// What `/api/generate` and `/api/chat` share: the model, whether to stream,
 /// and the sampling.
 struct Call {
@@ -228,7 +156,7 @@ struct Call {
 }
 
 impl Call {
-    fn parse(f: &Fields<'_>, backend: &dyn Backend) -> Result<Call, ApiError> {
+    fn parse(f: &Fields<'_>, engine: &dyn EngineClient) -> Result<Call, ApiError> {
         let name = f.required_string("model")?;
         let stream = f.boolean("stream")?.unwrap_or(true);
         refuse_nonempty(f, "format", "tern cannot constrain output to JSON or a schema")?;
@@ -236,8 +164,8 @@ impl Call {
         check_keep_alive(f)?;
         let empty = Map::new();
         let options = options(f, &empty)?;
-        let model = find_model(backend, name)?;
-        let params = sampling(&options, &model)?;
+        let model = find_model(engine, name)?;
+        let params = ollama_sampling(&options, &model)?;
         Ok(Call { name: name.to_string(), model, stream, params })
     }
 
@@ -251,9 +179,9 @@ impl Call {
 
     /// Starts the generation and answers with NDJSON lines or, when not
     /// streaming, one object holding the whole reply.
-    fn run(self, reply: Reply, prompt: Prompt, backend: &dyn Backend) -> Result<Response, ApiError> {
+    fn run(self, reply: Reply, prompt: Prompt, engine: &dyn EngineClient) -> Result<Response, ApiError> {
         let engine_error = |e| ApiError::engine(e, reply.prompt_param());
-        let generation = backend.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
+        let generation = engine.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
         if self.stream {
             let lines = Frames::new(generation, Lines { reply, name: self.name });
             return Ok(Response {
@@ -269,7 +197,7 @@ impl Call {
 
 /// `POST /api/generate`: a prompt, rendered as a chat of an optional system
 /// message and one user message unless `raw`.
-fn generate(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn generate(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let prompt = f.string("prompt")?.unwrap_or_default();
@@ -279,7 +207,7 @@ fn generate(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
     refuse_nonempty(&f, "template", "prompts use the model's own chat template")?;
     refuse_nonempty(&f, "images", "the model reads text only")?;
     refuse_nonempty(&f, "context", "send the conversation to /api/chat instead")?;
-    let call = Call::parse(&f, backend)?;
+    let call = Call::parse(&f, engine)?;
     if prompt.is_empty() {
         return Ok(call.loaded(Reply::Generate));
     }
@@ -293,11 +221,11 @@ fn generate(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> 
         messages.push(Message { role: "user".into(), content: prompt.to_string() });
         Prompt::Chat(messages)
     };
-    call.run(Reply::Generate, prompt, backend)
+    call.run(Reply::Generate, prompt, engine)
 }
 
 /// `POST /api/chat`: a conversation of `{role, content}` messages.
-fn chat(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let messages = match f.get("messages") {
@@ -308,11 +236,11 @@ fn chat(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
         Some(other) => return Err(f.wrong_type("messages", "an array", other)),
     };
     refuse_nonempty(&f, "tools", "the model cannot call tools")?;
-    let call = Call::parse(&f, backend)?;
+    let call = Call::parse(&f, engine)?;
     if messages.is_empty() {
         return Ok(call.loaded(Reply::Chat));
     }
-    call.run(Reply::Chat, Prompt::Chat(messages), backend)
+    call.run(Reply::Chat, Prompt::Chat(messages), engine)
 }
 
 /// Message `i` of `messages`: a text turn of `system`, `user` or `assistant`.
@@ -395,12 +323,6 @@ fn nanos(ms: f64) -> u64 {
     (ms * 1e6).round() as u64
 }
 
-fn ndjson_line(value: &Value) -> Vec<u8> {
-    let mut line = value.to_string().into_bytes();
-    line.push(b'\n');
-    line
-}
-
 /// The NDJSON lines of one streamed reply.
 struct Lines {
     reply: Reply,
@@ -412,8 +334,8 @@ impl Framing for Lines {
         ndjson_line(&Value::Object(self.reply.object(&self.name, text, false)))
     }
 
-    fn finished(&mut self, finished: &Finished) -> Vec<u8> {
-        ndjson_line(&self.reply.last(&self.name, "", finished))
+    fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>> {
+        vec![ndjson_line(&self.reply.last(&self.name, "", finished))]
     }
 
     fn failed(&mut self, error: Error) -> Vec<u8> {
@@ -448,8 +370,8 @@ fn listing(m: &ModelInfo) -> Map<String, Value> {
 }
 
 /// `GET /api/tags`: the served models.
-fn tags(backend: &dyn Backend) -> Response {
-    let models: Vec<Value> = backend
+fn tags(engine: &dyn EngineClient) -> Response {
+    let models: Vec<Value> = engine
         .list_models()
         .iter()
         .map(|m| {
@@ -463,8 +385,8 @@ fn tags(backend: &dyn Backend) -> Response {
 
 /// `GET /api/ps`: the loaded models, which are all the served ones, held in
 /// memory rather than on a GPU.
-fn ps(backend: &dyn Backend) -> Response {
-    let models: Vec<Value> = backend
+fn ps(engine: &dyn EngineClient) -> Response {
+    let models: Vec<Value> = engine
         .list_models()
         .iter()
         .map(|m| {
@@ -478,12 +400,13 @@ fn ps(backend: &dyn Backend) -> Response {
     Response::json(200, &json!({ "models": models }))
 }
 
-/// The defaults `sampling` applies, as Ollama's `parameters` text lists a
-/// model's: one `name value` per line.
+/// The defaults [`ollama_sampling`] applies, as Ollama's `parameters` text
+/// lists a model's: one `name value` per line.
 fn default_parameters() -> String {
+    let d = &OLLAMA_DEFAULTS;
     format!(
-        "temperature {DEFAULT_TEMPERATURE}\ntop_k {DEFAULT_TOP_K}\ntop_p {DEFAULT_TOP_P}\n\
-         repeat_penalty {DEFAULT_REPEAT_PENALTY}\nrepeat_last_n {DEFAULT_REPEAT_LAST_N}"
+        "temperature {}\ntop_k {}\ntop_p {}\nrepeat_penalty {}\nrepeat_last_n {}",
+        d.temperature, d.top_k, d.top_p, d.repeat_penalty, d.repeat_last_n
     )
 }
 
@@ -492,7 +415,7 @@ fn default_parameters() -> String {
 /// `template` is the model's chat template rendered around Ollama's
 /// placeholders (`{{ .System }}`, `{{ .Prompt }}`), so it shows exactly how
 /// `/api/generate` wraps a prompt.
-fn show(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn show(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let name = match f.string("model")? {
@@ -500,12 +423,12 @@ fn show(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
         None => f.required_string("name")?,
     };
     f.boolean("verbose")?;
-    let m = find_model(backend, name)?;
+    let m = find_model(engine, name)?;
     let placeholders = [
         Message { role: "system".into(), content: "{{ .System }}".into() },
         Message { role: "user".into(), content: "{{ .Prompt }}".into() },
     ];
-    let template = backend.render_chat(&m.id, &placeholders).map_err(|e| ApiError::engine(e, "model"))?;
+    let template = engine.render_chat(&m.id, &placeholders).map_err(|e| ApiError::engine(e, "model"))?;
     let parameters = default_parameters();
     let modelfile = format!(
         "# The model as tern serves it.\nFROM {}\nTEMPLATE \"\"\"{template}\"\"\"\n{}\n",
@@ -563,7 +486,7 @@ pub(crate) fn parameter_size(count: u64) -> String {
 /// its first tokens, leaving room for the BOS token; without it, such an
 /// input is a 400. `dimensions` keeps the first components and scales them
 /// back to unit length.
-fn embed(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn embed(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let name = f.required_string("model")?;
@@ -585,21 +508,20 @@ fn embed(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
     let empty = Map::new();
     options(&f, &empty)?;
     check_keep_alive(&f)?;
-    let m = find_model(backend, name)?;
+    let m = find_model(engine, name)?;
 
     let start = Instant::now();
     let engine_error = |e| ApiError::engine(e, "input");
     if truncate {
         let keep = m.context_length.saturating_sub(1) as usize;
         for input in &mut inputs {
-            let tokens = backend.tokenize(&m.id, input).map_err(engine_error)?;
+            let tokens = engine.tokenize(&m.id, input).map_err(engine_error)?;
             if tokens.len() > keep {
-                *input = backend.detokenize(&m.id, &tokens[..keep]).map_err(engine_error)?;
+                *input = engine.detokenize(&m.id, &tokens[..keep]).map_err(engine_error)?;
             }
         }
     }
-    let embeddings =
-        if inputs.is_empty() { Vec::new() } else { backend.embed(&m.id, &inputs).map_err(engine_error)? };
+    let embeddings = if inputs.is_empty() { Vec::new() } else { engine.embed(&m.id, &inputs).map_err(engine_error)? };
     let total_duration = start.elapsed().as_nanos() as u64;
     let prompt_eval_count: u64 = embeddings.iter().map(|e| u64::from(e.tokens)).sum();
     let vectors: Vec<Vec<f32>> = embeddings.into_iter().map(|e| shorten(e.vector, dimensions)).collect();
@@ -631,7 +553,7 @@ fn shorten(mut vector: Vec<f32>, dimensions: Option<u32>) -> Vec<f32> {
 
 /// `POST /api/embeddings {model, prompt}` (legacy): one embedding; an empty
 /// prompt has an empty one, as in Ollama.
-fn embeddings(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError> {
+fn embeddings(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     let name = f.required_string("model")?;
@@ -639,47 +561,11 @@ fn embeddings(req: &Request, backend: &dyn Backend) -> Result<Response, ApiError
     let empty = Map::new();
     options(&f, &empty)?;
     check_keep_alive(&f)?;
-    let m = find_model(backend, name)?;
+    let m = find_model(engine, name)?;
     if prompt.is_empty() {
         return Ok(Response::json(200, &json!({ "embedding": [] })));
     }
-    let mut embeddings = backend.embed(&m.id, &[prompt.to_string()]).map_err(|e| ApiError::engine(e, "prompt"))?;
+    let mut embeddings = engine.embed(&m.id, &[prompt.to_string()]).map_err(|e| ApiError::engine(e, "prompt"))?;
     let vector = embeddings.pop().map(|e| e.vector).unwrap_or_default();
     Ok(Response::json(200, &json!({ "embedding": vector })))
-}
-
-// Time
-
-/// The wall clock now (wasi:clocks in a component) as RFC 3339 in UTC.
-fn now_rfc3339() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    rfc3339(now.as_secs(), now.subsec_nanos())
-}
-
-/// `secs` and `nanos` since the Unix epoch as RFC 3339 in UTC, to the
-/// microsecond (`2023-11-14T22:13:20.000123Z`), or to the second when
-/// `nanos` is 0. Microseconds, not nanoseconds: some clients' date parsers
-/// stop at six fractional digits.
-pub(crate) fn rfc3339(secs: u64, nanos: u32) -> String {
-    let (year, month, day) = civil_date(secs / 86_400);
-    let second_of_day = secs % 86_400;
-    let (hour, minute, second) = (second_of_day / 3600, second_of_day / 60 % 60, second_of_day % 60);
-    let fraction = if nanos == 0 { String::new() } else { format!(".{:06}", nanos / 1000) };
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since
-/// 1970-01-01, by Howard Hinnant's `civil_from_days`: eras of 400 years,
-/// with years starting in March so the leap day falls last.
-fn civil_date(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }

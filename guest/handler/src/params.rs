@@ -1,0 +1,598 @@
+//! Request parameters: every API family's fields read into what the engine
+//! takes, and every default a request can leave out, in one place.
+//!
+//! Each family has one named set of sampling defaults, so a client sees what
+//! it would see on the server it was written for: OpenAI's chat and text
+//! completions, llama.cpp's `/completion`, Ollama's `options`, Spin's
+//! `/infer` options and the seed's plain `/generate`, `/batch` and
+//! `/api/chat-optimized`. Routes that list their defaults (`/props`,
+//! `/api/show`) read them from here too.
+
+use serde_json::{Map, Value};
+
+use crate::engine_client::{EngineClient, Message, ModelInfo, Priority, Prompt, SamplingParams};
+use crate::error::ApiError;
+use crate::json::{self, Fields};
+
+// Defaults
+
+/// What a request that leaves a sampling field out gets.
+pub struct SamplingDefaults {
+    /// Most tokens to generate (0: until the context is full).
+    pub max_tokens: u32,
+    /// `temperature`.
+    pub temperature: f64,
+    /// `top_k` (0 keeps every token).
+    pub top_k: u32,
+    /// `top_p`.
+    pub top_p: f64,
+    /// `min_p`.
+    pub min_p: f64,
+    /// `repeat_penalty` (1 is none).
+    pub repeat_penalty: f64,
+    /// Recent tokens the repeat penalty looks at.
+    pub repeat_last_n: u32,
+}
+
+/// Recent tokens the repeat penalty looks at unless `repeat_last_n` says
+/// otherwise (llama.cpp's default, which Ollama and Spin share).
+pub const DEFAULT_REPEAT_LAST_N: u32 = 64;
+
+/// OpenAI's chat completions: plain softmax sampling at temperature 1, no
+/// token limit.
+pub const OPENAI_CHAT_DEFAULTS: SamplingDefaults = SamplingDefaults {
+    max_tokens: 0,
+    temperature: 1.0,
+    top_k: 0,
+    top_p: 1.0,
+    min_p: 0.0,
+    repeat_penalty: 1.0,
+    repeat_last_n: DEFAULT_REPEAT_LAST_N,
+};
+
+/// OpenAI's text completions: chat's sampling, 16 tokens.
+pub const OPENAI_COMPLETIONS_DEFAULTS: SamplingDefaults = SamplingDefaults { max_tokens: 16, ..OPENAI_CHAT_DEFAULTS };
+
+/// llama.cpp server's `/completion` (`n_predict` -1: no token limit).
+pub const LLAMA_CPP_DEFAULTS: SamplingDefaults = SamplingDefaults {
+    max_tokens: 0,
+    temperature: 0.8,
+    top_k: 40,
+    top_p: 0.95,
+    min_p: 0.05,
+    repeat_penalty: 1.0,
+    repeat_last_n: DEFAULT_REPEAT_LAST_N,
+};
+
+/// Ollama's `options`, which `/api/show` lists as every model's parameters.
+pub const OLLAMA_DEFAULTS: SamplingDefaults = SamplingDefaults {
+    max_tokens: 0,
+    temperature: 0.8,
+    top_k: 40,
+    top_p: 0.9,
+    min_p: 0.0,
+    repeat_penalty: 1.1,
+    repeat_last_n: DEFAULT_REPEAT_LAST_N,
+};
+
+/// Spin's `/infer` options: `maxTokens` 100 as in `spin_sdk::llm`, and the
+/// sampling Spin's own engine applies.
+pub const SPIN_DEFAULTS: SamplingDefaults = SamplingDefaults {
+    max_tokens: 100,
+    temperature: 0.8,
+    top_k: 40,
+    top_p: 0.9,
+    min_p: 0.0,
+    repeat_penalty: 1.1,
+    repeat_last_n: DEFAULT_REPEAT_LAST_N,
+};
+
+/// The seed's plain APIs (`/generate`, `/batch`, `/api/chat-optimized`):
+/// temperature and nucleus sampling only, no repeat penalty.
+pub const PLAIN_DEFAULTS: SamplingDefaults = SamplingDefaults {
+    max_tokens: 128,
+    temperature: 0.7,
+    top_k: 0,
+    top_p: 0.9,
+    min_p: 0.0,
+    repeat_penalty: 1.0,
+    repeat_last_n: 0,
+};
+
+/// Prompts one `/batch` may carry unless the host sets `TERN_MAX_BATCH`.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+
+/// Most prompts one `/batch` may carry, from the host's `TERN_MAX_BATCH`
+/// setting; [`DEFAULT_MAX_BATCH`] when it is unset or not a positive number.
+pub fn batch_limit(setting: Option<&str>) -> usize {
+    setting.and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0).unwrap_or(DEFAULT_MAX_BATCH)
+}
+
+// OpenAI's sampling fields, which llama.cpp's `/completion` shares
+
+/// OpenAI accepts at most this many stop sequences.
+const MAX_STOP_SEQUENCES: usize = 4;
+/// Field holding a completion's prompt, named by errors about it.
+const PROMPT_PARAM: &str = "prompt";
+
+/// The sampling and streaming fields every completion API shares.
+pub struct Sampling {
+    /// Settings for the engine.
+    pub params: SamplingParams,
+    /// `stream`.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// Validates the fields OpenAI's chat and text completions share
+/// (`temperature, top_p, n, stop, stream, stream_options, seed,
+/// presence_penalty, frequency_penalty, logit_bias, user`) and the
+/// llama.cpp/Ollama extensions (`top_k, min_p, repeat_penalty,
+/// repeat_last_n, timeout_ms, priority`). `max_tokens` comes from the
+/// caller, which knows the API's spelling.
+pub fn parse_sampling(
+    f: &Fields<'_>,
+    max_tokens: u32,
+    defaults: &SamplingDefaults,
+    default_priority: Priority,
+) -> Result<Sampling, ApiError> {
+    let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature);
+    let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p);
+
+    if let Some(n) = f.integer("n")? {
+        if n != 1 {
+            return Err(ApiError::param("n", format!("Only n=1 is supported, but got {n}.")));
+        }
+    }
+
+    let stop = parse_stop(f)?;
+    let stream = f.boolean("stream")?.unwrap_or(false);
+    let include_usage = match f.get("stream_options") {
+        None => false,
+        Some(Value::Object(options)) => {
+            Fields::nested(options, "stream_options").boolean("include_usage")?.unwrap_or(false)
+        }
+        Some(other) => return Err(f.wrong_type("stream_options", "an object", other)),
+    };
+
+    // Seeds are 64 random bits to the sampler: a negative seed keeps its bits.
+    let seed = f.integer("seed")?.map(|s| s as u64);
+
+    let presence_penalty = f.number_in("presence_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
+    let frequency_penalty = f.number_in("frequency_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
+    check_logit_bias(f)?;
+    f.string("user")?;
+
+    // Extensions shared with llama.cpp and Ollama.
+    let top_k = f.integer_at_least("top_k", 0)?.unwrap_or(defaults.top_k);
+    let min_p = f.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(defaults.min_p);
+    let repeat_penalty = f.number_above("repeat_penalty", 0.0)?.unwrap_or(defaults.repeat_penalty);
+    let repeat_last_n = f.integer_at_least("repeat_last_n", 0)?.unwrap_or(defaults.repeat_last_n);
+    let timeout_ms = f.integer_at_least("timeout_ms", 1)?;
+    let priority = parse_priority(f, default_priority)?;
+
+    Ok(Sampling {
+        params: SamplingParams {
+            max_tokens,
+            temperature: temperature as f32,
+            top_k,
+            top_p: top_p as f32,
+            min_p: min_p as f32,
+            repeat_penalty: repeat_penalty as f32,
+            repeat_last_n,
+            presence_penalty: presence_penalty as f32,
+            frequency_penalty: frequency_penalty as f32,
+            seed,
+            stop,
+            timeout_ms,
+            priority,
+        },
+        stream,
+        include_usage,
+    })
+}
+
+/// `stop`: one string or at most [`MAX_STOP_SEQUENCES`] of them.
+pub fn parse_stop(f: &Fields<'_>) -> Result<Vec<String>, ApiError> {
+    let stop = match f.get("stop") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => {
+            if list.len() > MAX_STOP_SEQUENCES {
+                return Err(ApiError::param(
+                    "stop",
+                    format!("'stop' may hold at most {MAX_STOP_SEQUENCES} sequences, but got {}.", list.len()),
+                ));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, item) in list.iter().enumerate() {
+                match item {
+                    Value::String(s) => out.push(s.clone()),
+                    other => {
+                        return Err(f.wrong_type(&format!("stop[{i}]"), "a string", other));
+                    }
+                }
+            }
+            out
+        }
+        Some(other) => return Err(f.wrong_type("stop", "a string or an array of strings", other)),
+    };
+    // An empty stop string would end every generation before it starts.
+    Ok(stop.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// `logit_bias` is checked and ignored: the engine has no per-token bias.
+pub fn check_logit_bias(f: &Fields<'_>) -> Result<(), ApiError> {
+    let map = match f.get("logit_bias") {
+        None => return Ok(()),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(f.wrong_type("logit_bias", "an object", other)),
+    };
+    for (token, bias) in map {
+        if token.parse::<u32>().is_err() {
+            return Err(ApiError::param(
+                "logit_bias",
+                format!("Invalid 'logit_bias': key '{token}' is not a token id."),
+            ));
+        }
+        match bias.as_f64() {
+            Some(b) if (-100.0..=100.0).contains(&b) => {}
+            _ => {
+                return Err(ApiError::param(
+                    "logit_bias",
+                    format!("Invalid 'logit_bias': the bias for token {token} must be a number between -100 and 100."),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `response_format` may only ask for plain text.
+pub fn check_response_format(f: &Fields<'_>) -> Result<(), ApiError> {
+    let map = match f.get("response_format") {
+        None => return Ok(()),
+        Some(Value::Object(map)) => map,
+        Some(other) => return Err(f.wrong_type("response_format", "an object", other)),
+    };
+    let format = Fields::nested(map, "response_format");
+    match format.required_string("type")? {
+        "text" => Ok(()),
+        kind @ ("json_object" | "json_schema") => Err(ApiError::param(
+            "response_format",
+            format!("response_format type '{kind}' is not supported; only 'text' is."),
+        )),
+        other => Err(ApiError::param(
+            "response_format.type",
+            format!("Invalid 'response_format.type': '{other}'; only 'text' is supported."),
+        )),
+    }
+}
+
+/// The optional `priority` field: `"interactive"` or `"batch"`.
+pub fn parse_priority(f: &Fields<'_>, default: Priority) -> Result<Priority, ApiError> {
+    match f.string("priority")? {
+        None => Ok(default),
+        Some("interactive") => Ok(Priority::Interactive),
+        Some("batch") => Ok(Priority::Batch),
+        Some(other) => {
+            Err(ApiError::param("priority", format!("'priority' must be 'interactive' or 'batch', not {other:?}.")))
+        }
+    }
+}
+
+// Chat completions
+
+/// A validated chat completion request.
+#[derive(Debug)]
+pub struct ChatRequest {
+    /// The requested model id.
+    pub model: String,
+    /// The conversation so far.
+    pub messages: Vec<Message>,
+    /// Sampling settings for the engine.
+    pub params: SamplingParams,
+    /// Answer with server-sent events.
+    pub stream: bool,
+    /// Send a final usage chunk when streaming.
+    pub include_usage: bool,
+}
+
+/// Validates a chat completion request body.
+///
+/// `presence_penalty` and `frequency_penalty` are checked and then ignored:
+/// they subtract a constant from logits (once, or once per occurrence), while
+/// the engine's repeat penalty divides them over a window, and no rescaling of
+/// one into the other holds across models. Clients that want a penalty send
+/// the `repeat_penalty` extension. `logit_bias` and `user` are checked and
+/// ignored likewise; the engine has no per-token bias.
+pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    parse_chat_fields(&json::parse_object(body)?, Priority::Interactive)
+}
+
+/// Validates a chat completion request already read into a JSON object;
+/// `default_priority` applies when the request names none.
+pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -> Result<ChatRequest, ApiError> {
+    let f = Fields::new(map);
+
+    let messages = parse_messages(&f)?;
+    let model = f.required_string("model")?.to_string();
+
+    // Both spellings are validated; the newer one wins when both are given.
+    let max_tokens = f.integer_at_least("max_tokens", 1)?;
+    let max_completion_tokens = f.integer_at_least("max_completion_tokens", 1)?;
+    let max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(OPENAI_CHAT_DEFAULTS.max_tokens);
+
+    let sampling = parse_sampling(&f, max_tokens, &OPENAI_CHAT_DEFAULTS, default_priority)?;
+    check_response_format(&f)?;
+
+    Ok(ChatRequest {
+        model,
+        messages,
+        params: sampling.params,
+        stream: sampling.stream,
+        include_usage: sampling.include_usage,
+    })
+}
+
+/// The required, non-empty `messages` list.
+pub fn parse_messages(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
+    let list = match f.get("messages") {
+        None => return Err(f.missing("messages")),
+        Some(Value::Array(list)) => list,
+        Some(other) => return Err(f.wrong_type("messages", "an array", other)),
+    };
+    if list.is_empty() {
+        return Err(ApiError::param("messages", "'messages' must contain at least one message."));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let path = format!("messages[{i}]");
+            match value {
+                Value::Object(map) => parse_message(&Fields::nested(map, &path)),
+                other => Err(ApiError::param(
+                    path.clone(),
+                    format!("Invalid type for '{path}': expected an object, but got {} instead.", json::kind(other)),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// One message: a `role` and its text `content`.
+pub fn parse_message(f: &Fields<'_>) -> Result<Message, ApiError> {
+    let role = match f.required_string("role")? {
+        // OpenAI's newer name for the system role.
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        other => {
+            return Err(ApiError::param(
+                f.name("role"),
+                format!(
+                    "Unsupported role '{other}' in '{}': expected 'system', 'user' or 'assistant'.",
+                    f.name("role")
+                ),
+            ))
+        }
+    };
+    let content = match f.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => text_of_parts(f, parts)?,
+        // An assistant turn that only called tools has no content.
+        None if role == "assistant" => String::new(),
+        None => return Err(f.missing("content")),
+        Some(other) => return Err(f.wrong_type("content", "a string or an array of parts", other)),
+    };
+    Ok(Message { role: role.to_string(), content })
+}
+
+/// The text of a content list (`[{"type": "text", "text": ".."}, ..]`), parts
+/// joined by newlines.
+pub fn text_of_parts(f: &Fields<'_>, parts: &[Value]) -> Result<String, ApiError> {
+    let mut texts = Vec::with_capacity(parts.len());
+    for (j, part) in parts.iter().enumerate() {
+        let path = format!("{}[{j}]", f.name("content"));
+        let map = match part {
+            Value::Object(map) => map,
+            other => {
+                return Err(ApiError::param(
+                    path.clone(),
+                    format!("Invalid type for '{path}': expected an object, but got {} instead.", json::kind(other)),
+                ))
+            }
+        };
+        let part = Fields::nested(map, &path);
+        match part.required_string("type")? {
+            "text" => texts.push(part.required_string("text")?),
+            other => {
+                return Err(ApiError::param(
+                    part.name("type"),
+                    format!("Unsupported content part type '{other}': only 'text' is supported."),
+                ))
+            }
+        }
+    }
+    Ok(texts.join("\n"))
+}
+
+// Prompts and models
+
+/// The `prompt` field: a string, an array holding one string or one list of
+/// token ids, or a list of token ids. Several prompts are refused: one
+/// request is one generation.
+pub fn parse_prompt(f: &Fields<'_>) -> Result<Prompt, ApiError> {
+    let list = match f.get(PROMPT_PARAM) {
+        None => return Err(f.missing(PROMPT_PARAM)),
+        Some(Value::String(text)) => return Ok(Prompt::Text(text.clone())),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(f.wrong_type(PROMPT_PARAM, "a string, an array of strings or an array of token ids", other))
+        }
+    };
+    match list.as_slice() {
+        [] => Err(ApiError::param(PROMPT_PARAM, "'prompt' must not be an empty array.")),
+        [Value::String(text)] => Ok(Prompt::Text(text.clone())),
+        [Value::Array(ids)] => Ok(Prompt::Tokens(token_ids(&f.name("prompt[0]"), ids)?)),
+        [Value::String(_) | Value::Array(_), ..] => Err(ApiError::param(
+            PROMPT_PARAM,
+            format!("Only one prompt per request is supported, but 'prompt' holds {}.", list.len()),
+        )),
+        ids => Ok(Prompt::Tokens(token_ids(&f.name(PROMPT_PARAM), ids)?)),
+    }
+}
+
+/// Token ids from a JSON list at `path`: at least one, each an integer that
+/// fits a `u32`. Whether each is in the vocabulary is the engine's to say.
+pub fn token_ids(path: &str, list: &[Value]) -> Result<Vec<u32>, ApiError> {
+    if list.is_empty() {
+        return Err(ApiError::param(path, format!("'{path}' must hold at least one token id.")));
+    }
+    let expected = format!("a token id (an integer from 0 to {})", u32::MAX);
+    list.iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let id = value.as_u64().and_then(|id| u32::try_from(id).ok());
+            id.ok_or_else(|| {
+                let param = format!("{path}[{i}]");
+                let message = format!("Invalid '{param}': expected {expected}, but got {value} instead.");
+                ApiError::param(param, message)
+            })
+        })
+        .collect()
+}
+
+/// The request's `model`, or the engine's first model when it names none.
+pub fn model_or_first(f: &Fields<'_>, engine: &dyn EngineClient) -> Result<String, ApiError> {
+    match f.string("model")? {
+        Some(model) => Ok(model.to_string()),
+        None => first_model(engine),
+    }
+}
+
+/// The id of the engine's first model; 503 while none is loaded.
+pub fn first_model(engine: &dyn EngineClient) -> Result<String, ApiError> {
+    engine.list_models().into_iter().next().map(|info| info.id).ok_or(ApiError::Loading)
+}
+
+// The seed's plain APIs
+
+/// Sampling of the plain APIs (`/generate`, `/batch`,
+/// `/api/chat-optimized`) from the request's `max_tokens`, `temperature`
+/// and `top_p`, with [`PLAIN_DEFAULTS`]: nothing else is sampled, no stops,
+/// the host's deadline.
+pub fn plain_params(f: &Fields<'_>, priority: Priority) -> Result<SamplingParams, ApiError> {
+    let defaults = &PLAIN_DEFAULTS;
+    let max_tokens = f.integer_at_least("max_tokens", 1)?.unwrap_or(defaults.max_tokens);
+    let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature);
+    let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p);
+    Ok(SamplingParams {
+        max_tokens,
+        temperature: temperature as f32,
+        top_k: defaults.top_k,
+        top_p: top_p as f32,
+        min_p: defaults.min_p as f32,
+        repeat_penalty: defaults.repeat_penalty as f32,
+        repeat_last_n: defaults.repeat_last_n,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        seed: None,
+        stop: Vec::new(),
+        timeout_ms: None,
+        priority,
+    })
+}
+
+// Ollama's options
+
+/// The engine's sampling from Ollama's `options` for `model`, with
+/// [`OLLAMA_DEFAULTS`]. Unknown options are ignored, as Ollama does; known
+/// ones with a wrong type or value are a 400.
+///
+/// `num_predict` -1 (infinite), -2 (fill the context) and 0 all mean "until
+/// the context is full". `repeat_last_n` -1 means the whole context. A
+/// negative `seed` (Ollama's -1) draws a fresh one. `num_ctx` is checked as
+/// a positive integer and then ignored: every generation may use the
+/// model's whole context, and a larger `num_ctx` cannot extend it.
+pub fn ollama_sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingParams, ApiError> {
+    let defaults = &OLLAMA_DEFAULTS;
+    let max_tokens = match o.integer("num_predict")? {
+        None => defaults.max_tokens,
+        Some(-2..=0) => 0,
+        Some(n) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) => return Err(o.out_of_range("num_predict", "an integer >= -2", &Value::from(n))),
+    };
+    let repeat_last_n = match o.integer("repeat_last_n")? {
+        None => defaults.repeat_last_n,
+        Some(-1) => model.context_length,
+        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(n) => return Err(o.out_of_range("repeat_last_n", "an integer >= -1", &Value::from(n))),
+    };
+    o.integer_at_least("num_ctx", 1)?;
+    Ok(SamplingParams {
+        max_tokens,
+        temperature: o.number_in("temperature", 0.0, false, f64::MAX)?.unwrap_or(defaults.temperature) as f32,
+        top_k: o.integer_at_least("top_k", 0)?.unwrap_or(defaults.top_k),
+        top_p: o.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p) as f32,
+        min_p: o.number_in("min_p", 0.0, false, 1.0)?.unwrap_or(defaults.min_p) as f32,
+        repeat_penalty: o.number_above("repeat_penalty", 0.0)?.unwrap_or(defaults.repeat_penalty) as f32,
+        repeat_last_n,
+        presence_penalty: any_number(o, "presence_penalty")?.unwrap_or(0.0) as f32,
+        frequency_penalty: any_number(o, "frequency_penalty")?.unwrap_or(0.0) as f32,
+        seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
+        stop: ollama_stops(o)?,
+        timeout_ms: None,
+        priority: Priority::Interactive,
+    })
+}
+
+/// An optional finite number with no range (the penalties Ollama leaves
+/// unbounded).
+fn any_number(o: &Fields<'_>, name: &str) -> Result<Option<f64>, ApiError> {
+    o.number_in(name, f64::MIN, false, f64::MAX)
+}
+
+/// `options.stop`: a list of strings (one string is taken as a list of one);
+/// empty strings are dropped, as they would end every generation at once.
+fn ollama_stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
+    let list: &[Value] = match o.get("stop") {
+        None => return Ok(Vec::new()),
+        Some(one @ Value::String(_)) => std::slice::from_ref(one),
+        Some(Value::Array(list)) => list,
+        Some(other) => return Err(o.wrong_type("stop", "an array of strings", other)),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        match item {
+            Value::String(s) if s.is_empty() => {}
+            Value::String(s) => out.push(s.clone()),
+            other => return Err(o.wrong_type(&format!("stop[{i}]"), "a string", other)),
+        }
+    }
+    Ok(out)
+}
+
+// Spin's options
+
+/// The engine's sampling from Spin's inferencing options, with
+/// [`SPIN_DEFAULTS`].
+pub fn spin_sampling(o: &Fields<'_>) -> Result<SamplingParams, ApiError> {
+    let defaults = &SPIN_DEFAULTS;
+    Ok(SamplingParams {
+        max_tokens: o.integer_at_least("maxTokens", 1)?.unwrap_or(defaults.max_tokens),
+        temperature: o.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature) as f32,
+        top_k: o.integer_at_least("topK", 0)?.unwrap_or(defaults.top_k),
+        top_p: o.number_in("topP", 0.0, true, 1.0)?.unwrap_or(defaults.top_p) as f32,
+        min_p: defaults.min_p as f32,
+        repeat_penalty: o.number_above("repeatPenalty", 0.0)?.unwrap_or(defaults.repeat_penalty) as f32,
+        repeat_last_n: o.integer_at_least("repeatPenaltyLastNTokenCount", 0)?.unwrap_or(defaults.repeat_last_n),
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        seed: None,
+        stop: Vec::new(),
+        timeout_ms: None,
+        priority: Priority::Interactive,
+    })
+}

@@ -1,0 +1,477 @@
+//! OpenAI's API: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `POST /v1/embeddings`, `GET /v1/models` and `GET /v1/models/{id}`.
+//!
+//! Both completion APIs answer whole or as server-sent events of OpenAI's
+//! chunks: opened by the assistant's role (chat) or the echoed prompt
+//! (text), then a chunk per piece of text, the finish reason, the usage
+//! chunk if asked for, and `data: [DONE]`. Chat completions are answered
+//! from the response cache when it holds the answer (`cache.rs`).
+//!
+//! Text completions take one prompt per request: a string, an array holding
+//! one string, or token ids (used exactly as given). `n` and `best_of` must
+//! be 1; `suffix` and `logprobs` are refused, since the engine neither fills
+//! in the middle nor reports token probabilities. The sampling fields are
+//! chat's ([`parse_sampling`]), with OpenAI's defaults and `max_tokens` 16.
+//!
+//! Each embedding is the mean of the model's final normalised hidden states
+//! (the output norm's result) over the input's tokens, scaled to unit
+//! length, so a dot product is the cosine similarity. `input` is a string,
+//! an array of strings, an array of token ids or an array of token-id
+//! arrays; token ids are turned back into text and the text is embedded, so
+//! an input spelled in ids the tokenizer would not produce is embedded as
+//! its tokenization. `encoding_format` is `float` (the default) or
+//! `base64`: the vector's little-endian `f32` bytes, base64-encoded, which
+//! the official clients ask for. The vector size is the model's;
+//! `dimensions` may only repeat it.
+
+use serde_json::{json, Map, Value};
+
+use crate::cache;
+use crate::engine_client::{EngineClient, Error, Finished, ModelInfo, Priority, Prompt};
+use crate::error::{error_body, ApiError};
+use crate::http::{Request, Response};
+use crate::json::{self, Fields};
+use crate::params::{parse_chat_fields, parse_prompt, parse_sampling, token_ids, OPENAI_COMPLETIONS_DEFAULTS};
+use crate::stream::{read_all, Frames, Framing};
+use crate::wire::{completion_id, finish_reason, sse_data, timings_json, unix_seconds, usage_json};
+
+/// Field holding a chat's prompt, named by context-overflow errors.
+const CHAT_PROMPT_PARAM: &str = "messages";
+/// Field holding a text completion's prompt, named by context-overflow
+/// errors.
+const TEXT_PROMPT_PARAM: &str = "prompt";
+/// Field holding the inputs to embed, named by errors about them.
+const INPUT_PARAM: &str = "input";
+/// Most inputs one embeddings request may carry (OpenAI's limit).
+const MAX_INPUTS: usize = 2048;
+
+// Models
+
+/// `GET /v1/models`: OpenAI's model list, with the engine's details added.
+pub fn models(engine: &dyn EngineClient) -> Response {
+    let data: Vec<Value> = engine.list_models().iter().map(model_json).collect();
+    Response::json(200, &json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: one model, or 404 `model_not_found`.
+pub fn model(engine: &dyn EngineClient, id: &str) -> Result<Response, ApiError> {
+    match engine.list_models().iter().find(|m| m.id == id) {
+        Some(info) => Ok(Response::json(200, &model_json(info))),
+        None => Err(ApiError::engine(Error::UnknownModel(id.to_string()), "model")),
+    }
+}
+
+fn model_json(info: &ModelInfo) -> Value {
+    json!({
+        "id": info.id,
+        "object": "model",
+        "created": info.modified_at,
+        "owned_by": "tern",
+        "architecture": info.architecture,
+        "context_length": info.context_length,
+        "quantization": info.quantization,
+        "parameter_count": info.parameter_count,
+    })
+}
+
+// Chat completions
+
+/// `POST /v1/chat/completions`, from the response cache when it holds the
+/// answer.
+pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let chat = parse_chat_fields(&map, Priority::Interactive)?;
+    let use_cache = Fields::new(&map).boolean("use_cache")?;
+    let lookup = cache::look_up(req, engine, &chat.model, &chat.messages, &chat.params, use_cache)?;
+    let (header, cached) = (lookup.header(), lookup.cached());
+    let prompt = Prompt::Chat(chat.messages);
+    let (generation, pending) = lookup
+        .generation(engine, || engine.generate(&chat.model, &prompt, &chat.params))
+        .map_err(|e| ApiError::engine(e, CHAT_PROMPT_PARAM))?;
+
+    let id = completion_id("chatcmpl");
+    let created = unix_seconds();
+    if chat.stream {
+        let chunks = CompletionChunks {
+            id,
+            model: chat.model,
+            created,
+            include_usage: chat.include_usage,
+            kind: ChunkKind::Chat,
+            cached,
+        };
+        return Ok(cache::event_stream(Frames::new(generation, chunks), pending, header));
+    }
+
+    let (content, finished) = read_all(generation, CHAT_PROMPT_PARAM)?;
+    if let Some(pending) = pending {
+        pending.commit();
+    }
+
+    let mut body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": chat.model,
+        "system_fingerprint": null,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": null,
+            "finish_reason": finish_reason(finished.reason),
+        }],
+        "usage": usage_json(&finished.usage),
+        "timings": timings_json(&finished.usage),
+    });
+    if let Some(cached) = cached {
+        body["cached"] = Value::from(cached);
+    }
+    Ok(cache::mark(Response::json(200, &body), header))
+}
+
+// Text completions
+
+/// `POST /v1/completions`.
+pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let prompt = parse_prompt(&f)?;
+    let model = f.required_string("model")?.to_string();
+    let max_tokens = f.integer_at_least("max_tokens", 1)?.unwrap_or(OPENAI_COMPLETIONS_DEFAULTS.max_tokens);
+    let sampling = parse_sampling(&f, max_tokens, &OPENAI_COMPLETIONS_DEFAULTS, Priority::Interactive)?;
+    let echo = f.boolean("echo")?.unwrap_or(false);
+    check_unsupported(&f)?;
+
+    let engine_error = |e| ApiError::engine(e, TEXT_PROMPT_PARAM);
+    // `parse_prompt` makes text or token ids, never a chat.
+    let echoed = match &prompt {
+        _ if !echo => None,
+        Prompt::Tokens(ids) => Some(engine.detokenize(&model, ids).map_err(engine_error)?),
+        Prompt::Text(text) => Some(text.clone()),
+        Prompt::Chat(_) => None,
+    };
+    let generation = engine.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
+
+    let id = completion_id("cmpl");
+    if sampling.stream {
+        let chunks = CompletionChunks {
+            id,
+            model,
+            created: unix_seconds(),
+            include_usage: sampling.include_usage,
+            kind: ChunkKind::Text { echo: echoed },
+            cached: None,
+        };
+        return Ok(Response::event_stream(Frames::new(generation, chunks)));
+    }
+
+    let (completion, finished) = read_all(generation, TEXT_PROMPT_PARAM)?;
+    let text = echoed.unwrap_or_default() + &completion;
+    let body = json!({
+        "id": id,
+        "object": "text_completion",
+        "created": unix_seconds(),
+        "model": model,
+        "system_fingerprint": null,
+        "choices": [{
+            "text": text,
+            "index": 0,
+            "logprobs": null,
+            "finish_reason": finish_reason(finished.reason),
+        }],
+        "usage": usage_json(&finished.usage),
+        "timings": timings_json(&finished.usage),
+    });
+    Ok(Response::json(200, &body))
+}
+
+/// `best_of` must be 1; `suffix` and `logprobs` are refused unless empty.
+fn check_unsupported(f: &Fields<'_>) -> Result<(), ApiError> {
+    if let Some(best_of) = f.integer("best_of")? {
+        if best_of != 1 {
+            return Err(ApiError::param("best_of", format!("Only best_of=1 is supported, but got {best_of}.")));
+        }
+    }
+    if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::param("suffix", "'suffix' is not supported: the engine only continues a prompt."));
+    }
+    match f.get("logprobs") {
+        None | Some(Value::Bool(false)) => Ok(()),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(()),
+        Some(_) => {
+            Err(ApiError::param("logprobs", "'logprobs' is not supported: the engine reports no token probabilities."))
+        }
+    }
+}
+
+// Streamed chunks
+
+/// Which OpenAI API a stream of chunks speaks.
+enum ChunkKind {
+    /// `chat.completion.chunk`: text in `delta.content`, opened by a chunk
+    /// naming the assistant role.
+    Chat,
+    /// `text_completion`: text in `text`, opened by the prompt when it is
+    /// echoed.
+    Text {
+        /// The prompt text to send first (`echo`), if any.
+        echo: Option<String>,
+    },
+}
+
+/// How a streamed completion is written: one server-sent event per chunk,
+/// each saying the same things about the completion.
+struct CompletionChunks {
+    /// `id` of every chunk.
+    id: String,
+    /// `model` of every chunk.
+    model: String,
+    /// `created` of every chunk.
+    created: u64,
+    /// Send a last chunk with `usage` (and `usage: null` in the others).
+    include_usage: bool,
+    /// The API's chunk shape.
+    kind: ChunkKind,
+    /// Whether the answer came from the response cache, said in every
+    /// chunk; none when the cache was not consulted.
+    cached: Option<bool>,
+}
+
+impl CompletionChunks {
+    /// Field holding the prompt, named by context-overflow errors.
+    fn prompt_param(&self) -> &'static str {
+        match self.kind {
+            ChunkKind::Chat => CHAT_PROMPT_PARAM,
+            ChunkKind::Text { .. } => TEXT_PROMPT_PARAM,
+        }
+    }
+
+    /// A chunk carrying `text` (none: no text) and, at the end, the finish
+    /// reason.
+    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> Map<String, Value> {
+        let choice = match self.kind {
+            ChunkKind::Chat => json!({
+                "index": 0,
+                "delta": text.map_or_else(|| json!({}), |t| json!({"content": t})),
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            ChunkKind::Text { .. } => json!({
+                "text": text.unwrap_or(""),
+                "index": 0,
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        };
+        self.choice_chunk(choice)
+    }
+
+    fn choice_chunk(&self, choice: Value) -> Map<String, Value> {
+        let mut chunk = self.envelope(json!([choice]));
+        if self.include_usage {
+            chunk.insert("usage".into(), Value::Null);
+        }
+        chunk
+    }
+
+    fn envelope(&self, choices: Value) -> Map<String, Value> {
+        let object = match self.kind {
+            ChunkKind::Chat => "chat.completion.chunk",
+            ChunkKind::Text { .. } => "text_completion",
+        };
+        let mut chunk = Map::new();
+        chunk.insert("id".into(), Value::from(self.id.as_str()));
+        chunk.insert("object".into(), Value::from(object));
+        chunk.insert("created".into(), Value::from(self.created));
+        chunk.insert("model".into(), Value::from(self.model.as_str()));
+        chunk.insert("system_fingerprint".into(), Value::Null);
+        chunk.insert("choices".into(), choices);
+        if let Some(cached) = self.cached {
+            chunk.insert("cached".into(), Value::from(cached));
+        }
+        chunk
+    }
+}
+
+impl Framing for CompletionChunks {
+    /// The assistant's role (chat) or the echoed prompt.
+    fn opening(&mut self) -> Option<Vec<u8>> {
+        match &self.kind {
+            ChunkKind::Chat => Some(sse_data(self.choice_chunk(json!({
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": null,
+                "finish_reason": null,
+            })))),
+            ChunkKind::Text { echo: Some(prompt) } if !prompt.is_empty() => {
+                Some(sse_data(self.chunk(Some(prompt), None)))
+            }
+            ChunkKind::Text { .. } => None,
+        }
+    }
+
+    fn text(&mut self, text: &str) -> Vec<u8> {
+        sse_data(self.chunk(Some(text), None))
+    }
+
+    /// The chunk with the finish reason, then the usage chunk if asked for,
+    /// then `[DONE]`. `timings` ride on the last JSON chunk, as in
+    /// llama.cpp's server.
+    fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>> {
+        let mut last = self.chunk(None, Some(finish_reason(finished.reason)));
+        let timings = timings_json(&finished.usage);
+        let mut frames = Vec::with_capacity(3);
+        if self.include_usage {
+            let mut usage = self.envelope(json!([]));
+            usage.insert("usage".into(), usage_json(&finished.usage));
+            usage.insert("timings".into(), timings);
+            frames.push(sse_data(last));
+            frames.push(sse_data(usage));
+        } else {
+            last.insert("timings".into(), timings);
+            frames.push(sse_data(last));
+        }
+        frames.push(b"data: [DONE]\n\n".to_vec());
+        frames
+    }
+
+    /// The error object a whole response would have carried.
+    fn failed(&mut self, error: Error) -> Vec<u8> {
+        sse_data(error_body(&ApiError::engine(error, self.prompt_param())).1)
+    }
+}
+
+// Embeddings
+
+/// `POST /v1/embeddings`.
+pub fn embeddings(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let map = json::parse_object(&req.body)?;
+    let f = Fields::new(&map);
+    let model = f.required_string("model")?;
+    let inputs = parse_input(&f)?;
+    let base64 = match f.string("encoding_format")? {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::param(
+                "encoding_format",
+                format!("Invalid 'encoding_format': {other:?}; expected 'float' or 'base64'."),
+            ))
+        }
+    };
+    let dimensions = f.integer_at_least("dimensions", 1)?;
+    f.string("user")?;
+
+    let engine_error = |e| ApiError::engine(e, INPUT_PARAM);
+    let texts = inputs
+        .into_iter()
+        .map(|input| match input {
+            Input::Text(text) => Ok(text),
+            Input::Tokens(ids) => engine.detokenize(model, &ids).map_err(engine_error),
+        })
+        .collect::<Result<Vec<String>, ApiError>>()?;
+    let embeddings = engine.embed(model, &texts).map_err(engine_error)?;
+
+    // The size is only known once the model has answered.
+    let size = embeddings.first().map_or(0, |e| e.vector.len());
+    if let Some(asked) = dimensions {
+        if asked as usize != size {
+            return Err(ApiError::param(
+                "dimensions",
+                format!("This model's embeddings have {size} dimensions; 'dimensions' must be {size}, not {asked}."),
+            ));
+        }
+    }
+
+    let data: Vec<Value> = embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let embedding = if base64 { Value::from(base64_f32(&e.vector)) } else { json!(e.vector) };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: u64 = embeddings.iter().map(|e| u64::from(e.tokens)).sum();
+    let body = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    Ok(Response::json(200, &body))
+}
+
+/// One input as the request spelled it.
+enum Input {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// The `input` field: one or more non-empty texts or token-id lists.
+fn parse_input(f: &Fields<'_>) -> Result<Vec<Input>, ApiError> {
+    let empty = |param: String| ApiError::param(param.clone(), format!("'{param}' must not be empty."));
+    let list = match f.get(INPUT_PARAM) {
+        None => return Err(f.missing(INPUT_PARAM)),
+        Some(Value::String(text)) if text.is_empty() => return Err(empty(f.name(INPUT_PARAM))),
+        Some(Value::String(text)) => return Ok(vec![Input::Text(text.clone())]),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(f.wrong_type(
+                INPUT_PARAM,
+                "a string, an array of strings, an array of token ids or an array of token-id arrays",
+                other,
+            ))
+        }
+    };
+    if list.is_empty() {
+        return Err(empty(f.name(INPUT_PARAM)));
+    }
+    if list.len() > MAX_INPUTS {
+        return Err(ApiError::param(
+            INPUT_PARAM,
+            format!("'input' may hold at most {MAX_INPUTS} inputs, but got {}.", list.len()),
+        ));
+    }
+    if list.iter().all(Value::is_number) {
+        return Ok(vec![Input::Tokens(token_ids(&f.name(INPUT_PARAM), list)?)]);
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let path = format!("{}[{i}]", f.name(INPUT_PARAM));
+            match item {
+                Value::String(text) if text.is_empty() => Err(empty(path)),
+                Value::String(text) => Ok(Input::Text(text.clone())),
+                Value::Array(ids) => Ok(Input::Tokens(token_ids(&path, ids)?)),
+                other => Err(ApiError::param(
+                    path.clone(),
+                    format!(
+                        "Invalid type for '{path}': expected a string or an array of token ids, but got {} instead.",
+                        json::kind(other)
+                    ),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// The little-endian bytes of `vector`, base64-encoded with padding
+/// (RFC 4648's standard alphabet), as OpenAI's `encoding_format: "base64"`.
+pub fn base64_f32(vector: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let b = [group[0], group.get(1).copied().unwrap_or(0), group.get(2).copied().unwrap_or(0)];
+        let bits = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            // A group of n bytes fills n + 1 characters; `=` pads the rest.
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(bits >> shift) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,103 @@
+//! The one stream pump: a generation read event by event and written in one
+//! API's framing, a frame per body piece, as the client reads them.
+//!
+//! Every streaming route (OpenAI's chunks, Ollama's NDJSON lines,
+//! llama.cpp's events, the seed's chat events) is a [`Framing`] driven by
+//! [`Frames`]; the routes that answer whole read the generation with
+//! [`collect`] or [`read_all`].
+
+use std::collections::VecDeque;
+
+use crate::engine_client::{Error, Event, Finished, GenerationStream};
+use crate::error::ApiError;
+
+/// Reads a generation to its end: the whole text and how it finished. The
+/// generation is dropped (released in the engine) before this returns.
+pub fn collect(mut generation: Box<dyn GenerationStream>) -> Result<(String, Finished), Error> {
+    let mut text = String::new();
+    loop {
+        match generation.next_event()? {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Finished(finished) => return Ok((text, finished)),
+            Event::Pending => {}
+        }
+    }
+}
+
+/// [`collect`] with errors naming `prompt_param` as the field holding the
+/// prompt.
+pub fn read_all(
+    generation: Box<dyn GenerationStream>,
+    prompt_param: &'static str,
+) -> Result<(String, Finished), ApiError> {
+    collect(generation).map_err(|e| ApiError::engine(e, prompt_param))
+}
+
+/// How one streaming API writes a generation: maybe an opening frame, a
+/// frame per piece of text, then the last frames for its end or one for its
+/// failure.
+pub trait Framing {
+    /// The frame sent before any text, if the API opens with one.
+    fn opening(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    /// The frame of a (non-empty) piece of text.
+    fn text(&mut self, text: &str) -> Vec<u8>;
+    /// The last frames of a generation that finished, each its own body
+    /// piece.
+    fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>>;
+    /// The last frame of a generation the engine failed: the status line is
+    /// long gone, so the error travels in the body.
+    fn failed(&mut self, error: Error) -> Vec<u8>;
+}
+
+/// A generation's frames, produced as the client reads them and ending after
+/// the last one. Owns the generation: dropping this cancels it, and it is
+/// released as soon as it finishes, before the last frames go out.
+pub struct Frames<F> {
+    generation: Option<Box<dyn GenerationStream>>,
+    framing: F,
+    opened: bool,
+    /// Frames decided but not yet handed out (the tail after the finish).
+    queued: VecDeque<Vec<u8>>,
+}
+
+impl<F: Framing> Frames<F> {
+    /// The frames of `generation` in `framing`.
+    pub fn new(generation: Box<dyn GenerationStream>, framing: F) -> Self {
+        Frames { generation: Some(generation), framing, opened: false, queued: VecDeque::new() }
+    }
+}
+
+impl<F: Framing> Iterator for Frames<F> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if let Some(frame) = self.queued.pop_front() {
+            return Some(frame);
+        }
+        if !self.opened {
+            self.opened = true;
+            if let Some(opening) = self.framing.opening() {
+                return Some(opening);
+            }
+        }
+        loop {
+            let event = self.generation.as_mut()?.next_event();
+            match event {
+                Ok(Event::Text(text)) if text.is_empty() => {}
+                Ok(Event::Pending) => {}
+                Ok(Event::Text(text)) => return Some(self.framing.text(&text)),
+                Ok(Event::Finished(finished)) => {
+                    self.generation = None;
+                    self.queued.extend(self.framing.finished(&finished));
+                    return self.queued.pop_front();
+                }
+                Err(error) => {
+                    self.generation = None;
+                    return Some(self.framing.failed(error));
+                }
+            }
+        }
+    }
+}
