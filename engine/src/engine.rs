@@ -23,14 +23,14 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::EngineError;
-use crate::handle::{EmbedShared, Embedding, GenShared, Generation, PendingEmbeddings};
+use crate::handle::{Embedding, EmbeddingSlot, Generation, GenerationSlot, PendingEmbeddings};
 use crate::jobs::{JobInfo, Jobs};
 use crate::kv::KvUsage;
 use crate::loaded::{LoadedModel, ModelInfo};
 use crate::model::LoadOptions;
 use crate::request::{GenerateRequest, Message, Priority, Prompt};
 use crate::sampler::SamplingParams;
-use crate::scheduler::{Limits, Scheduler, Seq, SeqSpec, Shared};
+use crate::scheduler::{Limits, Mailbox, Scheduler, Seq, SeqSpec};
 use crate::stats::{EngineStatus, Stats};
 use crate::tokenizer::ChatMessage;
 
@@ -83,7 +83,7 @@ struct Inner {
     models: RwLock<Vec<Arc<LoadedModel>>>,
     ready: AtomicBool,
     load_error: Mutex<Option<String>>,
-    shared: Arc<Shared>,
+    mailbox: Arc<Mailbox>,
     jobs: Jobs,
     seed_counter: AtomicU64,
     seq_counter: AtomicU64,
@@ -135,13 +135,13 @@ impl Engine {
     }
 
     fn empty(config: EngineConfig) -> Self {
-        let shared = Arc::new(Shared::default());
+        let mailbox = Arc::new(Mailbox::default());
         let limits = Limits {
             max_running: config.max_running,
             step_tokens: config.step_tokens,
             prefill_chunk: config.prefill_chunk,
         };
-        let weak = Arc::downgrade(&shared);
+        let weak = Arc::downgrade(&mailbox);
         std::thread::Builder::new()
             .name("tern-scheduler".into())
             .spawn(move || Scheduler::new(weak, limits).run())
@@ -152,7 +152,7 @@ impl Engine {
             models: RwLock::new(Vec::new()),
             ready: AtomicBool::new(false),
             load_error: Mutex::new(None),
-            shared,
+            mailbox,
             seed_counter: AtomicU64::new(0),
             seq_counter: AtomicU64::new(1),
         });
@@ -204,7 +204,7 @@ impl Engine {
         EngineStatus {
             ready: self.inner.ready.load(Ordering::Acquire),
             load_error: self.inner.load_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
-            ..self.inner.shared.stats.snapshot(kv, self.inner.config.max_queue as u32)
+            ..self.inner.mailbox.stats.snapshot(kv, self.inner.config.max_queue as u32)
         }
     }
 
@@ -251,25 +251,25 @@ impl Engine {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let shared = Arc::new(EmbedShared::default());
-        let pending = PendingEmbeddings(shared.clone());
+        let slot = Arc::new(EmbeddingSlot::default());
+        let pending = PendingEmbeddings(slot.clone());
         let spec = self.spec(m, Priority::Interactive, None);
-        self.enqueue(Seq::embedding(spec, ids, shared))?;
+        self.enqueue(Seq::embedding(spec, ids, slot))?;
         pending.wait()
     }
 
     /// Validates a request and queues its generation.
     pub fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
-        let (shared, _, prompt_tokens) = self.start_generation(req)?;
-        Ok(Generation::new(shared, prompt_tokens))
+        let (slot, _, prompt_tokens) = self.start_generation(req)?;
+        Ok(Generation::new(slot, prompt_tokens))
     }
 
     /// Queues a generation the engine holds itself; returns its job id.
     pub fn submit_job(&self, req: GenerateRequest) -> Result<String, EngineError> {
         let model = req.model.clone();
-        let (shared, seq, prompt_tokens) = self.start_generation(req)?;
+        let (slot, seq, prompt_tokens) = self.start_generation(req)?;
         let id = format!("job-{seq:x}{:04x}", fresh_seed(&self.inner.seed_counter) & 0xffff);
-        self.inner.jobs.insert(id.clone(), model, seq, shared, prompt_tokens);
+        self.inner.jobs.insert(id.clone(), model, seq, slot, prompt_tokens);
         Ok(id)
     }
 
@@ -281,7 +281,7 @@ impl Engine {
     /// Cancels a job that has not finished; returns its state after.
     pub fn cancel_job(&self, id: &str) -> Option<JobInfo> {
         let info = self.inner.jobs.cancel(id, &|seq| self.place(seq));
-        self.inner.shared.wake.notify_all();
+        self.inner.mailbox.wake.notify_all();
         info
     }
 
@@ -289,15 +289,15 @@ impl Engine {
     /// starts, the slots ahead of it turning over once per average
     /// generation time; `None` once it runs.
     fn place(&self, seq: u64) -> Option<(u32, Duration)> {
-        let position = self.inner.shared.queue().position(seq)?;
-        let service = Duration::from_micros(self.inner.shared.stats.service_us.load(Ordering::Relaxed));
+        let position = self.inner.mailbox.queue().position(seq)?;
+        let service = Duration::from_micros(self.inner.mailbox.stats.service_us.load(Ordering::Relaxed));
         let rounds = (position / self.inner.config.max_running.max(1) + 1) as u32;
         Some((position as u32, service * rounds))
     }
 
     /// Validates a request and puts its sequence in the queue; returns its
-    /// shared state, sequence id and prompt length.
-    fn start_generation(&self, req: GenerateRequest) -> Result<(Arc<GenShared>, u64, u32), EngineError> {
+    /// slot, sequence id and prompt length.
+    fn start_generation(&self, req: GenerateRequest) -> Result<(Arc<GenerationSlot>, u64, u32), EngineError> {
         let m = self.model(&req.model)?;
         req.sampling.validate().map_err(EngineError::InvalidRequest)?;
         let prompt = match &req.prompt {
@@ -326,13 +326,13 @@ impl Engine {
             });
         }
         let seed = req.seed.unwrap_or_else(|| fresh_seed(&self.inner.seed_counter));
-        let shared = Arc::new(GenShared::default());
+        let slot = Arc::new(GenerationSlot::default());
         let prompt_tokens = prompt.len() as u32;
         let spec = self.spec(m, req.priority, req.timeout);
         let id = spec.id;
         let sampling = SamplingParams { seed, ..req.sampling };
-        self.enqueue(Seq::generation(spec, prompt, sampling, req.stop, req.max_tokens, shared.clone()))?;
-        Ok((shared, id, prompt_tokens))
+        self.enqueue(Seq::generation(spec, prompt, sampling, req.stop, req.max_tokens, slot.clone()))?;
+        Ok((slot, id, prompt_tokens))
     }
 
     /// A fresh sequence of `model`, under `timeout` or the engine's default.
@@ -348,22 +348,22 @@ impl Engine {
 
     /// Puts `seq` in the queue, unless the queue is full or closed.
     fn enqueue(&self, seq: Seq) -> Result<(), EngineError> {
-        let shared = &self.inner.shared;
-        let mut queue = shared.queue();
+        let mailbox = &self.inner.mailbox;
+        let mut queue = mailbox.queue();
         if let Some(e) = &queue.closed {
             return Err(e.clone());
         }
         if queue.len() >= self.inner.config.max_queue {
-            Stats::add(&shared.stats.rejected, 1);
+            Stats::add(&mailbox.stats.rejected, 1);
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already waiting; try again shortly",
                 self.inner.config.max_queue
             )));
         }
         queue.push_back(seq);
-        shared.stats.waiting.store(queue.len() as u32, Ordering::Relaxed);
+        mailbox.stats.waiting.store(queue.len() as u32, Ordering::Relaxed);
         drop(queue);
-        shared.wake.notify_all();
+        mailbox.wake.notify_all();
         Ok(())
     }
 
@@ -372,9 +372,9 @@ impl Engine {
     /// grace period is over, so that each client gets a final error rather
     /// than a cut connection.
     pub fn abort_all(&self, error: EngineError) {
-        let shared = &self.inner.shared;
-        shared.queue().closed = Some(error);
-        shared.wake.notify_all();
+        let mailbox = &self.inner.mailbox;
+        mailbox.queue().closed = Some(error);
+        mailbox.wake.notify_all();
     }
 }
 

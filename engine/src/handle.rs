@@ -1,6 +1,6 @@
 //! What a caller holds while the scheduler works: a [`Generation`] that
 //! streams text, or the embeddings of a request being computed. The
-//! scheduler writes into the shared half; dropping the caller's half
+//! scheduler writes into the slot half; dropping the caller's half
 //! cancels the work within one step.
 
 use std::future::Future;
@@ -60,14 +60,14 @@ pub enum Event {
 }
 
 #[derive(Default)]
-pub(crate) struct GenState {
+pub(crate) struct SlotState {
     pub text: String,
     pub finished: Option<Finished>,
     pub error: Option<EngineError>,
     waker: Option<Waker>,
 }
 
-impl GenState {
+impl SlotState {
     /// Adds generated text, unless the generation has already ended (e.g. a
     /// job cancelled while its last step ran): an ended text never changes.
     pub fn append(&mut self, text: &str) {
@@ -83,14 +83,14 @@ impl GenState {
 
 /// The state a generation handle and the scheduler share.
 #[derive(Default)]
-pub(crate) struct GenShared {
-    pub state: Mutex<GenState>,
+pub(crate) struct GenerationSlot {
+    pub state: Mutex<SlotState>,
     cond: Condvar,
     pub cancelled: AtomicBool,
 }
 
-impl GenShared {
-    pub fn update(&self, f: impl FnOnce(&mut GenState)) {
+impl GenerationSlot {
+    pub fn update(&self, f: impl FnOnce(&mut SlotState)) {
         let waker = {
             let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             f(&mut s);
@@ -105,19 +105,19 @@ impl GenShared {
 
 /// A running generation; dropping it cancels the work.
 pub struct Generation {
-    shared: Arc<GenShared>,
+    slot: Arc<GenerationSlot>,
     prompt_tokens: u32,
 }
 
 impl Generation {
     /// The caller's half of a generation whose prompt has `prompt_tokens` tokens.
-    pub(crate) fn new(shared: Arc<GenShared>, prompt_tokens: u32) -> Self {
-        Self { shared, prompt_tokens }
+    pub(crate) fn new(slot: Arc<GenerationSlot>, prompt_tokens: u32) -> Self {
+        Self { slot, prompt_tokens }
     }
 
     /// Takes the text generated since the last call, or the end.
     pub fn next(&self) -> Result<Event, EngineError> {
-        let mut s = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !s.text.is_empty() {
             return Ok(Event::Text(std::mem::take(&mut s.text)));
         }
@@ -132,15 +132,15 @@ impl Generation {
 
     /// Blocks the calling thread until [`Generation::next`] has news.
     pub fn wait(&self) {
-        let mut s = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
         while !s.has_news() {
-            s = self.shared.cond.wait(s).unwrap_or_else(PoisonError::into_inner);
+            s = self.slot.cond.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
     /// Resolves when [`Generation::next`] has news.
     pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
-        Ready(self.shared.clone())
+        Ready(self.slot.clone())
     }
 
     /// Tokens in the prompt, known at admission.
@@ -163,11 +163,11 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        self.shared.cancelled.store(true, Ordering::Release);
+        self.slot.cancelled.store(true, Ordering::Release);
     }
 }
 
-struct Ready(Arc<GenShared>);
+struct Ready(Arc<GenerationSlot>);
 
 impl Future for Ready {
     type Output = ();
@@ -184,13 +184,13 @@ impl Future for Ready {
 
 /// The state an embedding request and the scheduler share.
 #[derive(Default)]
-pub(crate) struct EmbedShared {
+pub(crate) struct EmbeddingSlot {
     result: Mutex<Option<Result<Vec<Embedding>, EngineError>>>,
     done: Condvar,
     pub cancelled: AtomicBool,
 }
 
-impl EmbedShared {
+impl EmbeddingSlot {
     /// Ends the request with `result` (the first end counts).
     pub fn finish(&self, result: Result<Vec<Embedding>, EngineError>) {
         self.result.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(result);
@@ -203,7 +203,7 @@ impl EmbedShared {
 }
 
 /// The caller's half of an embedding request; dropping it cancels the work.
-pub(crate) struct PendingEmbeddings(pub Arc<EmbedShared>);
+pub(crate) struct PendingEmbeddings(pub Arc<EmbeddingSlot>);
 
 impl PendingEmbeddings {
     /// Blocks until every input is embedded, or the request failed.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::EngineError;
-use crate::handle::{FinishReason, Finished, GenShared, Usage};
+use crate::handle::{FinishReason, Finished, GenerationSlot, Usage};
 
 /// Finished jobs kept at most; the oldest go first.
 const MAX_KEPT_JOBS: usize = 1024;
@@ -45,7 +45,7 @@ struct Job {
     model: String,
     /// The scheduler's id of its sequence.
     seq: u64,
-    shared: Arc<GenShared>,
+    slot: Arc<GenerationSlot>,
     prompt_tokens: u32,
     created: SystemTime,
     /// When it was first seen finished; it expires `ttl` later.
@@ -64,10 +64,10 @@ impl Jobs {
     }
 
     /// Holds a generation under `id`.
-    pub fn insert(&self, id: String, model: String, seq: u64, shared: Arc<GenShared>, prompt_tokens: u32) {
+    pub fn insert(&self, id: String, model: String, seq: u64, slot: Arc<GenerationSlot>, prompt_tokens: u32) {
         let mut jobs = self.lock();
         self.expire(&mut jobs);
-        jobs.insert(id, Job { model, seq, shared, prompt_tokens, created: SystemTime::now(), ended: None });
+        jobs.insert(id, Job { model, seq, slot, prompt_tokens, created: SystemTime::now(), ended: None });
     }
 
     /// A job's state and text; `None` if the id is unknown or expired.
@@ -82,9 +82,9 @@ impl Jobs {
     pub fn cancel(&self, id: &str, place: Place) -> Option<JobInfo> {
         let mut jobs = self.lock();
         let job = jobs.get_mut(id)?;
-        job.shared.cancelled.store(true, Ordering::Release);
+        job.slot.cancelled.store(true, Ordering::Release);
         let prompt_tokens = job.prompt_tokens;
-        job.shared.update(|s| {
+        job.slot.update(|s| {
             if s.finished.is_none() && s.error.is_none() {
                 let usage = Usage { prompt_tokens, ..Usage::default() };
                 s.finished = Some(Finished { reason: FinishReason::Cancelled, usage });
@@ -101,7 +101,7 @@ impl Jobs {
     /// finished ones beyond [`MAX_KEPT_JOBS`].
     fn expire(&self, jobs: &mut HashMap<String, Job>) {
         for job in jobs.values_mut() {
-            let s = job.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = job.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
             if s.finished.is_some() || s.error.is_some() {
                 job.ended.get_or_insert_with(Instant::now);
             }
@@ -122,7 +122,7 @@ fn describe(id: &str, job: &mut Job, place: Place) -> JobInfo {
     // The generation's lock is let go before the queue's is taken: the
     // scheduler takes them the other way round.
     let (ended, text) = {
-        let s = job.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = job.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ended = match (&s.error, &s.finished) {
             (Some(e), _) => Some(JobState::Failed(e.clone())),
             (None, Some(f)) if f.reason == FinishReason::Cancelled => Some(JobState::Cancelled),

@@ -29,7 +29,7 @@ const SPIN_LIMIT: u32 = 1 << 14;
 /// The closure of the job in flight, with its lifetime erased.
 type Task = *const (dyn Fn(usize) + Sync);
 
-struct Shared {
+struct WorkerState {
     /// Bumped once per job; workers compare it with the last one they saw.
     epoch: AtomicUsize,
     /// The job: written by the caller before `epoch` moves, read by workers after.
@@ -55,7 +55,7 @@ unsafe impl Send for SendTask {}
 /// A fixed set of worker threads (see the module docs).
 pub struct Pool {
     threads: usize,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerState>,
     /// Held by the one thread whose job is in flight.
     busy: Mutex<()>,
     workers: Vec<JoinHandle<()>>,
@@ -72,7 +72,7 @@ impl Pool {
     /// threads (wasm) it is always 1.
     pub fn new(threads: usize) -> Pool {
         let threads = if cfg!(target_family = "wasm") { 1 } else { threads.max(1) };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WorkerState {
             epoch: AtomicUsize::new(0),
             task: Mutex::new(None),
             tasks: AtomicUsize::new(0),
@@ -214,7 +214,7 @@ impl<T> SendPtr<T> {
 // to pool threads, see `for_each_chunk` and `for_each_part`.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
-fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync)) {
+fn claim_tasks(s: &WorkerState, f: &(dyn Fn(usize) + Sync)) {
     let tasks = s.tasks.load(SeqCst);
     loop {
         let i = s.next.fetch_add(1, SeqCst);
@@ -225,7 +225,7 @@ fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
-fn worker(s: &Shared) {
+fn worker(s: &WorkerState) {
     IN_JOB.set(true);
     // The epoch a pool starts at: a job posted before this thread got going
     // must still be seen as new.

@@ -46,61 +46,62 @@ pub(crate) struct Limits {
     pub prefill_chunk: usize,
 }
 
-/// What the scheduler shares with the engine handles.
+/// What the engine and the scheduler thread share: the queue the engine
+/// posts sequences to, the wakeup, and the statistics.
 #[derive(Default)]
-pub(crate) struct Shared {
+pub(crate) struct Mailbox {
     pub queue: Mutex<Queue>,
     pub wake: Condvar,
     pub stats: Stats,
 }
 
-impl Shared {
+impl Mailbox {
     pub fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 pub(crate) struct Scheduler {
-    shared: Weak<Shared>,
+    mailbox: Weak<Mailbox>,
     limits: Limits,
     /// Running sequences in admission order.
     running: Vec<Seq>,
 }
 
 impl Scheduler {
-    pub fn new(shared: Weak<Shared>, limits: Limits) -> Self {
-        Self { shared, limits, running: Vec::new() }
+    pub fn new(mailbox: Weak<Mailbox>, limits: Limits) -> Self {
+        Self { mailbox, limits, running: Vec::new() }
     }
 
     /// Runs until every engine handle is gone.
     pub fn run(mut self) {
-        while let Some(shared) = self.shared.upgrade() {
-            self.turn(&shared);
+        while let Some(mailbox) = self.mailbox.upgrade() {
+            self.turn(&mailbox);
         }
     }
 
     /// One turn of the loop: admission, then a step; with nothing to do,
     /// a sleep until work arrives (waking now and then to notice that
     /// every engine handle is gone).
-    fn turn(&mut self, shared: &Shared) {
+    fn turn(&mut self, mailbox: &Mailbox) {
         {
-            let mut queue = shared.queue();
+            let mut queue = mailbox.queue();
             if let Some(error) = queue.closed.clone() {
-                self.fail_all(&mut queue, &error, &shared.stats);
-                self.publish(&queue, &shared.stats);
+                self.fail_all(&mut queue, &error, &mailbox.stats);
+                self.publish(&queue, &mailbox.stats);
             }
             if self.running.is_empty() && queue.is_empty() {
-                let wait = shared.wake.wait_timeout(queue, Duration::from_millis(200));
+                let wait = mailbox.wake.wait_timeout(queue, Duration::from_millis(200));
                 drop(wait);
                 return;
             }
-            self.prune_queue(&mut queue, &shared.stats);
-            self.admit(&mut queue, &shared.stats);
-            self.publish(&queue, &shared.stats);
+            self.prune_queue(&mut queue, &mailbox.stats);
+            self.admit(&mut queue, &mailbox.stats);
+            self.publish(&queue, &mailbox.stats);
         }
-        self.step(shared);
-        let queue = shared.queue();
-        self.publish(&queue, &shared.stats);
+        self.step(mailbox);
+        let queue = mailbox.queue();
+        self.publish(&queue, &mailbox.stats);
     }
 
     /// Ends every running and queued sequence with `error`, freeing its blocks.
@@ -138,7 +139,7 @@ impl Scheduler {
             let model = seq.model.clone();
             let mut pool = model.model.blocks();
             // The last token always runs, so its logits exist.
-            let shared = if seq.reuses_prefixes() {
+            let cached = if seq.reuses_prefixes() {
                 pool.share_prefix(&mut seq.kv, &seq.tokens[..seq.tokens.len() - 1])
             } else {
                 0
@@ -151,8 +152,8 @@ impl Scheduler {
                 break;
             }
             drop(pool);
-            seq.computed = shared;
-            seq.first_admitted(shared, stats);
+            seq.computed = cached;
+            seq.first_admitted(cached, stats);
             self.running.push(seq);
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::EngineError;
-use crate::handle::{EmbedShared, Embedding, FinishReason, Finished, GenShared, Usage};
+use crate::handle::{Embedding, EmbeddingSlot, FinishReason, Finished, GenerationSlot, Usage};
 use crate::kv::SeqKv;
 use crate::loaded::LoadedModel;
 use crate::model::Output;
@@ -54,7 +54,7 @@ pub(crate) enum Task {
 
 /// A generation's own state.
 pub(crate) struct GenerateTask {
-    shared: Arc<GenShared>,
+    slot: Arc<GenerationSlot>,
     sampler: Sampler,
     output: TextOutput,
     n_prompt: usize,
@@ -69,7 +69,7 @@ pub(crate) struct GenerateTask {
 /// An embedding request's own state: its inputs are embedded one after
 /// another in this one sequence.
 pub(crate) struct EmbedTask {
-    shared: Arc<EmbedShared>,
+    slot: Arc<EmbeddingSlot>,
     /// Inputs after the one in `tokens`.
     rest: VecDeque<Vec<u32>>,
     done: Vec<Embedding>,
@@ -95,10 +95,10 @@ impl Seq {
         sampling: SamplingParams,
         stop: Vec<String>,
         max_tokens: u32,
-        shared: Arc<GenShared>,
+        slot: Arc<GenerationSlot>,
     ) -> Self {
         let task = Task::Generate(GenerateTask {
-            shared,
+            slot,
             sampler: Sampler::new(sampling),
             output: TextOutput::new(stop),
             n_prompt: prompt.len(),
@@ -112,11 +112,11 @@ impl Seq {
     }
 
     /// Embeddings of `inputs` (at least one, none empty).
-    pub fn embedding(spec: SeqSpec, inputs: Vec<Vec<u32>>, shared: Arc<EmbedShared>) -> Self {
+    pub fn embedding(spec: SeqSpec, inputs: Vec<Vec<u32>>, slot: Arc<EmbeddingSlot>) -> Self {
         let mut rest: VecDeque<Vec<u32>> = inputs.into();
         let first = rest.pop_front().unwrap_or_default();
         let d = spec.model.model.config().n_embd;
-        let task = Task::Embed(EmbedTask { shared, rest, done: Vec::new(), sum: vec![0.0; d] });
+        let task = Task::Embed(EmbedTask { slot, rest, done: Vec::new(), sum: vec![0.0; d] });
         Self::new(spec, first, task)
     }
 
@@ -139,8 +139,8 @@ impl Seq {
     /// Its caller is gone (handle dropped, job cancelled).
     pub fn gone(&self) -> bool {
         match &self.task {
-            Task::Generate(g) => g.shared.cancelled.load(Ordering::Acquire),
-            Task::Embed(e) => e.shared.gone(),
+            Task::Generate(g) => g.slot.cancelled.load(Ordering::Acquire),
+            Task::Embed(e) => e.slot.gone(),
         }
     }
 
@@ -189,17 +189,17 @@ impl Seq {
         }
     }
 
-    /// Bookkeeping of its first admission: `shared` positions came from the
+    /// Bookkeeping of its first admission: `slot` positions came from the
     /// prefix cache.
-    pub fn first_admitted(&mut self, shared: usize, stats: &Stats) {
+    pub fn first_admitted(&mut self, slot: usize, stats: &Stats) {
         let Task::Generate(g) = &mut self.task else { return };
         if g.cached_tokens.is_some() {
             return;
         }
-        g.cached_tokens = Some(shared as u32);
-        if shared > 0 {
+        g.cached_tokens = Some(slot as u32);
+        if slot > 0 {
             Stats::add(&stats.prefix_hits, 1);
-            Stats::add(&stats.cached_tokens, shared as u64);
+            Stats::add(&stats.cached_tokens, slot as u64);
         }
         let now = Instant::now();
         self.started = Some(now);
@@ -248,7 +248,7 @@ impl Seq {
                         After::NextInput
                     }
                     None => {
-                        e.shared.finish(Ok(std::mem::take(&mut e.done)));
+                        e.slot.finish(Ok(std::mem::take(&mut e.done)));
                         After::Ended
                     }
                 }
@@ -277,7 +277,7 @@ impl Seq {
         if !tok.is_control(token) {
             let (shown, stopped) = g.output.push(&tok.token_bytes(token));
             if !shown.is_empty() {
-                g.shared.update(|s| s.append(&shown));
+                g.slot.update(|s| s.append(&shown));
             }
             if stopped {
                 self.finish(FinishReason::Stop, false, stats);
@@ -299,7 +299,7 @@ impl Seq {
         let now = Instant::now();
         let Task::Generate(g) = &mut self.task else {
             if let Task::Embed(e) = &self.task {
-                e.shared.finish(Err(EngineError::Overloaded(match reason {
+                e.slot.finish(Err(EngineError::Overloaded(match reason {
                     FinishReason::Timeout => "the embeddings did not finish within the deadline".into(),
                     _ => "the embeddings could not be computed".into(),
                 })));
@@ -318,7 +318,7 @@ impl Seq {
             prompt_ms: ms(started, done),
             generation_ms: ms(done, now),
         };
-        g.shared.update(|s| {
+        g.slot.update(|s| {
             s.append(&tail);
             s.finished.get_or_insert(Finished { reason, usage });
         });
@@ -336,12 +336,12 @@ impl Seq {
     pub fn fail(&mut self, error: &EngineError, stats: &Stats) {
         match &self.task {
             Task::Generate(g) => {
-                g.shared.update(|s| {
+                g.slot.update(|s| {
                     s.error.get_or_insert_with(|| error.clone());
                 });
                 Stats::add(&stats.requests, 1);
             }
-            Task::Embed(e) => e.shared.finish(Err(error.clone())),
+            Task::Embed(e) => e.slot.finish(Err(error.clone())),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::handle::FinishReason;
 use crate::model::{BatchItem, Output};
 use crate::scheduler::plan::plan;
 use crate::scheduler::seq::{After, Seq};
-use crate::scheduler::{Scheduler, Shared};
+use crate::scheduler::{Mailbox, Scheduler};
 use crate::stats::Stats;
 
 /// One sequence's results of a step's forward pass: the logits of its last
@@ -15,12 +15,12 @@ type Rows = Option<Vec<f32>>;
 
 impl Scheduler {
     /// Runs one step of every running sequence.
-    pub(super) fn step(&mut self, shared: &Shared) {
-        let stats = &shared.stats;
+    pub(super) fn step(&mut self, mailbox: &Mailbox) {
+        let stats = &mailbox.stats;
         self.retire_abandoned(stats);
         let demands: Vec<_> = self.running.iter().map(Seq::demand).collect();
         let mut tokens = plan(&demands, self.limits.step_tokens, self.limits.prefill_chunk);
-        self.reserve(&mut tokens, shared);
+        self.reserve(&mut tokens, mailbox);
         if tokens.iter().all(|&n| n == 0) {
             return;
         }
@@ -56,8 +56,8 @@ impl Scheduler {
 
     /// Gives every planned sequence KV blocks for its new positions,
     /// preempting the most recently admitted sequences when a pool is short.
-    fn reserve(&mut self, tokens: &mut Vec<usize>, shared: &Shared) {
-        let stats = &shared.stats;
+    fn reserve(&mut self, tokens: &mut Vec<usize>, mailbox: &Mailbox) {
+        let stats = &mailbox.stats;
         let mut i = 0;
         while i < self.running.len() {
             if tokens[i] == 0 {
@@ -83,7 +83,7 @@ impl Scheduler {
             Stats::add(&stats.preempted, 1);
             tracing::debug!(id = seq.id, "preempted to free KV blocks");
             seq.restart();
-            shared.queue().push_front(seq);
+            mailbox.queue().push_front(seq);
         }
     }
 

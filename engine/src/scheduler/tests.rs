@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::gguf::{GgmlType, GgufFile, Value};
-use crate::handle::{EmbedShared, Event, FinishReason, GenShared, Generation, PendingEmbeddings};
+use crate::handle::{EmbeddingSlot, Event, FinishReason, Generation, GenerationSlot, PendingEmbeddings};
 use crate::kv::BLOCK_TOKENS;
 use crate::loaded::{LoadedModel, ModelInfo};
 use crate::model::{Activation, BatchItem, ComputeBackend, Forward, Model, ModelConfig, Output, WeightsSummary};
 use crate::request::Priority;
 use crate::sampler::SamplingParams;
-use crate::scheduler::{Limits, Scheduler, Seq, SeqSpec, Shared};
+use crate::scheduler::{Limits, Mailbox, Scheduler, Seq, SeqSpec};
 use crate::tokenizer::{gpt2_byte_to_char, Tokenizer};
 
 const VOCAB: usize = 258;
@@ -90,7 +90,7 @@ fn tokenizer() -> Tokenizer {
 struct Bench {
     model: Arc<LoadedModel>,
     calls: Arc<Mutex<Vec<Vec<Call>>>>,
-    shared: Arc<Shared>,
+    mailbox: Arc<Mailbox>,
     scheduler: Scheduler,
     next_id: u64,
 }
@@ -126,9 +126,9 @@ impl Bench {
             modified_at: 0,
         };
         let model = Arc::new(LoadedModel { info, model: Model::on(Box::new(fake), summary), tokenizer: tokenizer() });
-        let shared = Arc::new(Shared::default());
-        let scheduler = Scheduler::new(Arc::downgrade(&shared), limits);
-        Self { model, calls, shared, scheduler, next_id: 1 }
+        let mailbox = Arc::new(Mailbox::default());
+        let scheduler = Scheduler::new(Arc::downgrade(&mailbox), limits);
+        Self { model, calls, mailbox, scheduler, next_id: 1 }
     }
 
     fn spec(&mut self, deadline: Option<Instant>) -> SeqSpec {
@@ -143,27 +143,27 @@ impl Bench {
 
     fn generate_until(&mut self, prompt: &str, max_tokens: u32, deadline: Option<Instant>) -> Generation {
         let tokens: Vec<u32> = prompt.bytes().map(u32::from).collect();
-        let shared = Arc::new(GenShared::default());
+        let slot = Arc::new(GenerationSlot::default());
         let sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
         let n = tokens.len() as u32;
         let spec = self.spec(deadline);
-        self.shared.queue().push_back(Seq::generation(spec, tokens, sampling, vec![], max_tokens, shared.clone()));
-        Generation::new(shared, n)
+        self.mailbox.queue().push_back(Seq::generation(spec, tokens, sampling, vec![], max_tokens, slot.clone()));
+        Generation::new(slot, n)
     }
 
     /// Queues the embeddings of `inputs`.
     fn embed(&mut self, inputs: &[&str]) -> PendingEmbeddings {
         let ids = inputs.iter().map(|s| s.bytes().map(u32::from).collect()).collect();
-        let shared = Arc::new(EmbedShared::default());
+        let slot = Arc::new(EmbeddingSlot::default());
         let spec = self.spec(None);
-        self.shared.queue().push_back(Seq::embedding(spec, ids, shared.clone()));
-        PendingEmbeddings(shared)
+        self.mailbox.queue().push_back(Seq::embedding(spec, ids, slot.clone()));
+        PendingEmbeddings(slot)
     }
 
     /// Runs one scheduler turn (admission and a step) and returns the
     /// forward passes it asked for.
     fn turn(&mut self) -> Vec<Vec<Call>> {
-        self.scheduler.turn(&self.shared);
+        self.scheduler.turn(&self.mailbox);
         std::mem::take(&mut *self.calls.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -171,7 +171,7 @@ impl Bench {
     fn drain(&mut self) -> Vec<Vec<Call>> {
         let mut all = Vec::new();
         for _ in 0..1000 {
-            if self.scheduler.running.is_empty() && self.shared.queue().is_empty() {
+            if self.scheduler.running.is_empty() && self.mailbox.queue().is_empty() {
                 return all;
             }
             all.extend(self.turn());
@@ -240,7 +240,7 @@ fn a_sequence_waits_for_a_running_slot() {
     let second = b.generate("xyz", 2);
     let passes = b.turn();
     assert_eq!(shape(&passes[0]), vec![(0, 3, Output::LastLogits)]);
-    assert_eq!(b.shared.stats.waiting.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(b.mailbox.stats.waiting.load(std::sync::atomic::Ordering::Relaxed), 1);
     b.drain();
     assert_eq!(result(&first).0, "de");
     assert_eq!(result(&second).0, "ab", "z wraps to a");
@@ -259,7 +259,7 @@ fn a_later_prompt_starting_the_same_way_reuses_the_filed_blocks() {
     // Two whole blocks (32 positions) came from the cache.
     assert_eq!(shape(&passes[0]), vec![(32, later.len() - 32, Output::LastLogits)]);
     assert_eq!(result(&g).0, "n");
-    let stats = &b.shared.stats;
+    let stats = &b.mailbox.stats;
     assert_eq!(stats.prefix_hits.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(stats.cached_tokens.load(std::sync::atomic::Ordering::Relaxed), 32);
 }
@@ -280,7 +280,7 @@ fn a_short_pool_preempts_the_newest_sequence_which_then_finishes_the_same() {
     let passes = b.turn();
     assert_eq!(shape(&passes[0]).len(), 2, "both run at first");
     b.drain();
-    let preempted = b.shared.stats.preempted.load(std::sync::atomic::Ordering::Relaxed);
+    let preempted = b.mailbox.stats.preempted.load(std::sync::atomic::Ordering::Relaxed);
     assert!(preempted >= 1, "the pool ran short");
     assert_eq!(result(&first), alone);
     assert_eq!(result(&second), alone, "recomputed after preemption, the same tokens");
@@ -338,7 +338,7 @@ fn a_dropped_generation_leaves_at_the_next_step_and_frees_its_blocks() {
     let passes = b.turn();
     assert!(passes.is_empty(), "nothing left to run");
     assert_eq!(b.used_blocks(), 0);
-    assert_eq!(b.shared.stats.cancelled.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(b.mailbox.stats.cancelled.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -371,8 +371,8 @@ fn closing_the_queue_fails_running_and_waiting_work_alike() {
     let waiting = b.generate("xyz", 100);
     let pending = b.embed(&["hi"]);
     let error = crate::error::EngineError::Overloaded("shutting down".into());
-    b.shared.queue().closed = Some(error.clone());
-    b.scheduler.turn(&b.shared);
+    b.mailbox.queue().closed = Some(error.clone());
+    b.scheduler.turn(&b.mailbox);
     assert_eq!(error_of(&running), error);
     assert_eq!(error_of(&waiting), error);
     assert_eq!(pending.wait(), Err(error));
