@@ -231,9 +231,9 @@ pub fn apply_threads(args: &ModelArgs) -> usize {
     tern_engine::set_threads(wanted)
 }
 
-/// The engine's settings for the model `args` names (threads applied).
+/// The engine's settings for the model `args` names (the threads are
+/// [`apply_threads`]'s).
 pub fn engine_config(args: &ModelArgs) -> EngineConfig {
-    apply_threads(args);
     EngineConfig {
         models: vec![model_path(args)],
         tokenizer: args.tokenizer.clone(),

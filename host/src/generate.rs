@@ -6,10 +6,11 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use tern_engine::{Engine, Event, GenerateRequest, Message, Prompt, SamplingParams};
 
-use crate::cli::{engine_config, GenerateArgs};
+use crate::cli::{apply_threads, engine_config, GenerateArgs};
 
 /// Streams one completion of `args.prompt` to stdout.
 pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    apply_threads(&args.model);
     let engine = Engine::load(engine_config(&args.model))?;
     let model = engine.models().into_iter().next().context("no model loaded")?;
     let prompt = if args.chat {

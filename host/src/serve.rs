@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tern_engine::{Engine, EngineError};
 
-use crate::cli::{engine_config, ServeArgs};
+use crate::cli::{apply_threads, engine_config, ServeArgs};
 use crate::{auth, components, kv_store, metrics, server};
 
 /// The handler component built from guest/handler by build.rs.
@@ -39,6 +39,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     let keys = auth::Keys::load(&args.api_key, &args.api_key_file)?;
     let admin_keys = auth::Keys::load(&args.admin_key, &args.admin_key_file)?;
     let (server_keys, admin_on) = (keys.len(), !admin_keys.is_empty());
+    apply_threads(&args.model);
     let mut config = engine_config(&args.model);
     config.max_running = args.max_running;
     config.max_queue = args.max_queue;

@@ -297,14 +297,16 @@ impl Seq {
     /// string, where it is cut off). An embedding ends with an error.
     pub fn finish(&mut self, reason: FinishReason, flush: bool, stats: &Stats) {
         let now = Instant::now();
-        let Task::Generate(g) = &mut self.task else {
-            if let Task::Embed(e) = &self.task {
-                e.slot.finish(Err(EngineError::Overloaded(match reason {
-                    FinishReason::Timeout => "the embeddings did not finish within the deadline".into(),
-                    _ => "the embeddings could not be computed".into(),
-                })));
+        let g = match &mut self.task {
+            Task::Generate(g) => g,
+            Task::Embed(e) => {
+                let why = match reason {
+                    FinishReason::Timeout => "the embeddings did not finish within the deadline",
+                    _ => "the embeddings could not be computed",
+                };
+                e.slot.finish(Err(EngineError::Overloaded(why.into())));
+                return;
             }
-            return;
         };
         let tail = if flush { g.output.flush() } else { String::new() };
         let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
