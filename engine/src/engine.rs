@@ -28,7 +28,7 @@ use crate::jobs::{JobInfo, Jobs};
 use crate::kv::KvUsage;
 use crate::loaded::{LoadedModel, ModelInfo};
 use crate::model::LoadOptions;
-use crate::request::{GenerateRequest, Message, Priority, Prompt};
+use crate::request::{check_stops, GenerateRequest, Message, Priority, Prompt};
 use crate::sampler::SamplingParams;
 use crate::scheduler::{Limits, Mailbox, Scheduler, Seq, SeqSpec};
 use crate::stats::{EngineStatus, Stats};
@@ -300,6 +300,7 @@ impl Engine {
     fn start_generation(&self, req: GenerateRequest) -> Result<(Arc<GenerationSlot>, u64, u32), EngineError> {
         let m = self.model(&req.model)?;
         req.sampling.validate().map_err(EngineError::InvalidRequest)?;
+        check_stops(&req.stop).map_err(EngineError::InvalidRequest)?;
         let prompt = match &req.prompt {
             Prompt::Text(text) => with_bos(&m, m.tokenizer.encode_text(text)),
             Prompt::Chat(messages) => {
@@ -353,7 +354,11 @@ impl Engine {
         if let Some(e) = &queue.closed {
             return Err(e.clone());
         }
-        if queue.len() >= self.inner.config.max_queue {
+        // A free running slot is a place too: a sequence waits in the
+        // queue until the scheduler's next turn admits it.
+        let running = mailbox.stats.running.load(Ordering::Relaxed) as usize;
+        let free_slots = self.inner.config.max_running.max(1).saturating_sub(running);
+        if queue.len() >= self.inner.config.max_queue + free_slots {
             Stats::add(&mailbox.stats.rejected, 1);
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already waiting; try again shortly",

@@ -11,6 +11,9 @@ pub enum EngineError {
     ContextOverflow { prompt_tokens: u32, context_length: u32 },
     #[error("{0}")]
     Overloaded(String),
+    /// The server is stopping: retrying here will not help.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }

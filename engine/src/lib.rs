@@ -55,7 +55,7 @@ pub use error::EngineError;
 pub use handle::{Embedding, Event, FinishReason, Finished, Generation, Usage};
 pub use jobs::{JobInfo, JobState};
 pub use loaded::{LoadedModel, ModelInfo};
-pub use request::{GenerateRequest, Message, Priority, Prompt};
+pub use request::{check_stops, GenerateRequest, Message, Priority, Prompt, MAX_STOPS, MAX_STOP_BYTES};
 pub use sampler::SamplingParams;
 pub use stats::EngineStatus;
 

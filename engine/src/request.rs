@@ -32,6 +32,24 @@ pub enum Priority {
     Batch,
 }
 
+/// Most stop strings one generation may have.
+pub const MAX_STOPS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
+
+/// Why `stop` cannot be used, if it cannot: more than [`MAX_STOPS`]
+/// strings or one longer than [`MAX_STOP_BYTES`] (every generated token is
+/// matched against them on the scheduler's thread).
+pub fn check_stops(stop: &[String]) -> Result<(), String> {
+    if stop.len() > MAX_STOPS {
+        return Err(format!("at most {MAX_STOPS} stop strings are allowed, but got {}", stop.len()));
+    }
+    match stop.iter().position(|s| s.len() > MAX_STOP_BYTES) {
+        Some(i) => Err(format!("stop string {i} is {} bytes; at most {MAX_STOP_BYTES} are allowed", stop[i].len())),
+        None => Ok(()),
+    }
+}
+
 /// A request for a generation.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {

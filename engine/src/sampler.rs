@@ -19,6 +19,9 @@ pub struct SamplingParams {
     /// Subtracted from a token's logit once per appearance in the window.
     pub frequency_penalty: f32,
     pub seed: u64,
+    /// Never pick an end-of-generation token: the generation runs until
+    /// `max_tokens`, the context's end or a stop string.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +36,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: 0,
+            ignore_eos: false,
         }
     }
 }
@@ -89,6 +93,8 @@ impl Rng {
 /// Samples token ids for one sequence.
 pub struct Sampler {
     params: SamplingParams,
+    /// Tokens never picked.
+    banned: Vec<u32>,
     rng: Rng,
     /// (id, logit or probability) candidates, reused between steps.
     candidates: Vec<(u32, f32)>,
@@ -96,31 +102,44 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
+        Self::banning(params, Vec::new())
+    }
+
+    /// A sampler that never picks a token of `banned`.
+    pub fn banning(params: SamplingParams, banned: Vec<u32>) -> Self {
         let rng = Rng::new(params.seed);
-        Self { params, rng, candidates: Vec::new() }
+        Self { params, banned, rng, candidates: Vec::new() }
     }
 
     /// Picks the next token from `logits` (vocab,), given the tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        let mut logits_buf;
-        let mut logits = logits;
+        // Penalties and bans work on a copy; untouched logits are used as they are.
+        let mut owned: Option<Vec<f32>> = None;
         let penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         if penalised && p.repeat_last_n > 0 {
-            logits_buf = logits.to_vec();
+            let buf = owned.get_or_insert_with(|| logits.to_vec());
             let start = history.len().saturating_sub(p.repeat_last_n);
             let mut counts = std::collections::HashMap::new();
             for &t in &history[start..] {
                 *counts.entry(t).or_insert(0u32) += 1;
             }
             for (t, n) in counts {
-                if let Some(l) = logits_buf.get_mut(t as usize) {
+                if let Some(l) = buf.get_mut(t as usize) {
                     *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
                     *l -= p.presence_penalty + p.frequency_penalty * n as f32;
                 }
             }
-            logits = &logits_buf;
         }
+        if !self.banned.is_empty() {
+            let buf = owned.get_or_insert_with(|| logits.to_vec());
+            for &t in &self.banned {
+                if let Some(l) = buf.get_mut(t as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let logits = owned.as_deref().unwrap_or(logits);
         if p.temperature == 0.0 {
             return argmax(logits);
         }
@@ -199,7 +218,17 @@ mod tests {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: 7,
+            ignore_eos: false,
         }
+    }
+
+    #[test]
+    fn banned_tokens_are_never_picked() {
+        let logits = [0.0, 5.0, 4.9, -1.0];
+        let mut greedy = Sampler::banning(params(0.0), vec![1]);
+        assert_eq!(greedy.sample(&logits, &[]), 2);
+        let mut sampled = Sampler::banning(params(2.0), vec![1, 2]);
+        assert!((0..200).all(|_| matches!(sampled.sample(&logits, &[]), 0 | 3)));
     }
 
     #[test]

@@ -85,41 +85,90 @@ impl Utf8Stream {
 }
 
 /// Holds back generated text that might be the start of a stop string.
+///
+/// Each stop string is matched by its own automaton (Knuth-Morris-Pratt):
+/// every new byte advances each one in amortised constant time, whatever
+/// the stops' lengths, so matching costs what the text costs and never a
+/// rescan of the held text. The first stop string to be completed ends the
+/// text, where it began.
 #[derive(Debug, Default)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    stops: Vec<Stop>,
+    /// Text not shown yet: at most the longest partial match.
     held: String,
+}
+
+/// One stop string and how far the text matches it.
+#[derive(Debug)]
+struct Stop {
+    bytes: Vec<u8>,
+    /// `fall[k]`: the longest proper prefix of `bytes[..k + 1]` that is
+    /// also its suffix.
+    fall: Vec<usize>,
+    /// Bytes of `bytes` the text ends with.
+    matched: usize,
+}
+
+impl Stop {
+    fn new(text: String) -> Self {
+        let bytes = text.into_bytes();
+        let mut fall = vec![0; bytes.len()];
+        let mut k = 0;
+        for i in 1..bytes.len() {
+            while k > 0 && bytes[i] != bytes[k] {
+                k = fall[k - 1];
+            }
+            if bytes[i] == bytes[k] {
+                k += 1;
+            }
+            fall[i] = k;
+        }
+        Self { bytes, fall, matched: 0 }
+    }
+
+    /// Takes one more byte of text; true when the whole string matched.
+    fn advance(&mut self, b: u8) -> bool {
+        let mut k = self.matched;
+        while k > 0 && self.bytes[k] != b {
+            k = self.fall[k - 1];
+        }
+        if self.bytes[k] == b {
+            k += 1;
+        }
+        self.matched = k;
+        k == self.bytes.len()
+    }
 }
 
 impl StopMatcher {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), held: String::new() }
+        Self { stops: stops.into_iter().filter(|s| !s.is_empty()).map(Stop::new).collect(), held: String::new() }
     }
 
     /// Adds text; returns what can be shown and whether a stop string appeared.
     pub fn push(&mut self, text: &str) -> (String, bool) {
+        let base = self.held.len();
         self.held.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
-            let out = self.held[..at].to_string();
-            self.held.clear();
-            return (out, true);
+        for (i, &b) in text.as_bytes().iter().enumerate() {
+            let end = base + i + 1;
+            let done = self.stops.iter_mut().filter_map(|s| s.advance(b).then_some(s.bytes.len())).max();
+            if let Some(len) = done {
+                let out = self.held[..end - len].to_string();
+                self.held.clear();
+                self.stops.iter_mut().for_each(|s| s.matched = 0);
+                return (out, true);
+            }
         }
-        // Keep the longest tail that could still grow into a stop string.
-        let keep = self
-            .stops
-            .iter()
-            .flat_map(|s| (1..s.len()).rev().filter(|&n| s.is_char_boundary(n)).map(move |n| &s[..n]))
-            .filter(|prefix| self.held.ends_with(prefix))
-            .map(str::len)
-            .max()
-            .unwrap_or(0);
-        let cut = self.held.len() - keep;
-        let out = self.held[..cut].to_string();
-        self.held.drain(..cut);
+        // Keep the longest tail that could still grow into a stop string;
+        // it starts where a stop string starts, so on a character boundary.
+        let keep = self.stops.iter().map(|s| s.matched).max().unwrap_or(0);
+        let out = self.held[..self.held.len() - keep].to_string();
+        self.held.drain(..self.held.len() - keep);
         (out, false)
     }
 
     pub fn flush(&mut self) -> String {
+        self.stops.iter_mut().for_each(|s| s.matched = 0);
         std::mem::take(&mut self.held)
     }
 }
@@ -176,6 +225,28 @@ mod tests {
         assert_eq!(m.push("EN"), ("".into(), false));
         assert_eq!(m.push("ough"), ("ENough".into(), false));
         assert_eq!(m.flush(), "");
+    }
+
+    #[test]
+    fn stop_matcher_cuts_where_the_first_completed_stop_begins_however_the_text_is_split() {
+        let stops = || vec!["abcd".to_string(), "bc".into(), "aab".into()];
+        let text = "xaabcdy";
+        // "aab" completes first (at the second b), beginning at index 1.
+        for split in 0..=text.len() {
+            let mut m = StopMatcher::new(stops());
+            let (a, stopped) = m.push(&text[..split]);
+            let (b, stopped) = if stopped { (String::new(), true) } else { m.push(&text[split..]) };
+            assert_eq!((a + &b, stopped), ("x".to_string(), true), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn stop_matcher_finds_overlapping_and_repeating_stops() {
+        let mut m = StopMatcher::new(vec!["aab".into()]);
+        assert_eq!(m.push("aaaa"), ("aa".into(), false));
+        assert_eq!(m.push("ab"), ("a".into(), true), "aaa shown in all");
+        let mut m = StopMatcher::new(vec!["abab".into()]);
+        assert_eq!(m.push("ababa"), ("".into(), true));
     }
 
     #[test]

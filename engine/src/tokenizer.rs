@@ -628,6 +628,11 @@ impl Tokenizer {
         self.end.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Every id [`Tokenizer::is_end`] holds true for.
+    pub fn end_ids(&self) -> Vec<u32> {
+        (0..self.end.len() as u32).filter(|&id| self.is_end(id)).collect()
+    }
+
     pub fn is_control(&self, id: u32) -> bool {
         self.control.get(id as usize).copied().unwrap_or(false)
     }

@@ -166,6 +166,61 @@ fn a_request_arriving_at_a_full_queue_is_refused_at_once() {
 }
 
 #[test]
+fn an_idle_engine_takes_max_running_plus_max_queue_requests_at_once() {
+    let e = engine_with(EngineConfig { max_running: 4, max_queue: 8, ..Default::default() });
+    // Never ending by themselves, so every one holds its place.
+    let endless = || GenerateRequest {
+        sampling: SamplingParams { temperature: 0.0, ignore_eos: true, ..Default::default() },
+        ..request("The king", 0)
+    };
+    let accepted: Vec<Generation> =
+        (0..12).map(|i| e.generate(endless()).unwrap_or_else(|err| panic!("{i}: {err}"))).collect();
+    assert!(matches!(e.generate(endless()), Err(EngineError::Overloaded(_))));
+    eventually(Duration::from_secs(5), "four running, eight waiting", || {
+        let s = e.status();
+        s.running == 4 && s.waiting == 8
+    });
+    assert!(matches!(e.generate(endless()), Err(EngineError::Overloaded(_))));
+    assert_eq!(e.status().rejected_total, 2);
+    drop(accepted);
+}
+
+#[test]
+fn too_many_or_too_long_stop_strings_are_refused() {
+    let e = engine_with(EngineConfig::default());
+    let with_stops = |stop: Vec<String>| GenerateRequest { stop, ..request("The king", 4) };
+    assert!(e.generate(with_stops(vec!["x".repeat(256); 16])).is_ok());
+    for stop in [vec!["x".into(); 17], vec!["x".repeat(257)]] {
+        match e.generate(with_stops(stop)) {
+            Err(EngineError::InvalidRequest(m)) => assert!(m.contains("stop"), "{m}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn ignore_eos_runs_a_generation_to_its_max_tokens() {
+    let e = engine_with(EngineConfig::default());
+    let ends = |ignore_eos| -> Vec<(FinishReason, u32)> {
+        (0..8u64)
+            .map(|seed| {
+                let r = GenerateRequest {
+                    sampling: SamplingParams { temperature: 1.5, ignore_eos, ..Default::default() },
+                    seed: Some(seed),
+                    ..request("The king", 96)
+                };
+                let (_, finished) = e.generate(r).unwrap().collect().unwrap();
+                (finished.reason, finished.usage.completion_tokens)
+            })
+            .collect()
+    };
+    // The same seeds end some generations early when the end token may be picked.
+    let free = ends(false);
+    assert!(free.iter().any(|&(reason, n)| reason == FinishReason::Stop && n < 96), "{free:?}");
+    assert!(ends(true).iter().all(|&end| end == (FinishReason::Length, 96)));
+}
+
+#[test]
 fn interactive_requests_start_before_batch_work_that_queued_first() {
     let e = engine_with(EngineConfig { max_running: 1, ..Default::default() });
     let blocker = e.generate(request("The king", 0)).unwrap();

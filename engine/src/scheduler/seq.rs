@@ -97,9 +97,10 @@ impl Seq {
         max_tokens: u32,
         slot: Arc<GenerationSlot>,
     ) -> Self {
+        let banned = if sampling.ignore_eos { spec.model.tokenizer.end_ids() } else { Vec::new() };
         let task = Task::Generate(GenerateTask {
             slot,
-            sampler: Sampler::new(sampling),
+            sampler: Sampler::banning(sampling, banned),
             output: TextOutput::new(stop),
             n_prompt: prompt.len(),
             max_tokens,
