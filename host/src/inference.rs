@@ -24,6 +24,7 @@ fn to_wit_error(e: engine::EngineError) -> wit::Error {
             wit::Error::ContextOverflow(wit::ContextOverflow { prompt_tokens, context_length })
         }
         E::Overloaded(m) => wit::Error::Overloaded(m),
+        E::Unavailable(m) => wit::Error::Unavailable(m),
         E::Internal(m) => wit::Error::Internal(m),
     }
 }
@@ -93,6 +94,7 @@ fn to_engine_request(model: String, prompt: wit::Prompt, params: wit::SamplingPa
             presence_penalty: params.presence_penalty,
             frequency_penalty: params.frequency_penalty,
             seed: 0,
+            ignore_eos: params.ignore_eos,
         },
         seed: params.seed,
         stop: params.stop,

@@ -63,6 +63,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
             ("TERN_CORS_ORIGINS".into(), args.cors_origins.join(",")),
         ],
         header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
         keep_alive: Duration::from_secs(args.keep_alive),
         max_header_bytes: args.max_header_bytes,
         max_body_bytes: args.max_body_kib << 10,
@@ -98,7 +99,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         tracing::info!(addr = %listener.local_addr()?, model = %model.display(), api_keys = server_keys,
             admin = admin_on, "listening");
         if let Some(path) = args.component.clone() {
-            tokio::spawn(components::watch(components, path));
+            tokio::spawn(components::watch(components, path, args.max_component_mib << 20));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let serving = tokio::spawn(server.clone().serve(listener, stopped));
@@ -109,7 +110,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         let _ = serving.await;
         if !server.drain(Duration::from_secs(args.shutdown_grace)).await {
             tracing::warn!("grace period over; ending the remaining generations with an error");
-            engine.abort_all(EngineError::Overloaded("the server is shutting down".into()));
+            engine.abort_all(EngineError::Unavailable("the server is shutting down".into()));
             if !server.drain(Duration::from_secs(5)).await {
                 tracing::warn!("requests still running at exit");
             }

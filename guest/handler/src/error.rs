@@ -40,6 +40,9 @@ pub enum ApiError {
     Loading,
     /// No queued job has this id (or its result expired).
     JobNotFound(String),
+    /// The caller's key is valid but does not allow this (e.g. clearing the
+    /// cache without the admin key); the text says what is needed.
+    Forbidden(String),
     /// A CORS preflight from an origin the server does not allow.
     OriginNotAllowed(String),
     /// The engine refused or failed; `prompt_param` names the request field
@@ -138,6 +141,7 @@ pub fn error_body(err: &ApiError) -> (u16, Value) {
             None,
             Some("job_not_found"),
         ),
+        ApiError::Forbidden(why) => (403, "permission_error", why.clone(), None, Some("forbidden")),
         ApiError::OriginNotAllowed(origin) => (
             403,
             "invalid_request_error",
@@ -180,6 +184,13 @@ pub fn error_body(err: &ApiError) -> (u16, Value) {
             Error::Overloaded(_) => {
                 (429, "rate_limit_error", "The server is busy; retry the request shortly.".to_string(), None, None)
             }
+            Error::Unavailable(_) => (
+                503,
+                "server_error",
+                "The server is shutting down; send the request again to another server or once it is back.".to_string(),
+                None,
+                Some("server_shutting_down"),
+            ),
             Error::Internal(why) => (500, "server_error", why.clone(), None, None),
         },
     };

@@ -112,6 +112,10 @@ pub fn batch_limit(setting: Option<&str>) -> usize {
 
 /// OpenAI accepts at most this many stop sequences.
 const MAX_STOP_SEQUENCES: usize = 4;
+/// Ollama sets no limit; the engine takes at most this many.
+const OLLAMA_MAX_STOPS: usize = 16;
+/// Longest stop string the engine takes, in bytes.
+const MAX_STOP_BYTES: usize = 256;
 /// Field holding a completion's prompt, named by errors about it.
 const PROMPT_PARAM: &str = "prompt";
 
@@ -147,6 +151,8 @@ pub fn parse_sampling(
     }
 
     let stop = parse_stop(f)?;
+    // llama.cpp's and vLLM's extension: run to `max_tokens` past the end of text.
+    let ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     let stream = f.boolean("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
         None => false,
@@ -185,6 +191,7 @@ pub fn parse_sampling(
             frequency_penalty: frequency_penalty as f32,
             seed,
             stop,
+            ignore_eos,
             timeout_ms,
             priority,
         },
@@ -218,8 +225,20 @@ pub fn parse_stop(f: &Fields<'_>) -> Result<Vec<String>, ApiError> {
         }
         Some(other) => return Err(f.wrong_type("stop", "a string or an array of strings", other)),
     };
+    check_stop_lengths(f, &stop)?;
     // An empty stop string would end every generation before it starts.
     Ok(stop.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// A 400 naming the first stop string longer than [`MAX_STOP_BYTES`].
+fn check_stop_lengths(f: &Fields<'_>, stop: &[String]) -> Result<(), ApiError> {
+    match stop.iter().position(|s| s.len() > MAX_STOP_BYTES) {
+        Some(i) => Err(ApiError::param(
+            f.name(&format!("stop[{i}]")),
+            format!("A stop string may be at most {MAX_STOP_BYTES} bytes, but stop[{i}] has {}.", stop[i].len()),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `logit_bias` is checked and ignored: the engine has no per-token bias.
@@ -500,6 +519,7 @@ pub fn plain_params(f: &Fields<'_>, priority: Priority) -> Result<SamplingParams
         frequency_penalty: 0.0,
         seed: None,
         stop: Vec::new(),
+        ignore_eos: false,
         timeout_ms: None,
         priority,
     })
@@ -543,6 +563,7 @@ pub fn ollama_sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingPara
         frequency_penalty: any_number(o, "frequency_penalty")?.unwrap_or(0.0) as f32,
         seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
         stop: ollama_stops(o)?,
+        ignore_eos: false,
         timeout_ms: None,
         priority: Priority::Interactive,
     })
@@ -563,6 +584,12 @@ fn ollama_stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
         Some(Value::Array(list)) => list,
         Some(other) => return Err(o.wrong_type("stop", "an array of strings", other)),
     };
+    if list.len() > OLLAMA_MAX_STOPS {
+        return Err(ApiError::param(
+            o.name("stop"),
+            format!("'stop' may hold at most {OLLAMA_MAX_STOPS} strings, but got {}.", list.len()),
+        ));
+    }
     let mut out = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         match item {
@@ -571,6 +598,7 @@ fn ollama_stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
             other => return Err(o.wrong_type(&format!("stop[{i}]"), "a string", other)),
         }
     }
+    check_stop_lengths(o, &out)?;
     Ok(out)
 }
 
@@ -592,6 +620,7 @@ pub fn spin_sampling(o: &Fields<'_>) -> Result<SamplingParams, ApiError> {
         frequency_penalty: 0.0,
         seed: None,
         stop: Vec::new(),
+        ignore_eos: false,
         timeout_ms: None,
         priority: Priority::Interactive,
     })

@@ -210,6 +210,8 @@ fn wrong_option_types_and_values_are_400_in_ollamas_shape() {
         json!({"options": {"repeat_last_n": -2}}),
         json!({"options": {"top_p": 0}}),
         json!({"options": {"stop": [1]}}),
+        json!({"options": {"stop": vec!["x"; 17]}}),
+        json!({"options": {"stop": ["x".repeat(257)]}}),
         json!({"options": {"num_ctx": 0}}),
         json!({"options": {"seed": "x"}}),
         json!({"stream": "yes"}),

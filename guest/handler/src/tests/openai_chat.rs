@@ -460,3 +460,19 @@ fn timings_survive_zero_durations_and_more_cached_than_prompt_tokens() {
     assert_eq!(t["prompt_per_second"], 0.0);
     assert_eq!(t["predicted_per_second"], 0.0);
 }
+
+#[test]
+fn ignore_eos_reaches_the_engine() {
+    let script = Script::saying(&["x"], FinishReason::Length);
+    route(&chat(hello(json!({"ignore_eos": true}))), &script);
+    assert!(script.started().params.ignore_eos);
+    route(&chat(hello(json!({}))), &script);
+    assert!(!script.started().params.ignore_eos);
+    assert_eq!(param_error(chat(hello(json!({"ignore_eos": "yes"}))))["param"], "ignore_eos");
+}
+
+#[test]
+fn stop_strings_longer_than_256_bytes_are_400() {
+    let error = param_error(chat(hello(json!({"stop": ["ok", "x".repeat(257)]}))));
+    assert_eq!(error["param"], "stop[1]");
+}
