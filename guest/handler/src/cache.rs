@@ -7,7 +7,7 @@
 //!    an explicit `use_cache: true`; `use_cache: false` always bypasses).
 //! 2. The key is a SHA-256 of the route family, the model, the prompt as the
 //!    model's chat template renders it, every sampling parameter and the
-//!    `Authorization` header, so neither two prompts nor two tenants share
+//!    caller's [`identity`], so neither two prompts nor two tenants share
 //!    an answer.
 //! 3. A hit becomes a [`GenerationStream`] replaying the stored text and
 //!    finish, so the route frames it exactly like a fresh answer. A miss
@@ -82,7 +82,7 @@ pub fn cacheable(params: &SamplingParams, use_cache: Option<bool>) -> bool {
 /// hash the same bytes. Priority and `timeout_ms` are left out: they change
 /// when an answer comes, not what it says, and only finished answers are
 /// stored.
-pub fn key(family: &str, model: &str, rendered: &str, params: &SamplingParams, authorization: Option<&str>) -> String {
+pub fn key(family: &str, model: &str, rendered: &str, params: &SamplingParams, identity: Option<&str>) -> String {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -108,13 +108,39 @@ pub fn key(family: &str, model: &str, rendered: &str, params: &SamplingParams, a
     for stop in &params.stop {
         field(stop.as_bytes());
     }
-    match authorization {
-        Some(auth) => field(auth.as_bytes()),
+    field(&[u8::from(params.ignore_eos)]);
+    match identity {
+        Some(who) => field(who.as_bytes()),
         None => field(b""),
     }
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{family}:{hex}")
+}
+
+/// Whose answers a request may see. tern's host names the key that matched
+/// in `x-tern-identity`, whichever header carried it, and drops the header
+/// when a client sends it; under another runtime the credentials as sent
+/// (`Authorization`, then `x-api-key`) stand in. `None`: anonymous.
+pub fn identity(req: &Request) -> Option<String> {
+    if let Some(id) = req.header(IDENTITY_HEADER) {
+        return Some(format!("identity:{id}"));
+    }
+    if let Some(auth) = req.header("authorization") {
+        return Some(format!("authorization:{auth}"));
+    }
+    req.header("x-api-key").map(|key| format!("x-api-key:{key}"))
+}
+
+/// The header in which tern's host names the caller's key.
+pub const IDENTITY_HEADER: &str = "x-tern-identity";
+/// The header in which tern's host says the caller holds an admin key.
+pub const ROLE_HEADER: &str = "x-tern-role";
+
+/// True when the host says the caller holds an admin key (or the server
+/// has no keys at all).
+pub fn is_admin(req: &Request) -> bool {
+    req.header(ROLE_HEADER) == Some("admin")
 }
 
 /// One stored answer.
@@ -191,7 +217,7 @@ pub fn look_up(
         return Ok(Lookup::Bypass);
     }
     let rendered = engine.render_chat(model, messages).map_err(|e| ApiError::engine(e, "messages"))?;
-    let key = key(CHAT, model, &rendered, params, req.header("authorization"));
+    let key = key(CHAT, model, &rendered, params, identity(req).as_deref());
     let store = engine.store();
     match fetch(store, &key, ttl_seconds(), now_ms()) {
         Some(entry) => {

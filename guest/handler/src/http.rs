@@ -12,7 +12,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// An incoming request, fully read.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    /// Upper-case method, e.g. `POST`.
+    /// The method as sent (methods are case-sensitive), e.g. `POST`.
     pub method: String,
     /// Path without the query, e.g. `/v1/models`.
     pub path: String,
@@ -33,12 +33,18 @@ impl Request {
             None => (path_with_query, None),
         };
         Request {
-            method: method.to_ascii_uppercase(),
+            method: method.to_string(),
             path: if path.is_empty() { "/".to_string() } else { path.to_string() },
             query,
             headers: Vec::new(),
             body: Vec::new(),
         }
+    }
+
+    /// The same request with header `name` added.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self
     }
 
     /// The same request carrying `body`.

@@ -20,10 +20,18 @@ pub fn route(req: &Request, engine: &dyn EngineClient) -> Response {
     route_with(req, engine, &CorsPolicy::from_env())
 }
 
-/// [`route`] under an explicit CORS policy. `HEAD` answers are `GET`'s
-/// without the body.
+/// [`route`] under an explicit CORS policy. `HEAD` is answered on every
+/// `GET` route (load balancers probe with it): `GET`'s answer without the
+/// body.
 pub fn route_with(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Response {
-    let response = match dispatch(req, engine, cors) {
+    let as_get;
+    let routed = if req.method == "HEAD" {
+        as_get = Request { method: "GET".into(), body: Vec::new(), ..req.clone() };
+        &as_get
+    } else {
+        req
+    };
+    let response = match dispatch(routed, engine, cors) {
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
@@ -112,10 +120,10 @@ fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Resu
         Handler::Generate => seed::generate(req, engine),
         Handler::Batch => seed::batch(req, engine),
         Handler::QueueSubmit => seed::submit_job(req, engine),
-        Handler::QueueStatus(id) => seed::job_status(id, engine),
-        Handler::QueueCancel(id) => seed::cancel_job(id, engine),
-        Handler::QueueStatusQuery(id) => seed::job_status(&id, engine),
-        Handler::QueueCancelQuery(id) => seed::cancel_job(&id, engine),
+        Handler::QueueStatus(id) => seed::job_status(id, req, engine),
+        Handler::QueueCancel(id) => seed::cancel_job(id, req, engine),
+        Handler::QueueStatusQuery(id) => seed::job_status(&id, req, engine),
+        Handler::QueueCancelQuery(id) => seed::cancel_job(&id, req, engine),
         Handler::OpenApi => Ok(service::openapi()),
         Handler::SpinInfer => spin::infer(req, engine),
         Handler::SpinEmbed => spin::embed(req, engine),

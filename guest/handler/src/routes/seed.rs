@@ -21,6 +21,8 @@
 //! - `DELETE /api/chat-queue/{id}` cancels the job and reports it.
 //! - `GET` and `DELETE /api/chat-queue?requestId={id}` are the seed's
 //!   spelling of the two above.
+//! - A job's id is the engine's id and a tag bound to the caller's
+//!   [`cache::identity`]: another tenant's id, even a guessed one, is 404.
 //! - `POST /api/chat-optimized` `{message | messages, system_prompt?,
 //!   use_cache? (true), model?, max_tokens?, temperature?, top_p?, seed?}`,
 //!   with `/generate`'s sampling defaults, always answers with server-sent
@@ -34,6 +36,7 @@
 //!   `{"action": "invalidate", "key": ".."}` empties it or drops one entry.
 
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::cache;
 use crate::engine_client::{EngineClient, Error, Finished, JobInfo, JobState, Message, Priority, Prompt, Store};
@@ -163,7 +166,7 @@ pub fn submit_job(req: &Request, engine: &dyn EngineClient) -> Result<Response, 
         .submit_job(&chat.model, &Prompt::Chat(chat.messages), &chat.params)
         .map_err(|e| ApiError::engine(e, JOB_PROMPT_PARAM))?;
     let info = engine.job_status(&id).ok_or(ApiError::JobNotFound(id))?;
-    let mut body = job_json(&info);
+    let mut body = job_json(&info, req);
     // The submitter always learns its place; a job already started is at
     // the front with nothing left to wait.
     for key in ["position", "estimated_wait_ms"] {
@@ -175,23 +178,46 @@ pub fn submit_job(req: &Request, engine: &dyn EngineClient) -> Result<Response, 
 }
 
 /// `GET /api/chat-queue/{id}`.
-pub fn job_status(id: &str, engine: &dyn EngineClient) -> Result<Response, ApiError> {
-    let info = engine.job_status(id).ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
-    Ok(Response::json(200, &job_json(&info)))
+pub fn job_status(id: &str, req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let not_found = || ApiError::JobNotFound(id.to_string());
+    let info = engine.job_status(engine_job_id(id, req).ok_or_else(not_found)?).ok_or_else(not_found)?;
+    Ok(Response::json(200, &job_json(&info, req)))
 }
 
 /// `DELETE /api/chat-queue/{id}`.
-pub fn cancel_job(id: &str, engine: &dyn EngineClient) -> Result<Response, ApiError> {
-    let info = engine.cancel_job(id).ok_or_else(|| ApiError::JobNotFound(id.to_string()))?;
-    Ok(Response::json(200, &job_json(&info)))
+pub fn cancel_job(id: &str, req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let not_found = || ApiError::JobNotFound(id.to_string());
+    let info = engine.cancel_job(engine_job_id(id, req).ok_or_else(not_found)?).ok_or_else(not_found)?;
+    Ok(Response::json(200, &job_json(&info, req)))
+}
+
+/// The id a client sees for the engine's job `engine_id`: the engine's id,
+/// `-`, and 16 hex digits of a digest of it and the caller's identity.
+pub(crate) fn client_job_id(engine_id: &str, req: &Request) -> String {
+    format!("{engine_id}-{}", owner_tag(engine_id, req))
+}
+
+/// The engine's id within `client_id`, if the tag says the caller owns it.
+fn engine_job_id<'a>(client_id: &'a str, req: &Request) -> Option<&'a str> {
+    let (engine_id, tag) = client_id.rsplit_once('-')?;
+    (tag == owner_tag(engine_id, req)).then_some(engine_id)
+}
+
+fn owner_tag(engine_id: &str, req: &Request) -> String {
+    let mut h = Sha256::new();
+    h.update(b"tern job owner\0");
+    h.update(cache::identity(req).unwrap_or_default().as_bytes());
+    h.update(b"\0");
+    h.update(engine_id.as_bytes());
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `{id, model, status, created_at, prompt_tokens, text}` and what the
 /// state adds: `position`, `estimated_wait_ms` while queued;
 /// `finish_reason`, `usage` once done; `error` once failed.
-fn job_json(info: &JobInfo) -> Value {
+fn job_json(info: &JobInfo, req: &Request) -> Value {
     let mut body = json!({
-        "id": info.id,
+        "id": client_job_id(&info.id, req),
         "model": info.model,
         "created_at": info.created_at_ms / 1000,
         "prompt_tokens": info.prompt_tokens,
@@ -309,13 +335,18 @@ impl Framing for OptimizedEvents {
 /// `{"action": "invalidate", "key": ".."}`.
 pub fn cache_stats(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let store = engine.store();
+    let wants_keys =
+        req.query.as_deref().is_some_and(|q| q.split('&').any(|pair| matches!(pair, "keys" | "keys=1" | "keys=true")));
+    if (req.method == "POST" || wants_keys) && !cache::is_admin(req) {
+        return Err(ApiError::Forbidden(
+            "Listing, invalidating or clearing cached answers needs an admin key (tern serve --admin-key).".into(),
+        ));
+    }
     if req.method == "POST" {
         return cache_action(req, store);
     }
     let mut body = cache::stats(store).json();
     body["ttl_seconds"] = Value::from(cache::ttl_seconds());
-    let wants_keys =
-        req.query.as_deref().is_some_and(|q| q.split('&').any(|pair| matches!(pair, "keys" | "keys=1" | "keys=true")));
     if wants_keys {
         body["keys"] = Value::from(store.keys(cache::RESPONSES));
     }

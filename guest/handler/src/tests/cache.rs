@@ -116,13 +116,14 @@ fn key_covers_every_parameter_and_the_rendered_prompt() {
         frequency_penalty: 0.0,
         seed: None,
         stop: vec!["ab".into()],
+        ignore_eos: false,
         timeout_ms: None,
         priority: Priority::Interactive,
     };
     let key = |p: &SamplingParams| cache::key("chat", MODEL, "<user>Hi<assistant>", p, None);
     let k0 = key(&base);
     type Change = fn(&mut SamplingParams);
-    let variants: [(&str, Change); 12] = [
+    let variants: [(&str, Change); 13] = [
         ("max_tokens", |p| p.max_tokens = 17),
         ("temperature", |p| p.temperature = 0.5),
         ("top_k", |p| p.top_k = 41),
@@ -135,6 +136,7 @@ fn key_covers_every_parameter_and_the_rendered_prompt() {
         ("seed", |p| p.seed = Some(0)),
         ("stop split", |p| p.stop = vec!["a".into(), "b".into()]),
         ("stop none", |p| p.stop.clear()),
+        ("ignore_eos", |p| p.ignore_eos = true),
     ];
     let mut seen = std::collections::HashSet::from([k0.clone()]);
     for (name, change) in &variants {
@@ -281,33 +283,69 @@ fn cache_stats_lists_clears_and_invalidates() {
     let script = Script::saying(&["x"], FinishReason::Stop);
     route(&greedy(json!({})), &script);
     route(&greedy(json!({"max_tokens": 3})), &script);
-    let listed = json_of(route(&Request::new("GET", "/api/cache-stats?keys=1"), &script));
+    let listed = json_of(route(&admin(Request::new("GET", "/api/cache-stats?keys=1")), &script));
     let keys: Vec<String> = serde_json::from_value(listed["keys"].clone()).unwrap();
     assert_eq!(keys.len(), 2);
     assert!(stats(&script).get("keys").is_none());
 
     let invalidate = json!({"action": "invalidate", "key": keys[0]});
-    let done = json_of(route(&post("/api/cache-stats", &invalidate), &script));
+    let done = json_of(route(&admin(post("/api/cache-stats", &invalidate)), &script));
     assert_eq!(done["deleted"], 1);
-    let again = json_of(route(&post("/api/cache-stats", &invalidate), &script));
+    let again = json_of(route(&admin(post("/api/cache-stats", &invalidate)), &script));
     assert_eq!(again["deleted"], 0);
     assert_eq!(stored_keys(&script), vec![keys[1].clone()]);
 
-    let cleared = json_of(route(&post("/api/cache-stats", &json!({"action": "clear"})), &script));
+    let cleared = json_of(route(&admin(post("/api/cache-stats", &json!({"action": "clear"}))), &script));
     assert_eq!(cleared["deleted"], 1);
     let s = stats(&script);
     assert_eq!((s["entries"].as_u64(), s["invalidations"].as_u64()), (Some(0), Some(2)));
     assert_eq!(route(&greedy(json!({})), &script).header("x-cache"), Some("miss"));
 }
 
+/// `req` as tern's host passes on a request made with an admin key.
+fn admin(req: Request) -> Request {
+    req.with_header(cache::ROLE_HEADER, "admin")
+}
+
+#[test]
+fn listing_invalidating_and_clearing_the_cache_need_an_admin_key() {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    route(&greedy(json!({})), &script);
+    let refused = [
+        Request::new("GET", "/api/cache-stats?keys=1"),
+        post("/api/cache-stats", &json!({"action": "clear"})),
+        post("/api/cache-stats", &json!({"action": "clear"})).with_header(cache::ROLE_HEADER, "user"),
+    ];
+    for req in refused {
+        let error = assert_openai_error(route(&req, &script), 403);
+        assert!(error["message"].as_str().unwrap().contains("admin key"), "{error}");
+    }
+    assert_eq!(stored_keys(&script).len(), 1);
+    // The figures themselves are anyone's.
+    assert_eq!(stats(&script)["entries"], 1);
+}
+
+#[test]
+fn tenants_named_by_the_host_or_by_their_credentials_never_share_an_answer() {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    let as_tenant = |name: &str, value: &str| route(&greedy(json!({})).with_header(name, value), &script);
+    assert_eq!(as_tenant(cache::IDENTITY_HEADER, "k1").header("x-cache"), Some("miss"));
+    assert_eq!(as_tenant(cache::IDENTITY_HEADER, "k1").header("x-cache"), Some("hit"));
+    for (name, value) in
+        [(cache::IDENTITY_HEADER, "k2"), ("x-api-key", "k1"), ("authorization", "Bearer k1"), ("x-api-key", "k2")]
+    {
+        assert_eq!(as_tenant(name, value).header("x-cache"), Some("miss"), "{name}: {value}");
+    }
+}
+
 #[test]
 fn cache_stats_rejects_unknown_actions_and_missing_keys() {
     let script = Script::new(Vec::new());
     for body in [json!({"action": "flush"}), json!({"action": "invalidate"}), json!({}), json!({"action": 1})] {
-        let error = assert_openai_error(route(&post("/api/cache-stats", &body), &script), 400);
+        let error = assert_openai_error(route(&admin(post("/api/cache-stats", &body)), &script), 400);
         assert!(error["param"] == "action" || error["param"] == "key", "{error}");
     }
-    assert_openai_error(route(&Request::new("POST", "/api/cache-stats").with_body("{"), &script), 400);
+    assert_openai_error(route(&admin(Request::new("POST", "/api/cache-stats").with_body("{")), &script), 400);
     let response = route(&Request::new("DELETE", "/api/cache-stats"), &script);
     assert_eq!(response.header("allow"), Some("GET, POST"));
     assert_openai_error(response, 405);

@@ -5,14 +5,15 @@ use super::script::*;
 #[test]
 fn request_id_in_the_query_reads_and_cancels_like_the_path_form() {
     let script = Script::saying(&[], FinishReason::Stop);
-    for (method, id) in [("GET", "job-running"), ("DELETE", "job-1")] {
+    for (method, id) in [("GET", job_id("job-running")), ("DELETE", job_id("job-1"))] {
         let by_query = json_of(route(&Request::new(method, &format!("/api/chat-queue?requestId={id}")), &script));
         let by_path = json_of(route(&Request::new(method, &format!("/api/chat-queue/{id}")), &script));
         assert_eq!(by_query, by_path);
     }
     // Percent-escapes are decoded.
-    let escaped = route(&Request::new("GET", "/api/chat-queue?x=1&requestId=job%2Ddone"), &script);
-    assert_eq!(json_of(escaped)["id"], "job-done");
+    let escaped_id = job_id("job-done").replace('-', "%2D");
+    let escaped = route(&Request::new("GET", &format!("/api/chat-queue?x=1&requestId={escaped_id}")), &script);
+    assert_eq!(json_of(escaped)["id"], job_id("job-done"));
 }
 
 #[test]

@@ -23,6 +23,33 @@ fn wrong_method_is_405_with_allow_header() {
 }
 
 #[test]
+fn head_is_answered_on_every_get_route_without_a_body() {
+    let script = Script::new(Vec::new());
+    for path in ["/health", "/v1/models", "/api/tags", "/"] {
+        let response = route(&Request::new("HEAD", path), &script);
+        assert_eq!(response.status, 200, "{path}");
+        assert!(matches!(&response.body, Body::Full(b) if b.is_empty()), "{path}");
+    }
+    assert_eq!(route(&Request::new("HEAD", "/v1/chat/completions"), &script).status, 405);
+}
+
+#[test]
+fn methods_are_case_sensitive() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("get", "/health"), &script);
+    assert_eq!(response.header("allow"), Some("GET"));
+    assert_openai_error(response, 405);
+}
+
+#[test]
+fn a_stopping_server_is_503_not_a_rate_limit() {
+    let script = Script::refusing(Error::Unavailable("the server is shutting down".into()));
+    let error = assert_openai_error(route(&chat(hello(json!({}))), &script), 503);
+    assert_eq!(error["code"], "server_shutting_down");
+    assert!(error["message"].as_str().unwrap().contains("shutting down"), "{error}");
+}
+
+#[test]
 fn every_response_carries_the_handler_version() {
     let script = Script::saying(&["a"], FinishReason::Stop);
     let requests = [
@@ -121,7 +148,9 @@ fn every_error_has_the_four_openai_keys() {
         ApiError::engine(Error::UnknownModel("m".into()), "prompt"),
         ApiError::engine(Error::ContextOverflow(ContextOverflow { prompt_tokens: 2, context_length: 1 }), "prompt"),
         ApiError::engine(Error::Overloaded("x".into()), "prompt"),
+        ApiError::engine(Error::Unavailable("x".into()), "prompt"),
         ApiError::engine(Error::Internal("x".into()), "prompt"),
+        ApiError::Forbidden("x".into()),
     ];
     for err in &errors {
         let response = error_response(err);

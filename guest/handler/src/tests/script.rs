@@ -398,3 +398,8 @@ impl Store for MemStore {
         Box::new(self.clone())
     }
 }
+
+/// The id an anonymous client sees for the engine's job `engine_id`.
+pub(crate) fn job_id(engine_id: &str) -> String {
+    crate::routes::seed::client_job_id(engine_id, &Request::new("GET", "/"))
+}

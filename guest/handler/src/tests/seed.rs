@@ -82,7 +82,7 @@ fn chat_queue_submit_is_202_with_id_and_place() {
     assert_eq!(
         job,
         json!({
-            "id": "job-1",
+            "id": job_id("job-1"),
             "model": MODEL,
             "status": "queued",
             "position": 3,
@@ -161,22 +161,22 @@ fn chat_queue_status_reports_each_state() {
         json_of(response)
     };
 
-    let queued = get("job-1");
+    let queued = get(&job_id("job-1"));
     assert_eq!(queued["status"], "queued");
     assert_eq!(queued["position"], 3);
     assert_eq!(queued["estimated_wait_ms"], 1500);
     assert!(queued.get("usage").is_none() && queued.get("finish_reason").is_none());
 
-    let running = get("job-running");
+    let running = get(&job_id("job-running"));
     assert_eq!(running["status"], "running");
     assert_eq!(running["text"], "Once upon", "the text so far");
     assert!(running.get("position").is_none() && running.get("usage").is_none());
 
-    let done = get("job-done");
+    let done = get(&job_id("job-done"));
     assert_eq!(
         done,
         json!({
-            "id": "job-done",
+            "id": job_id("job-done"),
             "model": MODEL,
             "status": "done",
             "created_at": 1_700_000_000u64,
@@ -192,7 +192,7 @@ fn chat_queue_status_reports_each_state() {
         })
     );
 
-    let failed = get("job-failed");
+    let failed = get(&job_id("job-failed"));
     assert_eq!(failed["status"], "failed");
     assert_eq!(
         failed["error"],
@@ -203,10 +203,11 @@ fn chat_queue_status_reports_each_state() {
 #[test]
 fn chat_queue_delete_cancels_and_reports_the_state() {
     let script = Script::saying(&[], FinishReason::Stop);
-    let response = route(&Request::new("DELETE", "/api/chat-queue/job-running"), &script);
+    let path = format!("/api/chat-queue/{}", job_id("job-running"));
+    let response = route(&Request::new("DELETE", &path), &script);
     assert_eq!(response.status, 200);
     let job = json_of(response);
-    assert_eq!(job["id"], "job-running");
+    assert_eq!(job["id"], job_id("job-running"));
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["text"], "Once upon", "what was made before the cancel");
 }
@@ -220,6 +221,29 @@ fn chat_queue_unknown_id_is_404_not_found_error() {
         assert_eq!(error["code"], "job_not_found");
         assert!(error["message"].as_str().unwrap().contains("job-nope"));
     }
+}
+
+#[test]
+fn another_tenants_job_or_a_bare_engine_id_is_404() {
+    let script = Script::saying(&[], FinishReason::Stop);
+    let as_k1 = |req: Request| req.with_header(crate::cache::IDENTITY_HEADER, "k1");
+    let submitted = json_of(route(&as_k1(job_request(json!({}))), &script));
+    let id = submitted["id"].as_str().unwrap().to_string();
+    let path = format!("/api/chat-queue/{id}");
+    assert_eq!(route(&as_k1(Request::new("GET", &path)), &script).status, 200);
+    for method in ["GET", "DELETE"] {
+        let others = [
+            Request::new(method, &path).with_header(crate::cache::IDENTITY_HEADER, "k2"),
+            Request::new(method, &path),
+            Request::new(method, &path).with_header("authorization", "Bearer k1"),
+            as_k1(Request::new(method, "/api/chat-queue/job-1")),
+            as_k1(Request::new(method, &format!("/api/chat-queue?requestId={}", job_id("job-1")))),
+        ];
+        for req in others {
+            assert_openai_error(route(&req, &script), 404);
+        }
+    }
+    assert_eq!(json_of(route(&as_k1(Request::new("GET", &path)), &script))["status"], "queued", "nothing cancelled it");
 }
 
 #[test]
@@ -239,7 +263,7 @@ fn chat_queue_routes_check_methods_and_paths() {
         let error = assert_openai_error(route(&Request::new("GET", path), &script), 404);
         assert_eq!(error["code"], "unknown_url", "{path}");
     }
-    let response = route(&Request::new("GET", "/api/chat-queue/job-done?wait=1"), &script);
+    let response = route(&Request::new("GET", &format!("/api/chat-queue/{}?wait=1", job_id("job-done"))), &script);
     assert_eq!(response.status, 200, "a query string does not change the id");
     assert_eq!(response.header("x-tern-handler"), Some(HANDLER_VERSION));
 }
