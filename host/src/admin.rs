@@ -8,23 +8,35 @@
 //!
 //! Both need an admin key (`--admin-key`); without one configured the route
 //! answers 403, so a server never takes code from an unauthenticated caller.
+//! A valid API key that is not an admin key is 403 too (the key is good,
+//! its role is not); no key or an unknown one is 401.
 
 use std::sync::Arc;
-
-use http_body_util::BodyExt as _;
+use std::time::Duration;
 
 use crate::auth::Keys;
 use crate::components::Components;
 use crate::responses::{error_response, text_response, unauthorized, Response};
+use crate::server::body;
 
-/// Answers `/admin/component` for callers holding one of `admin_keys`;
-/// uploads are at most `max_bytes`.
+/// Who may use the admin route, and how much it takes.
+pub struct AdminPolicy<'a> {
+    pub admin_keys: &'a Keys,
+    /// The server's API keys: valid, but not for this route.
+    pub api_keys: &'a Keys,
+    /// Largest upload.
+    pub max_bytes: usize,
+    /// Time an upload may take to arrive.
+    pub body_timeout: Duration,
+}
+
+/// Answers `/admin/component` for callers holding one of the admin keys.
 pub async fn component(
     components: &Arc<Components>,
-    admin_keys: &Keys,
-    max_bytes: usize,
+    policy: &AdminPolicy<'_>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
+    let admin_keys = policy.admin_keys;
     if admin_keys.is_empty() {
         return error_response(
             403,
@@ -34,11 +46,19 @@ pub async fn component(
         );
     }
     if !admin_keys.allows(req.headers()) {
+        if policy.api_keys.allows(req.headers()) {
+            return error_response(
+                403,
+                "permission_error",
+                "forbidden",
+                "This API key may not manage the handler; use an admin key (tern serve --admin-key).",
+            );
+        }
         return unauthorized();
     }
     match *req.method() {
         http::Method::GET => describe(components),
-        http::Method::POST => upload(components, max_bytes, req).await,
+        http::Method::POST => upload(components, policy, req).await,
         _ => {
             let mut resp = error_response(
                 405,
@@ -56,21 +76,14 @@ fn describe(components: &Components) -> Response {
     text_response(200, "application/json", components.active().describe().to_string())
 }
 
-async fn upload(components: &Arc<Components>, limit: usize, req: hyper::Request<hyper::body::Incoming>) -> Response {
-    let body = http_body_util::Limited::new(req.into_body(), limit);
-    let wasm = match body.collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return error_response(
-                413,
-                "invalid_request_error",
-                "request_too_large",
-                &format!("A component may be at most {limit} bytes."),
-            );
-        }
-        Err(e) => {
-            return error_response(400, "invalid_request_error", "bad_body", &format!("Reading the body failed: {e}"))
-        }
+async fn upload(
+    components: &Arc<Components>,
+    policy: &AdminPolicy<'_>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    let wasm = match body::read(req.into_body(), policy.max_bytes as u64, policy.body_timeout).await {
+        Ok(b) => b.to_vec(),
+        Err(refusal) => return refusal,
     };
     if wasm.is_empty() {
         return error_response(400, "invalid_request_error", "empty_component", "The body must be a component.");

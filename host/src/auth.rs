@@ -5,6 +5,11 @@
 //! Keys are compared by their SHA-256 digests, byte by byte without an early
 //! exit, against every configured key, so neither a key's content nor its
 //! length shows in the response time.
+//!
+//! The handler learns who is calling from the host, not from the raw
+//! headers: [`Keys::identify`] names the key that matched (whichever header
+//! carried it) by a digest that cannot be turned back into the key, and the
+//! server passes that on as `x-tern-identity`.
 
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
@@ -35,20 +40,30 @@ impl Keys {
         self.digests.len()
     }
 
-    /// True when `given` is one of the keys.
-    pub fn accepts(&self, given: &str) -> bool {
+    /// The digest of the key equal to `given`, every key compared in full.
+    fn matching(&self, given: &str) -> Option<&[u8; 32]> {
         let d = digest(given);
-        let mut found = 0u8;
+        let mut found = None;
         for key in &self.digests {
             let diff = key.iter().zip(d.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            found |= (diff == 0) as u8;
+            if diff == 0 {
+                found = Some(key);
+            }
         }
-        found == 1
+        found
     }
 
     /// True when the request's headers carry an accepted key.
     pub fn allows(&self, headers: &http::HeaderMap) -> bool {
-        presented(headers).is_some_and(|k| self.accepts(k))
+        self.identify(headers).is_some()
+    }
+
+    /// A name for the accepted key the request carries: 16 hex digits of a
+    /// digest of the key's digest, the same whichever header carried it.
+    pub fn identify(&self, headers: &http::HeaderMap) -> Option<String> {
+        let key = self.matching(presented(headers)?)?;
+        let name = Sha256::new().chain_update(b"tern identity\0").chain_update(key).finalize();
+        Some(name[..8].iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 
@@ -88,6 +103,12 @@ mod tests {
         h
     }
 
+    impl Keys {
+        fn accepts(&self, given: &str) -> bool {
+            self.matching(given).is_some()
+        }
+    }
+
     #[test]
     fn only_configured_keys_are_accepted() {
         let keys = Keys::load(&["sk-one".into(), "sk-two".into()], &[]).unwrap();
@@ -104,6 +125,17 @@ mod tests {
         assert!(!keys.allows(&headers("authorization", "Basic sk-one")));
         assert!(!keys.allows(&headers("authorization", "Bearer sk-two")));
         assert!(!keys.allows(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_key_has_one_identity_whichever_header_carries_it() {
+        let keys = Keys::load(&["sk-one".into(), "sk-two".into()], &[]).unwrap();
+        let one = keys.identify(&headers("authorization", "Bearer sk-one")).unwrap();
+        assert_eq!(keys.identify(&headers("x-api-key", "sk-one")), Some(one.clone()));
+        let two = keys.identify(&headers("x-api-key", "sk-two")).unwrap();
+        assert_ne!(one, two);
+        assert!(one.len() == 16 && !one.contains("sk-"));
+        assert_eq!(keys.identify(&headers("x-api-key", "sk-three")), None);
     }
 
     #[test]

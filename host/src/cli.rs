@@ -138,13 +138,19 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers.
     #[arg(long, env = "TERN_HEADER_TIMEOUT", default_value_t = 10, help_heading = "limits")]
     pub header_timeout: u64,
+    /// Seconds a client has to send a request's whole body once its headers
+    /// are in; a slower one gets 408. No handler instance is taken until
+    /// the body is there.
+    #[arg(long, env = "TERN_BODY_TIMEOUT", default_value_t = 30, help_heading = "limits")]
+    pub body_timeout: u64,
     /// Seconds an idle kept-alive connection stays open.
     #[arg(long, env = "TERN_KEEP_ALIVE", default_value_t = 30, help_heading = "limits")]
     pub keep_alive: u64,
-    /// Largest request head in bytes; larger ones get 431.
+    /// Largest request head in bytes; larger ones get 431 (any number of
+    /// header fields fits, as long as the head does).
     #[arg(long, env = "TERN_MAX_HEADER_BYTES", default_value_t = 16384, help_heading = "limits")]
     pub max_header_bytes: usize,
-    /// Largest request body in KiB (by Content-Length); larger ones get 413.
+    /// Largest request body in KiB, declared or sent; larger ones get 413.
     #[arg(long, env = "TERN_MAX_BODY_KIB", default_value_t = 1024, help_heading = "limits")]
     pub max_body_kib: u64,
     /// Client connections open at once; more wait to be accepted.

@@ -5,6 +5,9 @@
 //! 1. [`Components::compile`] hashes the bytes (SHA-256), looks for compiled
 //!    code in the on-disk cache (keyed by that digest and the engine's
 //!    compatibility hash), compiles and stores it if absent, then links it.
+//!    Compiled code is native code run as is, so each file has its SHA-256
+//!    beside it (`.cwasm.sha256`) and is used only when it matches; a
+//!    damaged or unverifiable file is recompiled and replaced.
 //! 2. [`Components::load`] runs that on a blocking thread and, on success,
 //!    replaces the active [`Loaded`]; requests already running keep the
 //!    `Arc` of the one they started on.
@@ -51,6 +54,9 @@ pub struct Loaded {
 /// An instance that has answered `uses` requests and may answer more.
 pub struct Reusable {
     pub store: Store<HostState>,
+    /// Its place among `--max-instances`, given back after the store is
+    /// dropped (fields drop in order).
+    pub slot: tokio::sync::OwnedSemaphorePermit,
     pub handler: Handler,
     pub uses: u32,
 }
@@ -220,27 +226,51 @@ fn compatibility(engine: &wasmtime::Engine) -> u64 {
     h.finish()
 }
 
+/// Where the SHA-256 of the compiled file at `path` is kept.
+fn digest_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
 fn read_cached(engine: &wasmtime::Engine, path: &Path) -> Option<Component> {
     if !path.exists() {
         return None;
     }
-    // SAFETY: the file is one this host wrote (atomically, by rename) from
-    // its own compilation, under a name carrying the engine's compatibility
-    // hash; wasmtime still checks the header and rejects a mismatch.
-    match unsafe { Component::deserialize_file(engine, path) } {
+    let unusable = |why: String| {
+        tracing::warn!(path = %path.display(), why, "cached component unusable; recompiling");
+        None
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return unusable(format!("reading it failed: {e}")),
+    };
+    let expected = std::fs::read_to_string(digest_path(path)).unwrap_or_default();
+    if expected.trim() != hex(&Sha256::digest(&bytes)) {
+        return unusable("its SHA-256 does not match the one written with it".into());
+    }
+    // SAFETY: the bytes are those this host wrote from its own compilation
+    // (their digest matches the one written beside them), under a name
+    // carrying the engine's compatibility hash; wasmtime still checks the
+    // header and rejects a mismatch.
+    match unsafe { Component::deserialize(engine, &bytes) } {
         Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = format!("{e:#}"), "cached component unusable; recompiling");
-            None
-        }
+        Err(e) => unusable(format!("{e:#}")),
     }
 }
 
+/// Writes the compiled code and then its digest, each atomically (by
+/// rename): a reader finds either both or a mismatch it recompiles.
 fn write_cached(component: &Component, dir: &Path, path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, component.serialize()?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    let bytes = component.serialize()?;
+    let digest = hex(&Sha256::digest(&bytes));
+    for (target, contents) in [(path.to_path_buf(), bytes), (digest_path(path), digest.into_bytes())] {
+        let mut tmp = target.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        std::fs::write(&tmp, contents).with_context(|| format!("writing {}", target.display()))?;
+        std::fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))?;
+    }
     prune_cache(dir);
     Ok(())
 }
@@ -256,6 +286,7 @@ fn prune_cache(dir: &Path) {
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (_, old) in files.into_iter().skip(CACHE_KEEP) {
+        let _ = std::fs::remove_file(digest_path(&old));
         let _ = std::fs::remove_file(old);
     }
 }
@@ -275,8 +306,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Reloads `path` into `components` whenever its contents change (checked
 /// every [`WATCH_INTERVAL`], once the file has stopped changing) and on
-/// SIGHUP. Runs until the process ends.
-pub async fn watch(components: Arc<Components>, path: PathBuf) {
+/// SIGHUP; a file over `max_bytes` is refused unread, as an upload would
+/// be. Runs until the process ends.
+pub async fn watch(components: Arc<Components>, path: PathBuf, max_bytes: usize) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -304,6 +336,11 @@ pub async fn watch(components: Arc<Components>, path: PathBuf) {
             }
         }
         seen = now;
+        if let Some((len, _)) = now.filter(|(len, _)| *len > max_bytes as u64) {
+            tracing::error!(path = %path.display(), bytes = len, max_bytes,
+                "component file larger than --max-component-mib; the active handler keeps serving");
+            continue;
+        }
         let wasm = match std::fs::read(&path) {
             Ok(w) => w,
             Err(e) => {

@@ -27,6 +27,7 @@ pub struct HostMetrics {
     rejected: AtomicU64,
     traps: AtomicU64,
     reused: AtomicU64,
+    busy: AtomicU64,
     pub connections: AtomicU64,
     pub in_flight: AtomicU64,
 }
@@ -71,6 +72,11 @@ impl HostMetrics {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request refused because every handler instance was taken.
+    pub fn busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn trapped(&self) {
         self.traps.fetch_add(1, Ordering::Relaxed);
     }
@@ -112,6 +118,11 @@ impl HostMetrics {
             ("tern_component_swaps_total", "Handler components swapped in.", get(&self.swaps)),
             ("tern_component_rejected_total", "Components that failed to compile or link.", get(&self.rejected)),
             ("tern_handler_traps_total", "Requests whose handler trapped or overran its deadline.", get(&self.traps)),
+            (
+                "tern_instances_exhausted_total",
+                "Requests refused (503) with every handler instance taken.",
+                get(&self.busy),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

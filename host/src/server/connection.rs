@@ -81,7 +81,8 @@ async fn connection<R: Respond>(
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
     metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let state = Arc::new(ConnState::default());
+    let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let state = Arc::new(ConnState::new(local));
     let io = TokioIo::new(Tracked { inner: stream, state: state.clone() });
     let conn_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -93,6 +94,9 @@ async fn connection<R: Respond>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .max_buf_size(settings.max_header_bytes.max(8192))
+        // Every head under the byte limit fits, however many fields it has:
+        // the shortest field line (`a:` and CRLF) is four bytes.
+        .max_headers((settings.max_header_bytes / 4).max(100))
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
@@ -128,9 +132,10 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|&s| s).await;
 }
 
-/// What a connection's keep-alive watchdog looks at.
-#[derive(Default)]
+/// What a connection's requests and keep-alive watchdog look at.
 pub struct ConnState {
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// Requests of this connection being answered.
     pub in_flight: AtomicU32,
     /// Milliseconds since the process started, at the last read or write.
@@ -138,6 +143,10 @@ pub struct ConnState {
 }
 
 impl ConnState {
+    pub fn new(local: SocketAddr) -> Self {
+        Self { local, in_flight: AtomicU32::new(0), last_active_ms: AtomicU64::new(0) }
+    }
+
     pub fn touch(&self) {
         self.last_active_ms.store(crate::metrics::uptime().as_millis() as u64, Ordering::Relaxed);
     }

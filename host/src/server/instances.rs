@@ -3,6 +3,11 @@
 //! tick), and a request run through a fresh instance of the active handler
 //! or, with `--reuse-instances`, one that already answered others.
 //!
+//! Every store holds one of `--max-instances` slots (the pooling
+//! allocator's size) from its creation until it is dropped; a request that
+//! finds none free is refused at once with [`Busy`] rather than failing to
+//! instantiate.
+//!
 //! The guest parks on pollables while the engine's threads compute, and
 //! yields to tokio at every epoch tick, so a guest stuck in a loop neither
 //! holds a worker thread nor outlives its deadline. Epochs cannot interrupt
@@ -12,7 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tern_engine::Engine;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use wasmtime::component::ResourceTable;
 use wasmtime::{
@@ -68,6 +75,18 @@ pub fn start_epoch_ticker(engine: &wasmtime::Engine) {
         .expect("spawning the epoch thread");
 }
 
+/// Every handler instance was taken when a request came.
+#[derive(Debug)]
+pub struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("every handler instance is taken")
+    }
+}
+
+impl std::error::Error for Busy {}
+
 /// What a request's instance is made of and limited by.
 pub struct Instances {
     components: Arc<Components>,
@@ -75,6 +94,8 @@ pub struct Instances {
     kv: Arc<KvStore>,
     settings: Settings,
     metrics: Arc<HostMetrics>,
+    /// One permit per pooling-allocator slot.
+    slots: Arc<Semaphore>,
 }
 
 impl Instances {
@@ -85,7 +106,8 @@ impl Instances {
         settings: Settings,
         metrics: Arc<HostMetrics>,
     ) -> Self {
-        Self { components, engine, kv, settings, metrics }
+        let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
+        Self { components, engine, kv, settings, metrics, slots }
     }
 
     fn new_store(&self) -> Store<HostState> {
@@ -117,29 +139,32 @@ impl Instances {
     }
 
     /// An idle instance of `loaded` to reuse (with the requests it has
-    /// answered), or a new store to instantiate in.
-    fn store_for(&self, loaded: &Loaded) -> (Store<HostState>, Option<(Handler, u32)>) {
+    /// answered), or a new store to instantiate in; [`Busy`] when every
+    /// slot is taken.
+    fn store_for(&self, loaded: &Loaded) -> Result<(Slot, Option<(Handler, u32)>), Busy> {
         if self.settings.reuse_instances > 1 {
             if let Some(r) = loaded.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
-                let Reusable { mut store, handler, uses } = r;
+                let Reusable { mut store, slot, handler, uses } = r;
                 store.data_mut().deadline = Instant::now() + self.settings.request_timeout;
                 store.data_mut().tokens = 0;
                 store.set_epoch_deadline(1);
                 self.metrics.reused();
-                return (store, Some((handler, uses)));
+                return Ok((Slot { store, permit: slot }, Some((handler, uses))));
             }
         }
-        (self.new_store(), None)
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| Busy)?;
+        Ok((Slot { store: self.new_store(), permit }, None))
     }
 
     /// Runs one request through the active handler.
     pub async fn run(
         self: &Arc<Self>,
-        req: hyper::Request<hyper::body::Incoming>,
+        req: hyper::Request<http_body_util::Full<Bytes>>,
         track: Arc<Track>,
     ) -> anyhow::Result<Response> {
         let loaded = self.components.active();
-        let (mut store, reused) = self.store_for(&loaded);
+        let (mut slot, reused) = self.store_for(&loaded)?;
+        let store = &mut slot.store;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
@@ -150,11 +175,14 @@ impl Instances {
         // The guest keeps running after the head is sent, to stream the body.
         let task = tokio::task::spawn(
             async move {
+                // Dropped whole, the store before its slot, however this ends.
+                let mut slot = slot;
+                let store = &mut slot.store;
                 let (handler, uses) = match reused {
                     Some(reused) => reused,
                     None => {
                         let started = Instant::now();
-                        let handler = loaded.pre.instantiate_async(&mut store).await?;
+                        let handler = loaded.pre.instantiate_async(&mut *store).await?;
                         this.metrics.instantiated(started.elapsed());
                         (handler, 0)
                     }
@@ -162,7 +190,7 @@ impl Instances {
                 // Epochs cannot interrupt a guest parked in a host call: the
                 // host's own deadline covers that.
                 let limit = this.settings.request_timeout + EPOCH_TICK * 2;
-                let call = handler.wasi_http_incoming_handler().call_handle(&mut store, req, out);
+                let call = handler.wasi_http_incoming_handler().call_handle(&mut *store, req, out);
                 let result = match tokio::time::timeout(limit, call).await {
                     Ok(r) => r.map_err(anyhow::Error::from),
                     Err(_) => {
@@ -173,8 +201,9 @@ impl Instances {
                 track.tokens.store(store.data().tokens, Ordering::Relaxed);
                 match result {
                     Ok(()) if uses + 1 < this.settings.reuse_instances => {
+                        let Slot { store, permit } = slot;
                         let mut idle = loaded.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                        idle.push(Reusable { store, handler, uses: uses + 1 });
+                        idle.push(Reusable { store, slot: permit, handler, uses: uses + 1 });
                         Ok(())
                     }
                     Ok(()) => Ok(()),
@@ -208,4 +237,11 @@ impl Instances {
             }
         }
     }
+}
+
+/// A store and its place among `--max-instances`; fields drop in order, so
+/// the pooling slot is free before the permit says so.
+struct Slot {
+    store: Store<HostState>,
+    permit: OwnedSemaphorePermit,
 }

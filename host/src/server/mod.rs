@@ -5,15 +5,23 @@
 //!    `/ready`, `/metrics/host` and `/admin/component` (see `admin`). Every
 //!    other request needs an API key when keys are configured, and then runs
 //!    in the handler ([`instances`]).
+//!    The handler learns the caller from the host: `x-tern-identity` names
+//!    the key that matched and `x-tern-role: admin` marks an admin key (or
+//!    a server without keys); both are removed from what clients send.
 //! 2. Connections are bounded (`--max-connections`), must send their
 //!    headers within `--header-timeout` and in at most `--max-header-bytes`
 //!    (431), and are closed after `--keep-alive` idle seconds
-//!    ([`connection`]).
-//! 3. Every request is counted in flight until its response is finished,
+//!    ([`connection`]). An HTTP/1.1 request without `Host` is 400; an
+//!    HTTP/1.0 one is served for the address it came to.
+//! 3. A body is read whole, within `--body-timeout` and the size limit,
+//!    before a handler instance is taken ([`body`]); with every instance
+//!    taken, a request is 503 with `Retry-After`, logged and counted.
+//! 4. Every request is counted in flight until its response is finished,
 //!    then logged with its id ([`track`]).
-//! 4. On shutdown the listener closes, connections finish their current
+//! 5. On shutdown the listener closes, connections finish their current
 //!    response and close, and [`Server::drain`] waits for requests in flight.
 
+pub mod body;
 pub mod connection;
 pub mod instances;
 pub mod settings;
@@ -26,13 +34,14 @@ use std::time::Duration;
 use tern_engine::Engine;
 use tokio::net::TcpListener;
 
+use crate::admin::AdminPolicy;
 use crate::auth::{self, Keys};
 use crate::components::Components;
 use crate::kv_store::KvStore;
 use crate::metrics::HostMetrics;
 use crate::responses::{error_response, text_response, unauthorized, Response};
 use connection::{ConnState, Respond};
-use instances::Instances;
+use instances::{Busy, Instances};
 pub use settings::Settings;
 use track::{RequestIds, Track};
 
@@ -128,44 +137,13 @@ impl Server {
 }
 
 impl Respond for Server {
-    /// Answers one request: the host's own routes, the key check, then the
-    /// handler.
+    /// Answers one request: the host's own routes, the key check, the body,
+    /// then the handler.
     async fn respond(self: Arc<Self>, req: hyper::Request<hyper::body::Incoming>, conn: Arc<ConnState>) -> Response {
         let id = self.request_ids.for_request(req.headers());
-        let track = Arc::new(Track::new(self.metrics.clone(), self.idle.clone(), id, &req, conn));
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let track = Arc::new(Track::new(self.metrics.clone(), self.idle.clone(), id, &req, conn.clone()));
         let gzip_ok = self.settings.compress && crate::compress::accepts_gzip(req.headers());
-        let mut resp = match (method.as_str(), path.as_str()) {
-            (_, "/ready") => self.ready(),
-            (_, "/admin/component") => {
-                let limit = self.settings.max_component_bytes;
-                crate::admin::component(&self.components, &self.admin_keys, limit, req).await
-            }
-            _ if !auth::is_open(&method, &path) && !self.keys.is_empty() && !self.keys.allows(req.headers()) => {
-                unauthorized()
-            }
-            ("GET", "/metrics/host") => {
-                text_response(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
-            }
-            _ if declared_length(&req).is_some_and(|n| n > self.settings.max_body_bytes) => error_response(
-                413,
-                "invalid_request_error",
-                "request_too_large",
-                &format!("The request body is larger than the limit of {} bytes.", self.settings.max_body_bytes),
-            ),
-            _ => match self.instances.run(req, track.clone()).await {
-                Ok(r) => r,
-                // The task has logged the reason.
-                Err(_) if track.timed_out.load(Ordering::Relaxed) => error_response(
-                    504,
-                    "server_error",
-                    "handler_timeout",
-                    "The request handler did not answer within its deadline.",
-                ),
-                Err(_) => error_response(500, "server_error", "handler_failed", "The request handler failed."),
-            },
-        };
+        let mut resp = self.answer(req, &conn, &track).await;
         if gzip_ok && crate::compress::worth_it(&resp) {
             resp = crate::compress::gzip(resp).await;
         }
@@ -175,6 +153,116 @@ impl Respond for Server {
         }
         resp
     }
+}
+
+impl Server {
+    async fn answer(
+        &self,
+        mut req: hyper::Request<hyper::body::Incoming>,
+        conn: &ConnState,
+        track: &Arc<Track>,
+    ) -> Response {
+        if let Err(why) = settle_host(&mut req, conn) {
+            return error_response(400, "invalid_request_error", "bad_host", why);
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        match path.as_str() {
+            "/ready" => return self.ready(),
+            "/admin/component" => {
+                let policy = AdminPolicy {
+                    admin_keys: &self.admin_keys,
+                    api_keys: &self.keys,
+                    max_bytes: self.settings.max_component_bytes,
+                    body_timeout: self.settings.body_timeout,
+                };
+                return crate::admin::component(&self.components, &policy, req).await;
+            }
+            _ => {}
+        }
+        let user = self.keys.identify(req.headers());
+        let admin = self.admin_keys.identify(req.headers());
+        if !auth::is_open(&method, &path) && !self.keys.is_empty() && user.is_none() && admin.is_none() {
+            return unauthorized();
+        }
+        if method == http::Method::GET && path == "/metrics/host" {
+            return text_response(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render());
+        }
+        let limit = self.settings.max_body_bytes;
+        if declared_length(&req).is_some_and(|n| n > limit) {
+            return body::too_large(limit);
+        }
+        let headers = req.headers_mut();
+        headers.remove(IDENTITY_HEADER);
+        headers.remove(ROLE_HEADER);
+        if let Some(who) = user.or(admin.clone()).and_then(|w| http::HeaderValue::from_str(&w).ok()) {
+            headers.insert(IDENTITY_HEADER, who);
+        }
+        let without_keys = self.keys.is_empty() && self.admin_keys.is_empty();
+        if admin.is_some() || without_keys {
+            headers.insert(ROLE_HEADER, http::HeaderValue::from_static("admin"));
+        }
+        let (parts, incoming) = req.into_parts();
+        let bytes = match body::read(incoming, limit, self.settings.body_timeout).await {
+            Ok(b) => b,
+            Err(refusal) => return refusal,
+        };
+        let req = hyper::Request::from_parts(parts, http_body_util::Full::new(bytes));
+        match self.instances.run(req, track.clone()).await {
+            Ok(r) => r,
+            Err(e) if e.is::<Busy>() => {
+                self.metrics.busy();
+                tracing::warn!(id = %track.id, max_instances = self.settings.max_instances,
+                    "every handler instance is taken; answering 503");
+                let mut resp = error_response(
+                    503,
+                    "server_error",
+                    "server_busy",
+                    "Every request handler is busy; retry the request shortly.",
+                );
+                resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                resp
+            }
+            // The task has logged the reason.
+            Err(_) if track.timed_out.load(Ordering::Relaxed) => error_response(
+                504,
+                "server_error",
+                "handler_timeout",
+                "The request handler did not answer within its deadline.",
+            ),
+            Err(_) => error_response(500, "server_error", "handler_failed", "The request handler failed."),
+        }
+    }
+}
+
+/// The header naming the caller's key to the handler.
+const IDENTITY_HEADER: &str = "x-tern-identity";
+/// The header telling the handler the caller holds an admin key.
+const ROLE_HEADER: &str = "x-tern-role";
+
+/// Makes sure `req` names the host it is for (RFC 9112 section 3.2): one
+/// `Host` header of visible ASCII. A request without one is 400 on HTTP/1.1;
+/// on HTTP/1.0 (which has no such rule), or with an empty one (allowed for
+/// a target without authority), it gets the address the connection came
+/// to. The error says what is wrong.
+fn settle_host(req: &mut hyper::Request<hyper::body::Incoming>, conn: &ConnState) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let local = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err("A request may carry one Host header, not several."),
+        (Some(host), None) if host.is_empty() => true,
+        (Some(host), None) if host.to_str().is_err() => {
+            return Err("The Host header must be a host name or address in visible ASCII.")
+        }
+        (Some(_), None) => false,
+        (None, _) if req.uri().authority().is_some() => false,
+        (None, _) if req.version() <= http::Version::HTTP_10 => true,
+        (None, _) => return Err("An HTTP/1.1 request must carry a Host header."),
+    };
+    if local {
+        let host = http::HeaderValue::from_str(&conn.local.to_string()).map_err(|_| "No usable Host header.")?;
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    Ok(())
 }
 
 fn declared_length(req: &hyper::Request<hyper::body::Incoming>) -> Option<u64> {

@@ -20,11 +20,13 @@ pub struct Settings {
     pub guest_env: Vec<(String, String)>,
     /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
     /// Idle time after which a kept-alive connection is closed.
     pub keep_alive: Duration,
     /// Largest request head (431 beyond).
     pub max_header_bytes: usize,
-    /// Largest declared request body (413 beyond).
+    /// Largest request body, declared or sent (413 beyond).
     pub max_body_bytes: u64,
     /// Connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
