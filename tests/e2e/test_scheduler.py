@@ -73,7 +73,7 @@ def narrow_server(tmp_path):
 
 def test_a_request_beyond_the_queue_gets_429_with_retry_after_at_once(narrow_server):
     model = narrow_server.json("GET", "/v1/models")[2]["data"][0]["id"]
-    long = dict(chat(model, "Go on", stream=True, max_tokens=100000, temperature=0))
+    long = dict(chat(model, "Go on", stream=True, max_tokens=100000, temperature=0, ignore_eos=True))
     running = open_stream(narrow_server, long)
     deadline = time.time() + 10
     while health(narrow_server)["running"] != 1:
