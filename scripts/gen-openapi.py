@@ -37,6 +37,7 @@ def resp(desc, schema=None, ctype="application/json", headers=None):
 OPENAI_ERR = {
     "400": resp("Malformed JSON, a wrong type or an out-of-range value", R("Error")),
     "404": resp("Unknown model, route or id", R("Error")),
+    "403": resp("The key is valid but not an admin key", R("Error")),
     "413": resp("Body over 1 MiB", R("Error")),
     "429": resp("The queue is full", R("Error"), headers={"Retry-After": {"schema": I()}}),
     "503": resp("The model is still loading", R("Error")),
@@ -45,7 +46,7 @@ def errs(*codes, schema="Error"):
     return {c: {**OPENAI_ERR[c], "content": {"application/json": {"schema": R(schema)}}} for c in codes}
 
 messages = A(O({"role": S(enum=["system", "user", "assistant"]), "content": S()}, ["role", "content"]), minItems=1)
-stop = {"anyOf": [S(), A(S(), maxItems=4)]}
+stop = {"anyOf": [S(maxLength=256), A(S(maxLength=256), maxItems=4)]}
 sampling = {
     "temperature": N(minimum=0, maximum=2),
     "top_p": N(minimum=0, maximum=1),
@@ -59,6 +60,7 @@ sampling = {
     "stop": stop,
     "timeout_ms": I(minimum=1),
     "priority": S(enum=["interactive", "batch"]),
+    "ignore_eos": B,
 }
 usage = O({"prompt_tokens": I(), "completion_tokens": I(), "total_tokens": I(),
            "prompt_tokens_details": O({"cached_tokens": I()})}, ["prompt_tokens", "completion_tokens", "total_tokens"])
@@ -107,7 +109,7 @@ schemas = {
     "OllamaOptions": O({"num_predict": I(), "temperature": N(minimum=0), "top_k": I(minimum=0), "top_p": N(minimum=0, maximum=1),
                         "min_p": N(minimum=0, maximum=1), "repeat_penalty": N(minimum=0), "repeat_last_n": I(minimum=0),
                         "presence_penalty": N(minimum=-2, maximum=2), "frequency_penalty": N(minimum=-2, maximum=2),
-                        "seed": I(), "stop": A(S()), "num_ctx": I(minimum=1)}),
+                        "seed": I(), "stop": A(S(maxLength=256), maxItems=16), "num_ctx": I(minimum=1)}),
     "OllamaDetails": O({"parent_model": S(), "format": S(), "family": S(), "families": A(S()),
                         "parameter_size": S(), "quantization_level": S()}),
 }
@@ -190,10 +192,12 @@ paths = {
                                                    **{c: resp(OPENAI_ERR[c]["description"] + " (one `data:` event with `error`)", sse, "text/event-stream")
                                                       for c in ("400", "404", "413", "429", "503")}}}},
     "/api/cache-stats": {
-        "get": {"summary": "Response cache statistics", "responses": {"200": resp("OK", O({"hits": I(), "misses": I(), "entries": I()}, ["hits", "misses", "entries"]))}},
-        "post": {"summary": "Clear the cache or invalidate one key",
+        "get": {"summary": "Response cache statistics (`?keys=1`, the keys too: admin key only)",
+                "responses": {"200": resp("OK", O({"hits": I(), "misses": I(), "entries": I()}, ["hits", "misses", "entries"])),
+                              **errs("403")}},
+        "post": {"summary": "Clear the cache or invalidate one key (admin key only)",
                  "requestBody": body(O({"action": S(enum=["clear", "invalidate"]), "key": S()}, ["action"])),
-                 "responses": {"200": resp("Done", O({})), **errs("400", "404", "413")}},
+                 "responses": {"200": resp("Done", O({})), **errs("400", "403", "404", "413")}},
     },
     "/api/generate": simple_post("Ollama generate (NDJSON stream by default)",
                                  O({"model": S(), "prompt": S(), "system": S(), "raw": B, "stream": B, "keep_alive": {},

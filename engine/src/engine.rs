@@ -354,11 +354,13 @@ impl Engine {
         if let Some(e) = &queue.closed {
             return Err(e.clone());
         }
-        // A free running slot is a place too: a sequence waits in the
-        // queue until the scheduler's next turn admits it.
+        // Each priority has its own `max_queue` places, so queued batch work
+        // never refuses an interactive request. A free running slot is a
+        // place too: a sequence waits in the queue until the scheduler's
+        // next turn admits it.
         let running = mailbox.stats.running.load(Ordering::Relaxed) as usize;
         let free_slots = self.inner.config.max_running.max(1).saturating_sub(running);
-        if queue.len() >= self.inner.config.max_queue + free_slots {
+        if queue.lane_len(seq.priority) >= self.inner.config.max_queue + free_slots {
             Stats::add(&mailbox.stats.rejected, 1);
             return Err(EngineError::Overloaded(format!(
                 "{} requests are already waiting; try again shortly",

@@ -31,8 +31,16 @@ def chat(content="Speak of the king.", **extra):
 
 
 def endless(**extra):
-    """A stream that cannot end by itself within a test's time."""
-    return chat(stream=True, max_tokens=100000, ignore_eos=True, temperature=0, **extra)
+    """A stream that cannot end by itself within a test's time (on the
+    `long` model: the end of text is never picked and the context is long)."""
+    return chat(**({"stream": True, "max_tokens": 100000, "ignore_eos": True, "temperature": 0, "model": "long",
+                    "use_cache": False} | extra))
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    """The bundled model's shape with a 16,384-token context."""
+    return synth(tmp_path_factory.mktemp("long"), "long", "--context", "16384")
 
 
 def raw(port, data: bytes, timeout=10) -> bytes:
@@ -123,8 +131,8 @@ def test_a_body_past_the_limit_sent_chunked_is_413(plain):
     assert raw(plain.port, head.encode()).startswith(b"HTTP/1.1 413")
 
 
-def test_with_every_instance_taken_a_request_is_503_with_retry_after_and_counted(tmp_path):
-    s = Server([*model_args(), "--max-instances", "4"], tmp_path / "serve.log")
+def test_with_every_instance_taken_a_request_is_503_with_retry_after_and_counted(tmp_path, long_model):
+    s = Server(["--model", str(long_model), "--max-instances", "4"], tmp_path / "serve.log")
     streams = []
     try:
         streams = [open_stream(s.port, endless()) for _ in range(4)]
@@ -132,6 +140,8 @@ def test_with_every_instance_taken_a_request_is_503_with_retry_after_and_counted
         assert status == 503 and body["error"]["code"] == "server_busy", body
         assert int(lower(headers)["retry-after"]) >= 1
         assert s.json("GET", "/ready")[0] == 200
+        status, _, health = s.json("GET", "/health")
+        assert status == 200 and health["running"] + health["waiting"] == 4, "probes have instances of their own"
         assert host_metric(s, "tern_instances_exhausted_total") == 1
         streams.pop().close()
         deadline = time.time() + 5
@@ -269,13 +279,13 @@ def test_stop_lists_past_the_cap_are_400_on_every_api(plain):
 # --- 6. the queue's documented capacity ----------------------------------------------
 
 
-def test_an_idle_server_takes_max_running_plus_max_queue_requests_at_once(tmp_path):
-    s = Server([*model_args(), "--max-running", "4", "--max-queue", "8"], tmp_path / "serve.log")
+def test_an_idle_server_takes_max_running_plus_max_queue_requests_at_once(tmp_path, long_model):
+    s = Server(["--model", str(long_model), "--max-running", "4", "--max-queue", "8"], tmp_path / "serve.log")
     try:
         for _ in range(3):
             with concurrent.futures.ThreadPoolExecutor(12) as pool:
                 streams = list(pool.map(lambda _: open_stream(s.port, endless()), range(12)))
-            status, headers, body = s.json("POST", "/v1/chat/completions", chat())
+            status, headers, body = s.json("POST", "/v1/chat/completions", chat(model="long"))
             assert status == 429 and int(lower(headers)["retry-after"]) >= 1, body
             for st in streams:
                 st.close()
@@ -336,17 +346,24 @@ def test_a_watched_component_file_past_the_size_limit_is_refused_unread(tmp_path
 # --- beyond the seven: holding many of each resource --------------------------------
 
 
-def test_streams_filling_every_kv_block_leave_other_clients_served(tmp_path):
-    """KV memory for a few sequences only: more long streams than fit are
-    preempted or queued, and a short request still completes."""
-    s = Server([*model_args(), "--kv-memory-mib", "4", "--max-running", "8"], tmp_path / "serve.log")
+def test_streams_filling_every_kv_block_leave_other_clients_served(tmp_path, long_model):
+    """KV memory for one full context, and eight endless streams whose
+    prompts alone outgrow it: they are preempted in turn, and a short
+    request with a free running slot still completes."""
+    s = Server(["--model", str(long_model), "--kv-memory-mib", "1", "--max-running", "16"], tmp_path / "serve.log")
     streams = []
     try:
-        streams = [open_stream(s.port, endless()) for _ in range(8)]
-        time.sleep(1)
-        status, _, body = s.json("POST", "/v1/chat/completions", chat(), timeout=60)
+        long_prompt = " ".join(f"word{i}" for i in range(800))
+        streams = [open_stream(s.port, endless(messages=[{"role": "user", "content": f"{i} {long_prompt}"}]))
+                   for i in range(8)]
+        deadline = time.time() + 30
+        while (h := s.json("GET", "/health")[2])["kv_blocks_used"] < h["kv_blocks_total"] * 0.9:
+            assert time.time() < deadline, h
+            time.sleep(0.1)
+        started = time.monotonic()
+        status, _, body = s.json("POST", "/v1/chat/completions", chat(model="long", use_cache=False), timeout=60)
         assert status == 200, body
-        assert s.json("GET", "/health")[0] == 200
+        print(f"short request beside a full KV pool: {time.monotonic() - started:.2f} s; health {h}")
     finally:
         for st in streams:
             st.close()
@@ -438,4 +455,30 @@ def test_connections_past_the_limit_wait_and_are_served_once_idle_ones_close(tmp
     finally:
         for c in idle:
             c.close()
+        s.stop()
+
+
+def test_a_flood_of_queued_jobs_neither_refuses_nor_delays_a_chat(tmp_path, long_model):
+    """Jobs outlive their callers, so one client can fill every running slot
+    and queue place with them: they have a queue of their own, and running
+    ones give their slot to interactive requests."""
+    s = Server(["--model", str(long_model), "--max-running", "2", "--max-queue", "4"], tmp_path / "serve.log")
+    try:
+        job = {"model": "long", "messages": [{"role": "user", "content": "Go on"}], "max_tokens": 100000,
+               "ignore_eos": True}
+        ids = []
+        for _ in range(6):
+            status, _, answer = s.json("POST", "/api/chat-queue", job)
+            assert status == 202, answer
+            ids.append(answer["id"])
+        status, _, answer = s.json("POST", "/api/chat-queue", job)
+        assert status == 429, "the jobs' own queue is full"
+        for _ in range(3):
+            started = time.monotonic()
+            status, _, answer = s.json("POST", "/v1/chat/completions", chat(model="long", use_cache=False))
+            assert status == 200, answer
+            assert time.monotonic() - started < 5
+        states = [s.json("GET", f"/api/chat-queue/{i}")[2]["status"] for i in ids]
+        assert states.count("running") == 2 and states.count("queued") == 4, states
+    finally:
         s.stop()

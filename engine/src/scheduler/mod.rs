@@ -1,9 +1,11 @@
 //! The scheduler thread: continuous batching over each model's KV blocks.
 //!
 //! Between steps, waiting sequences whose caller left or whose deadline
-//! passed are dropped; then waiting sequences are admitted in queue order
-//! (interactive before batch, first come first served) while there is a
-//! running slot and KV room for their prompt, after taking any cached
+//! passed are dropped; running batch work gives its slot to interactive
+//! work waiting for one (back to the front of its lane, its filed blocks
+//! kept for a cheap restart); then waiting sequences are admitted in queue
+//! order (interactive before batch, first come first served) while there is
+//! a running slot and KV room for their prompt, after taking any cached
 //! prefix blocks their prompt starts with. Each step then runs in three
 //! parts (see [`step`]):
 //! 1. **plan**: every decoding sequence gets one token, prompts share the
@@ -33,6 +35,7 @@ pub(crate) use seq::{Seq, SeqSpec};
 use crate::error::EngineError;
 use crate::handle::FinishReason;
 use crate::kv::BLOCK_TOKENS;
+use crate::request::Priority;
 use crate::stats::Stats;
 
 /// How the scheduler is set up (from the engine's configuration).
@@ -132,8 +135,10 @@ impl Scheduler {
         });
     }
 
-    /// Moves queued sequences to running while slots and KV room allow.
+    /// Moves queued sequences to running while slots and KV room allow,
+    /// after batch work made way for interactive work.
     fn admit(&mut self, queue: &mut Queue, stats: &Stats) {
+        self.yield_batch_slots(queue, stats);
         while self.running.len() < self.limits.max_running.max(1) {
             let Some(mut seq) = queue.pop_front() else { break };
             let model = seq.model.clone();
@@ -155,6 +160,22 @@ impl Scheduler {
             seq.computed = cached;
             seq.first_admitted(cached, stats);
             self.running.push(seq);
+        }
+    }
+
+    /// Sends the most recently admitted running batch sequences back to
+    /// their lane, one for each interactive sequence no free slot awaits,
+    /// so that batch work never keeps someone watching waiting.
+    fn yield_batch_slots(&mut self, queue: &mut Queue, stats: &Stats) {
+        let free = self.limits.max_running.max(1).saturating_sub(self.running.len());
+        for _ in free..queue.lane_len(Priority::Interactive) {
+            let Some(i) = self.running.iter().rposition(|s| s.priority == Priority::Batch) else { break };
+            let mut seq = self.running.remove(i);
+            seq.model.model.blocks().release(&mut seq.kv);
+            Stats::add(&stats.preempted, 1);
+            tracing::debug!(id = seq.id, "batch work preempted for interactive work");
+            seq.restart();
+            queue.push_front(seq);
         }
     }
 

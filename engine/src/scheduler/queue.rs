@@ -22,6 +22,14 @@ impl Queue {
         self.interactive.len() + self.batch.len()
     }
 
+    /// Sequences waiting in the lane of `priority`.
+    pub fn lane_len(&self, priority: Priority) -> usize {
+        match priority {
+            Priority::Interactive => self.interactive.len(),
+            Priority::Batch => self.batch.len(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

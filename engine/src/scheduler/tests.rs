@@ -142,11 +142,26 @@ impl Bench {
     }
 
     fn generate_until(&mut self, prompt: &str, max_tokens: u32, deadline: Option<Instant>) -> Generation {
+        self.queue_generation(prompt, max_tokens, deadline, Priority::Interactive)
+    }
+
+    /// Queues a greedy batch-priority generation.
+    fn generate_batch(&mut self, prompt: &str, max_tokens: u32) -> Generation {
+        self.queue_generation(prompt, max_tokens, None, Priority::Batch)
+    }
+
+    fn queue_generation(
+        &mut self,
+        prompt: &str,
+        max_tokens: u32,
+        deadline: Option<Instant>,
+        priority: Priority,
+    ) -> Generation {
         let tokens: Vec<u32> = prompt.bytes().map(u32::from).collect();
         let slot = Arc::new(GenerationSlot::default());
         let sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
         let n = tokens.len() as u32;
-        let spec = self.spec(deadline);
+        let spec = SeqSpec { priority, ..self.spec(deadline) };
         self.mailbox.queue().push_back(Seq::generation(spec, tokens, sampling, vec![], max_tokens, slot.clone()));
         Generation::new(slot, n)
     }
@@ -244,6 +259,43 @@ fn a_sequence_waits_for_a_running_slot() {
     b.drain();
     assert_eq!(result(&first).0, "de");
     assert_eq!(result(&second).0, "ab", "z wraps to a");
+}
+
+#[test]
+fn running_batch_work_makes_way_for_an_interactive_sequence_then_finishes_the_same() {
+    let alone = {
+        let mut b = Bench::new(64, limits(1, 64, 16));
+        let g = b.generate_batch("abc", 30);
+        b.drain();
+        result(&g)
+    };
+    let mut b = Bench::new(64, limits(1, 64, 16));
+    let batch = b.generate_batch("abc", 30);
+    for _ in 0..5 {
+        b.turn();
+    }
+    let interactive = b.generate("xyz", 2);
+    let passes = b.turn();
+    assert_eq!(shape(&passes[0]), vec![(0, 3, Output::LastLogits)], "only the interactive prompt runs");
+    assert_eq!(b.mailbox.stats.preempted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    b.drain();
+    assert_eq!(result(&interactive).0, "ab");
+    assert_eq!(result(&batch), alone, "resumed after the interactive work, the same tokens");
+    assert_eq!(b.used_blocks(), 0);
+}
+
+#[test]
+fn interactive_work_never_preempts_interactive_work() {
+    let mut b = Bench::new(64, limits(1, 64, 16));
+    let first = b.generate("abc", 10);
+    b.turn();
+    let second = b.generate("xyz", 2);
+    let passes = b.turn();
+    assert_eq!(shape(&passes[0]), vec![(3, 1, Output::LastLogits)], "the first keeps decoding, alone");
+    b.drain();
+    assert_eq!(b.mailbox.stats.preempted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(result(&first).0.len(), 10);
+    assert_eq!(result(&second).0, "ab");
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //! tick), and a request run through a fresh instance of the active handler
 //! or, with `--reuse-instances`, one that already answered others.
 //!
-//! Every store holds one of `--max-instances` slots (the pooling
-//! allocator's size) from its creation until it is dropped; a request that
-//! finds none free is refused at once with [`Busy`] rather than failing to
-//! instantiate.
+//! Every store holds one of `--max-instances` slots from its creation
+//! until it is dropped; a request that finds none free is refused at once
+//! with [`Busy`] rather than failing to instantiate. [`PROBE_SLOTS`] more
+//! are kept for `GET /health`, so a server with every instance taken still
+//! says how it is.
 //!
 //! The guest parks on pollables while the engine's threads compute, and
 //! yields to tokio at every epoch tick, so a guest stuck in a loop neither
@@ -38,6 +39,9 @@ use crate::server::settings::Settings;
 use crate::server::track::Track;
 use crate::state::{HostState, NoOutgoingRequests};
 
+/// Instances beyond `--max-instances` kept for health probes.
+pub const PROBE_SLOTS: u32 = 4;
+
 /// How often the epoch advances; deadlines are whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -46,10 +50,11 @@ pub fn wasm_engine(settings: &Settings) -> anyhow::Result<wasmtime::Engine> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(settings.max_instances);
-    pool.total_core_instances(settings.max_instances * 4);
-    pool.total_memories(settings.max_instances * 2);
-    pool.total_tables(settings.max_instances * 4);
+    let instances = settings.max_instances + PROBE_SLOTS;
+    pool.total_component_instances(instances);
+    pool.total_core_instances(instances * 4);
+    pool.total_memories(instances * 2);
+    pool.total_tables(instances * 4);
     pool.max_memory_size(settings.memory_bytes);
     // Pooled fiber stacks are reset after each request: the first 128 KiB by
     // memset, the rest handed back to the kernel, so a guest that recursed
@@ -94,8 +99,10 @@ pub struct Instances {
     kv: Arc<KvStore>,
     settings: Settings,
     metrics: Arc<HostMetrics>,
-    /// One permit per pooling-allocator slot.
+    /// One permit per `--max-instances` slot.
     slots: Arc<Semaphore>,
+    /// The slots only health probes take.
+    probe_slots: Arc<Semaphore>,
 }
 
 impl Instances {
@@ -107,7 +114,8 @@ impl Instances {
         metrics: Arc<HostMetrics>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
-        Self { components, engine, kv, settings, metrics, slots }
+        let probe_slots = Arc::new(Semaphore::new(PROBE_SLOTS as usize));
+        Self { components, engine, kv, settings, metrics, slots, probe_slots }
     }
 
     fn new_store(&self) -> Store<HostState> {
@@ -140,8 +148,8 @@ impl Instances {
 
     /// An idle instance of `loaded` to reuse (with the requests it has
     /// answered), or a new store to instantiate in; [`Busy`] when every
-    /// slot is taken.
-    fn store_for(&self, loaded: &Loaded) -> Result<(Slot, Option<(Handler, u32)>), Busy> {
+    /// slot is taken (for a health `probe`, the probes' own ones too).
+    fn store_for(&self, loaded: &Loaded, probe: bool) -> Result<(Slot, Option<(Handler, u32)>), Busy> {
         if self.settings.reuse_instances > 1 {
             if let Some(r) = loaded.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
                 let Reusable { mut store, slot, handler, uses } = r;
@@ -152,7 +160,11 @@ impl Instances {
                 return Ok((Slot { store, permit: slot }, Some((handler, uses))));
             }
         }
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| Busy)?;
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if probe => self.probe_slots.clone().try_acquire_owned().map_err(|_| Busy)?,
+            Err(_) => return Err(Busy),
+        };
         Ok((Slot { store: self.new_store(), permit }, None))
     }
 
@@ -163,7 +175,8 @@ impl Instances {
         track: Arc<Track>,
     ) -> anyhow::Result<Response> {
         let loaded = self.components.active();
-        let (mut slot, reused) = self.store_for(&loaded)?;
+        let probe = req.uri().path() == "/health" && matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+        let (mut slot, reused) = self.store_for(&loaded, probe)?;
         let store = &mut slot.store;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
