@@ -65,7 +65,7 @@ def slow_server(tmp_path_factory):
 
 
 def test_cancelling_a_long_job_stops_it(slow_server):
-    job = submit(slow_server, "Go on", max_tokens=100000)
+    job = submit(slow_server, "Go on", max_tokens=100000, ignore_eos=True)
     poll(slow_server, job["id"], ("running",))
     status, _, state = slow_server.json("DELETE", f"/api/chat-queue/{job['id']}")
     assert status == 200, state
