@@ -67,3 +67,30 @@ def test_unknown_model_raises_not_found(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["code"] == "model_not_found"
+
+
+def test_what_the_engine_cannot_honour_is_a_400_naming_the_field(client, model_id):
+    hi = [{"role": "user", "content": "What is the weather in Paris?"}]
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    cases = [
+        ({"tools": [weather], "tool_choice": {"type": "function", "function": {"name": "weather"}}}, "tool_choice"),
+        ({"tools": [weather]}, "tools"),
+        ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+        ({"logit_bias": {"42": -100}}, "logit_bias"),
+    ]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=model_id, messages=hi, max_tokens=4, **extra)
+        assert refused.value.param == param, (extra, refused.value.body)
+    # Saying not to call the tools is honoured: they are not needed.
+    answer = client.chat.completions.create(model=model_id, messages=hi, max_tokens=4, tools=[weather], tool_choice="none")
+    assert answer.choices[0].message.tool_calls is None
+
+
+def test_a_client_configured_without_v1_works_as_with_llama_server(server, model_id):
+    bare = openai.OpenAI(base_url=server.base, api_key="unused", max_retries=0)
+    assert [m.id for m in bare.models.list().data] == [model_id]
+    answer = bare.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert bare.embeddings.create(model=model_id, input="Hi").data[0].embedding

@@ -43,6 +43,8 @@ pub enum ApiError {
     /// The caller's key is valid but does not allow this (e.g. clearing the
     /// cache without the admin key); the text says what is needed.
     Forbidden(String),
+    /// A route of another server that tern answers only to say why not.
+    NotImplemented(String),
     /// A CORS preflight from an origin the server does not allow.
     OriginNotAllowed(String),
     /// The engine refused or failed; `prompt_param` names the request field
@@ -141,6 +143,7 @@ pub fn error_body(err: &ApiError) -> (u16, Value) {
             None,
             Some("job_not_found"),
         ),
+        ApiError::NotImplemented(why) => (501, "not_implemented_error", why.clone(), None, Some("not_implemented")),
         ApiError::Forbidden(why) => (403, "permission_error", why.clone(), None, Some("forbidden")),
         ApiError::OriginNotAllowed(origin) => (
             403,

@@ -174,4 +174,24 @@ impl<'a> Fields<'a> {
     pub fn number_above(&self, name: &str, low: f64) -> Result<Option<f64>, ApiError> {
         self.number_in(name, low, true, f64::MAX)
     }
+
+    /// A 400 naming `name` when it holds anything but an absent, null,
+    /// empty, false or zero value: a field the server cannot honour is
+    /// refused, never ignored (clients send some of them empty by default).
+    /// `why` ends the message.
+    pub fn refuse_nonempty(&self, name: &str, why: &str) -> Result<(), ApiError> {
+        let empty = match self.get(name) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(Value::Bool(b)) => !b,
+            Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        };
+        if empty {
+            return Ok(());
+        }
+        let param = self.name(name);
+        Err(ApiError::param(param.clone(), format!("'{param}' is not supported: {why}.")))
+    }
 }

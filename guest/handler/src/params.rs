@@ -168,6 +168,8 @@ pub fn parse_sampling(
     let presence_penalty = f.number_in("presence_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
     let frequency_penalty = f.number_in("frequency_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
     check_logit_bias(f)?;
+    f.refuse_nonempty("logprobs", "the engine reports no token probabilities")?;
+    f.refuse_nonempty("top_logprobs", "the engine reports no token probabilities")?;
     f.string("user")?;
 
     // Extensions shared with llama.cpp and Ollama.
@@ -241,7 +243,8 @@ fn check_stop_lengths(f: &Fields<'_>, stop: &[String]) -> Result<(), ApiError> {
     }
 }
 
-/// `logit_bias` is checked and ignored: the engine has no per-token bias.
+/// `logit_bias` is checked, then refused unless empty: the engine has no
+/// per-token bias.
 pub fn check_logit_bias(f: &Fields<'_>) -> Result<(), ApiError> {
     let map = match f.get("logit_bias") {
         None => return Ok(()),
@@ -265,7 +268,7 @@ pub fn check_logit_bias(f: &Fields<'_>) -> Result<(), ApiError> {
             }
         }
     }
-    Ok(())
+    f.refuse_nonempty("logit_bias", "the engine applies no per-token bias")
 }
 
 /// `response_format` may only ask for plain text.
@@ -345,6 +348,7 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
 
     let sampling = parse_sampling(&f, max_tokens, &OPENAI_CHAT_DEFAULTS, default_priority)?;
     check_response_format(&f)?;
+    check_unhonoured_chat_fields(&f)?;
 
     Ok(ChatRequest {
         model,
@@ -353,6 +357,33 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
         stream: sampling.stream,
         include_usage: sampling.include_usage,
     })
+}
+
+/// Chat fields asking for what the engine cannot do are refused, never
+/// ignored: tools and functions (unless the request says not to call them),
+/// audio, and predicted outputs.
+fn check_unhonoured_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
+    for (list, choice, what) in [("tools", "tool_choice", "tools"), ("functions", "function_call", "functions")] {
+        let why = format!("the model cannot call {what}");
+        match f.get(choice) {
+            Some(Value::String(s)) if s == "none" => continue,
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "auto" => {}
+            Some(_) => {
+                return Err(ApiError::param(choice, format!("'{choice}' may only be 'auto' or 'none': {why}.")));
+            }
+        }
+        f.refuse_nonempty(list, &why)?;
+    }
+    f.refuse_nonempty("audio", "the model reads and writes text only")?;
+    f.refuse_nonempty("prediction", "the engine does not use predicted outputs")?;
+    match f.get("modalities") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(list)) if list.iter().all(|m| m == "text") => Ok(()),
+        Some(_) => {
+            Err(ApiError::param("modalities", "'modalities' may only be [\"text\"]: the model writes text only."))
+        }
+    }
 }
 
 /// The required, non-empty `messages` list.

@@ -59,8 +59,9 @@ fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Resu
         "/" => ("GET, HEAD", Handler::Root),
         "/health" => ("GET", Handler::Health),
         "/metrics" | "/metrics/prometheus" => ("GET", Handler::Metrics),
-        "/v1/models" => ("GET", Handler::Models),
-        "/v1/chat/completions" => ("POST", Handler::Chat),
+        // llama-server serves OpenAI's routes with and without `/v1`.
+        "/v1/models" | "/models" => ("GET", Handler::Models),
+        "/v1/chat/completions" | "/chat/completions" => ("POST", Handler::Chat),
         "/generate" => ("POST", Handler::Generate),
         "/batch" => ("POST", Handler::Batch),
         // The seed's spelling: `?requestId=` instead of a path segment.
@@ -83,14 +84,18 @@ fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Resu
         "/api/version" => ("GET", Handler::Ollama(Ollama::Version)),
         "/api/embed" => ("POST", Handler::Ollama(Ollama::Embed)),
         "/api/embeddings" => ("POST", Handler::Ollama(Ollama::Embeddings)),
-        "/v1/completions" => ("POST", Handler::Completions),
-        "/v1/embeddings" => ("POST", Handler::Embeddings),
+        "/v1/completions" | "/completions" => ("POST", Handler::Completions),
+        "/v1/embeddings" | "/embeddings" => ("POST", Handler::Embeddings),
         "/completion" => ("POST", Handler::LlamaCompletion),
         "/tokenize" => ("POST", Handler::LlamaTokenize),
         "/detokenize" => ("POST", Handler::LlamaDetokenize),
         "/props" => ("GET", Handler::LlamaProps),
+        "/slots" => ("GET", Handler::LlamaSlots),
         _ if path.starts_with("/static/") => ("GET, HEAD", Handler::Static(&path["/static/".len()..])),
-        _ => match (path.strip_prefix("/v1/models/"), path.strip_prefix("/api/chat-queue/")) {
+        _ => match (
+            path.strip_prefix("/v1/models/").or(path.strip_prefix("/models/")),
+            path.strip_prefix("/api/chat-queue/"),
+        ) {
             (Some(id), _) if !id.is_empty() => ("GET", Handler::Model(id)),
             (_, Some(id)) if !id.is_empty() && !id.contains('/') => match req.method.as_str() {
                 "DELETE" => ("GET, DELETE", Handler::QueueCancel(id)),
@@ -136,6 +141,7 @@ fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Resu
         Handler::LlamaTokenize => Ok(llamacpp::tokenize(req, engine)),
         Handler::LlamaDetokenize => Ok(llamacpp::detokenize(req, engine)),
         Handler::LlamaProps => Ok(llamacpp::props(engine)),
+        Handler::LlamaSlots => Ok(llamacpp::slots()),
     }
 }
 
@@ -166,4 +172,5 @@ enum Handler<'a> {
     LlamaTokenize,
     LlamaDetokenize,
     LlamaProps,
+    LlamaSlots,
 }

@@ -47,6 +47,15 @@ pub fn props(engine: &dyn EngineClient) -> Response {
     answer(serve_props(engine))
 }
 
+/// `GET /slots`: 501. llama-server lists its fixed slots; tern's engine has
+/// none (any sequence runs in any of `--max-running` places, its KV in
+/// blocks shared by all), so the same facts are in `/health` and `/metrics`.
+pub fn slots() -> Response {
+    let why = "tern has no fixed slots: sequences share one pool of KV blocks. \
+        See GET /health (running, waiting, kv_blocks_used) and GET /metrics.";
+    llama_error_response(&ApiError::NotImplemented(why.into()))
+}
+
 fn answer(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|err| llama_error_response(&err))
 }
@@ -54,6 +63,9 @@ fn answer(result: Result<Response, ApiError>) -> Response {
 fn serve_completion(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
+    f.refuse_nonempty("n_probs", "the engine reports no token probabilities")?;
+    f.refuse_nonempty("grammar", "the engine cannot constrain output to a grammar")?;
+    f.refuse_nonempty("json_schema", "the engine cannot constrain output to a schema")?;
     let prompt = parse_prompt(&f)?;
     let model = model_or_first(&f, engine)?;
     let max_tokens = match f.integer("n_predict")? {

@@ -95,26 +95,6 @@ pub fn error_response(err: &ApiError) -> Response {
 
 // Requests
 
-/// Refuses field `name` when it holds anything but an empty or false value:
-/// Ollama clients send some fields empty by default.
-fn refuse_nonempty(f: &Fields<'_>, name: &str, why: &str) -> Result<(), ApiError> {
-    let empty = match f.get(name) {
-        None => true,
-        Some(Value::String(s)) => s.is_empty(),
-        Some(Value::Array(a)) => a.is_empty(),
-        Some(Value::Object(o)) => o.is_empty(),
-        Some(Value::Bool(b)) => !b,
-        Some(Value::Number(_)) => false,
-        Some(Value::Null) => true,
-    };
-    if empty {
-        Ok(())
-    } else {
-        let param = f.name(name);
-        Err(ApiError::param(param.clone(), format!("'{param}' is not supported: {why}.")))
-    }
-}
-
 /// `keep_alive` is accepted and ignored (tern keeps its models loaded), but
 /// must be a duration string or a number of seconds.
 fn check_keep_alive(f: &Fields<'_>) -> Result<(), ApiError> {
@@ -159,8 +139,8 @@ impl Call {
     fn parse(f: &Fields<'_>, engine: &dyn EngineClient) -> Result<Call, ApiError> {
         let name = f.required_string("model")?;
         let stream = f.boolean("stream")?.unwrap_or(true);
-        refuse_nonempty(f, "format", "tern cannot constrain output to JSON or a schema")?;
-        refuse_nonempty(f, "think", "the model does not think aloud")?;
+        f.refuse_nonempty("format", "tern cannot constrain output to JSON or a schema")?;
+        f.refuse_nonempty("think", "the model does not think aloud")?;
         check_keep_alive(f)?;
         let empty = Map::new();
         let options = options(f, &empty)?;
@@ -203,10 +183,10 @@ fn generate(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
     let prompt = f.string("prompt")?.unwrap_or_default();
     let system = f.string("system")?.unwrap_or_default();
     let raw = f.boolean("raw")?.unwrap_or(false);
-    refuse_nonempty(&f, "suffix", "the model has no fill-in-the-middle")?;
-    refuse_nonempty(&f, "template", "prompts use the model's own chat template")?;
-    refuse_nonempty(&f, "images", "the model reads text only")?;
-    refuse_nonempty(&f, "context", "send the conversation to /api/chat instead")?;
+    f.refuse_nonempty("suffix", "the model has no fill-in-the-middle")?;
+    f.refuse_nonempty("template", "prompts use the model's own chat template")?;
+    f.refuse_nonempty("images", "the model reads text only")?;
+    f.refuse_nonempty("context", "send the conversation to /api/chat instead")?;
     let call = Call::parse(&f, engine)?;
     if prompt.is_empty() {
         return Ok(call.loaded(Reply::Generate));
@@ -235,7 +215,7 @@ fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> 
         }
         Some(other) => return Err(f.wrong_type("messages", "an array", other)),
     };
-    refuse_nonempty(&f, "tools", "the model cannot call tools")?;
+    f.refuse_nonempty("tools", "the model cannot call tools")?;
     let call = Call::parse(&f, engine)?;
     if messages.is_empty() {
         return Ok(call.loaded(Reply::Chat));
@@ -258,8 +238,8 @@ fn message(f: &Fields<'_>, i: usize, value: &Value) -> Result<Message, ApiError>
             format!("Unsupported role '{role}' in '{param}': expected 'system', 'user' or 'assistant'."),
         ));
     }
-    refuse_nonempty(&m, "images", "the model reads text only")?;
-    refuse_nonempty(&m, "tool_calls", "the model cannot call tools")?;
+    m.refuse_nonempty("images", "the model reads text only")?;
+    m.refuse_nonempty("tool_calls", "the model cannot call tools")?;
     let content = m.string("content")?.unwrap_or_default();
     Ok(Message { role: role.to_string(), content: content.to_string() })
 }

@@ -185,23 +185,16 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
     Ok(Response::json(200, &body))
 }
 
-/// `best_of` must be 1; `suffix` and `logprobs` are refused unless empty.
+/// `best_of` must be 1; `suffix` is refused unless empty (`logprobs` is,
+/// with every completion API, by [`parse_sampling`]).
 fn check_unsupported(f: &Fields<'_>) -> Result<(), ApiError> {
     if let Some(best_of) = f.integer("best_of")? {
         if best_of != 1 {
             return Err(ApiError::param("best_of", format!("Only best_of=1 is supported, but got {best_of}.")));
         }
     }
-    if f.string("suffix")?.is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::param("suffix", "'suffix' is not supported: the engine only continues a prompt."));
-    }
-    match f.get("logprobs") {
-        None | Some(Value::Bool(false)) => Ok(()),
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(()),
-        Some(_) => {
-            Err(ApiError::param("logprobs", "'logprobs' is not supported: the engine reports no token probabilities."))
-        }
-    }
+    f.string("suffix")?;
+    f.refuse_nonempty("suffix", "the engine only continues a prompt")
 }
 
 // Streamed chunks

@@ -52,7 +52,7 @@ fn completion_passes_sampling_fields_and_extensions_to_the_engine() {
         "max_tokens": 5, "temperature": 0.2, "top_p": 0.5, "seed": 9, "stop": ["\n", "."],
         "presence_penalty": 0.5, "frequency_penalty": -0.5, "top_k": 7, "min_p": 0.1,
         "repeat_penalty": 1.2, "repeat_last_n": 32, "timeout_ms": 500, "priority": "batch",
-        "logit_bias": {"50256": -100}, "user": "u1", "n": 1, "best_of": 1, "suffix": "", "logprobs": 0,
+        "logit_bias": {}, "user": "u1", "n": 1, "best_of": 1, "suffix": "", "logprobs": 0,
     }));
     assert_eq!(route(&request, &script).status, 200);
     let params = script.started().params;

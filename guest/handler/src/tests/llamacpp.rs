@@ -190,3 +190,16 @@ fn props_is_503_while_loading_and_post_only_routes_refuse_get() {
     }
     assert_eq!(route(&Request::new("POST", "/props"), &script).status, 405);
 }
+
+#[test]
+fn token_probabilities_and_grammars_are_refused_never_ignored() {
+    for (field, value) in
+        [("n_probs", json!(3)), ("grammar", json!("root ::= \"a\"")), ("json_schema", json!({"type": "object"}))]
+    {
+        let script = Script::saying(&["x"], FinishReason::Stop);
+        let body = json!({"prompt": "Hi", field: value});
+        let response = route(&post("/completion", &body), &script);
+        assert_eq!(response.status, 400, "{field}");
+        assert!(script.started.borrow().is_none(), "{field} never reaches the engine");
+    }
+}

@@ -122,14 +122,46 @@ fn too_many_stop_sequences_is_400() {
 }
 
 #[test]
-fn logit_bias_is_validated() {
+fn logit_bias_is_validated_then_refused_unless_empty() {
     let error = param_error(chat(hello(json!({"logit_bias": {"abc": 1}}))));
     assert_eq!(error["param"], "logit_bias");
     let error = param_error(chat(hello(json!({"logit_bias": {"42": 101}}))));
     assert_eq!(error["param"], "logit_bias");
+    let error = param_error(chat(hello(json!({"logit_bias": {"42": -100}}))));
+    assert!(error["message"].as_str().unwrap().contains("not supported"), "{error}");
     let script = Script::saying(&["ok"], FinishReason::Stop);
-    let request = chat(hello(json!({"logit_bias": {"42": -100}, "user": "u1"})));
+    let request = chat(hello(json!({"logit_bias": {}, "user": "u1"})));
     assert_eq!(route(&request, &script).status, 200);
+}
+
+#[test]
+fn fields_the_engine_cannot_honour_are_400_naming_them_never_ignored() {
+    let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let cases = [
+        (json!({"tools": tool}), "tools"),
+        (json!({"tools": tool, "tool_choice": "required"}), "tool_choice"),
+        (json!({"tools": tool, "tool_choice": {"type": "function", "function": {"name": "f"}}}), "tool_choice"),
+        (json!({"tools": tool, "tool_choice": "auto"}), "tools"),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"top_logprobs": 3}), "top_logprobs"),
+        (json!({"audio": {"voice": "alloy"}}), "audio"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (json!({"prediction": {"type": "content", "content": "x"}}), "prediction"),
+    ];
+    for (extra, param) in cases {
+        let error = param_error(chat(hello(extra.clone())));
+        assert_eq!(error["param"], param, "{extra}");
+    }
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    let harmless = [
+        json!({"tools": tool, "tool_choice": "none"}),
+        json!({"tools": [], "tool_choice": "auto"}),
+        json!({"logprobs": false, "top_logprobs": 0, "modalities": ["text"], "functions": null}),
+    ];
+    for extra in harmless {
+        assert_eq!(route(&chat(hello(extra.clone())), &script).status, 200, "{extra}");
+    }
 }
 
 #[test]

@@ -34,6 +34,28 @@ fn head_is_answered_on_every_get_route_without_a_body() {
 }
 
 #[test]
+fn openai_routes_answer_without_v1_as_llama_server_does() {
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    assert_eq!(json_of(route(&Request::new("GET", "/models"), &script))["data"][0]["id"], MODEL);
+    assert_eq!(route(&Request::new("GET", &format!("/models/{MODEL}")), &script).status, 200);
+    let answer = json_of(route(&post("/chat/completions", &hello(json!({}))), &script));
+    assert_eq!(answer["object"], "chat.completion");
+    let script = Script::saying(&["ok"], FinishReason::Stop);
+    let answer = json_of(route(&post("/completions", &json!({"model": MODEL, "prompt": "Hi"})), &script));
+    assert_eq!(answer["object"], "text_completion");
+}
+
+#[test]
+fn slots_is_501_saying_where_the_same_facts_are() {
+    let script = Script::new(Vec::new());
+    let response = route(&Request::new("GET", "/slots"), &script);
+    assert_eq!(response.status, 501);
+    let body = json_of(response);
+    assert_eq!(body["error"]["code"], 501);
+    assert!(body["error"]["message"].as_str().unwrap().contains("/health"), "{body}");
+}
+
+#[test]
 fn methods_are_case_sensitive() {
     let script = Script::new(Vec::new());
     let response = route(&Request::new("get", "/health"), &script);
@@ -151,6 +173,7 @@ fn every_error_has_the_four_openai_keys() {
         ApiError::engine(Error::Unavailable("x".into()), "prompt"),
         ApiError::engine(Error::Internal("x".into()), "prompt"),
         ApiError::Forbidden("x".into()),
+        ApiError::NotImplemented("x".into()),
     ];
     for err in &errors {
         let response = error_response(err);
