@@ -59,6 +59,12 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// How long a finished job's result is kept.
     pub job_ttl: Duration,
+    /// More names of the first model (llama-server's `--alias`): listed
+    /// among the models and accepted in requests.
+    pub aliases: Vec<String>,
+    /// With one model served, any unknown name means it (as llama-server
+    /// does); otherwise an unknown name is refused.
+    pub accept_any_model: bool,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +80,8 @@ impl Default for EngineConfig {
             step_tokens: 64,
             prefill_chunk: 16,
             job_ttl: Duration::from_secs(600),
+            aliases: Vec::new(),
+            accept_any_model: false,
         }
     }
 }
@@ -179,7 +187,11 @@ impl Engine {
 
     /// The models served.
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.loaded().iter().map(|m| m.info.clone()).collect()
+        let loaded = self.loaded();
+        let aliases = loaded.first().into_iter().flat_map(|first| {
+            self.inner.config.aliases.iter().map(|alias| ModelInfo { id: alias.clone(), ..first.info.clone() })
+        });
+        loaded.iter().map(|m| m.info.clone()).chain(aliases).collect()
     }
 
     /// A loaded model by id.
@@ -187,7 +199,16 @@ impl Engine {
         if !self.inner.ready.load(Ordering::Acquire) {
             return Err(EngineError::Overloaded("the model is still loading".into()));
         }
-        self.loaded().iter().find(|m| m.info.id == id).cloned().ok_or_else(|| EngineError::UnknownModel(id.to_string()))
+        let loaded = self.loaded();
+        if let Some(m) = loaded.iter().find(|m| m.info.id == id) {
+            return Ok(m.clone());
+        }
+        let config = &self.inner.config;
+        let first_by_name = config.aliases.iter().any(|a| a == id) || (config.accept_any_model && loaded.len() == 1);
+        match loaded.first() {
+            Some(first) if first_by_name => Ok(first.clone()),
+            _ => Err(EngineError::UnknownModel(id.to_string())),
+        }
     }
 
     fn loaded(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<LoadedModel>>> {
@@ -390,7 +411,20 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
         return Err("no model file given".into());
     }
     let options = LoadOptions { q8_0_head: config.q8_0_head, kv_memory: config.kv_memory };
-    config.models.iter().map(|p| LoadedModel::load(p, config.tokenizer.as_deref(), &options).map(Arc::new)).collect()
+    let models: Vec<Arc<LoadedModel>> = config
+        .models
+        .iter()
+        .map(|p| LoadedModel::load(p, config.tokenizer.as_deref(), &options).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    for alias in &config.aliases {
+        if alias.trim().is_empty() || alias.chars().any(char::is_control) {
+            return Err(format!("the model alias {alias:?} is empty or has control characters"));
+        }
+        if models.iter().any(|m| &m.info.id == alias) {
+            return Err(format!("the model alias {alias:?} is already a model's name"));
+        }
+    }
+    Ok(models)
 }
 
 /// `ids` after the model's BOS token, when the model asks for one.

@@ -227,3 +227,24 @@ fn embeddings_are_unit_length_deterministic_and_tell_inputs_apart() {
     let long = "the ".repeat(200);
     assert!(matches!(e.embed(MODEL, &[long]), Err(EngineError::InvalidRequest(_))));
 }
+
+#[test]
+fn aliases_name_the_first_model_and_unknown_names_are_refused_unless_any_is_accepted() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tern-tiny.gguf");
+    let with = |aliases: Vec<String>, accept_any_model| {
+        Engine::load(EngineConfig { models: vec![path.clone()], aliases, accept_any_model, ..Default::default() })
+    };
+    let e = with(vec!["gpt-4o-mini".into(), "llama".into()], false).unwrap();
+    let ids: Vec<String> = e.models().into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, ["tern-tiny", "gpt-4o-mini", "llama"]);
+    let answer = |e: &Engine, model: &str| e.generate(GenerateRequest { model: model.into(), ..request("Hi", 4) });
+    let (by_alias, _) = answer(&e, "llama").unwrap().collect().unwrap();
+    let (by_id, _) = answer(&e, "tern-tiny").unwrap().collect().unwrap();
+    assert_eq!(by_alias, by_id, "the same model, greedy");
+    assert!(matches!(answer(&e, "mistral"), Err(EngineError::UnknownModel(_))));
+    let any = with(vec![], true).unwrap();
+    assert!(answer(&any, "mistral").is_ok());
+    for bad in ["tern-tiny", " ", "a\nb"] {
+        assert!(with(vec![bad.into()], false).is_err(), "{bad:?}");
+    }
+}

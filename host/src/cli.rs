@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// several, `*` for any. Default: same-origin only.
     #[arg(long = "cors-origin", env = "TERN_CORS_ORIGIN", value_delimiter = ',', help_heading = "cors")]
     pub cors_origins: Vec<String>,
+    /// Another name for the model (llama-server's `--alias`), listed with it
+    /// and accepted in requests; repeat (or comma-separate) for several.
+    #[arg(long = "alias", env = "TERN_ALIAS", value_delimiter = ',', help_heading = "model")]
+    pub aliases: Vec<String>,
+    /// Answer requests naming an unknown model with the one served, as
+    /// llama-server does; without it they get 404 `model_not_found`.
+    #[arg(long, env = "TERN_ACCEPT_ANY_MODEL", help_heading = "model")]
+    pub accept_any_model: bool,
     /// Seconds a client has to send a request's headers.
     #[arg(long, env = "TERN_HEADER_TIMEOUT", default_value_t = 10, help_heading = "limits")]
     pub header_timeout: u64,

@@ -48,6 +48,8 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     config.step_tokens = args.step_tokens;
     config.prefill_chunk = args.prefill_chunk;
     config.job_ttl = Duration::from_secs(args.job_ttl);
+    config.aliases = args.aliases.clone();
+    config.accept_any_model = args.accept_any_model;
     let model = config.models[0].clone();
     anyhow::ensure!(model.exists(), "model file {} not found (give one with --model)", model.display());
     let engine = Engine::start(config);

@@ -94,3 +94,28 @@ def test_a_client_configured_without_v1_works_as_with_llama_server(server, model
     answer = bare.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert answer.choices[0].finish_reason in ("stop", "length")
     assert bare.embeddings.create(model=model_id, input="Hi").data[0].embedding
+
+
+def test_aliases_and_any_model_name_as_scripts_for_llama_server_expect(tmp_path):
+    from conftest import BUNDLED, FIXTURE, Server
+
+    model = [] if BUNDLED.exists() else ["--model", str(FIXTURE)]
+    hi = [{"role": "user", "content": "Hi"}]
+    s = Server([*model, "--alias", "gpt-4o-mini,llama"], tmp_path / "alias.log")
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="unused", max_retries=0)
+        ids = [m.id for m in c.models.list().data]
+        assert ids[1:] == ["gpt-4o-mini", "llama"], ids
+        answer = c.chat.completions.create(model="gpt-4o-mini", messages=hi, max_tokens=4, temperature=0)
+        assert answer.model == "gpt-4o-mini"
+        with pytest.raises(openai.NotFoundError):
+            c.chat.completions.create(model="mistral", messages=hi, max_tokens=4)
+    finally:
+        s.stop()
+    s = Server([*model, "--accept-any-model"], tmp_path / "any.log")
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="unused", max_retries=0)
+        answer = c.chat.completions.create(model="mistral", messages=hi, max_tokens=4)
+        assert answer.choices[0].finish_reason in ("stop", "length")
+    finally:
+        s.stop()
