@@ -22,11 +22,13 @@ pub fn error_response(status: u16, kind: &str, code: &str, message: &str) -> Res
     text_response(status, "application/json", body.to_string())
 }
 
-/// 401 in the OpenAI error schema, as OpenAI answers a missing or wrong key.
+/// 401 in the OpenAI error schema with OpenAI's code (`invalid_api_key`)
+/// and llama-server's type (`authentication_error`), for a missing or
+/// wrong key.
 pub fn unauthorized() -> Response {
     let mut resp = error_response(
         401,
-        "invalid_request_error",
+        "authentication_error",
         "invalid_api_key",
         "Incorrect or missing API key. Send it as `Authorization: Bearer KEY`.",
     );

@@ -256,7 +256,7 @@ def test_every_api_route_needs_a_key(keyed_server):
     ]:
         status, headers, got = keyed_server.json(method, path, body)
         assert status == 401, (path, got)
-        assert got["error"]["code"] == "invalid_api_key" and got["error"]["type"] == "invalid_request_error"
+        assert got["error"]["code"] == "invalid_api_key" and got["error"]["type"] == "authentication_error"
         assert {k.lower(): v for k, v in headers.items()}["www-authenticate"] == "Bearer"
         status, _, _ = keyed_server.request(method, path, body, headers={"Authorization": "Bearer sk-wrong"})
         assert status == 401
