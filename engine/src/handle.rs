@@ -51,16 +51,31 @@ pub struct Embedding {
     pub tokens: u32,
 }
 
+/// A generated token's log-probability and the likeliest tokens at its
+/// position, when the generation asked for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a token may hold part of a character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The likeliest tokens, most likely first: bytes and log-probability.
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
 /// What [`Generation::next`] returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Pending,
+    /// Log-probabilities of the tokens generated since the last such event,
+    /// in order; they come before the text those tokens make.
+    Logprobs(Vec<TokenLogprob>),
     Text(String),
     Finished(Finished),
 }
 
 #[derive(Default)]
 pub(crate) struct SlotState {
+    pub logprobs: Vec<TokenLogprob>,
     pub text: String,
     pub finished: Option<Finished>,
     pub error: Option<EngineError>,
@@ -77,7 +92,7 @@ impl SlotState {
     }
 
     fn has_news(&self) -> bool {
-        !self.text.is_empty() || self.finished.is_some() || self.error.is_some()
+        !self.logprobs.is_empty() || !self.text.is_empty() || self.finished.is_some() || self.error.is_some()
     }
 }
 
@@ -118,6 +133,9 @@ impl Generation {
     /// Takes the text generated since the last call, or the end.
     pub fn next(&self) -> Result<Event, EngineError> {
         let mut s = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !s.logprobs.is_empty() {
+            return Ok(Event::Logprobs(std::mem::take(&mut s.logprobs)));
+        }
         if !s.text.is_empty() {
             return Ok(Event::Text(std::mem::take(&mut s.text)));
         }
@@ -154,6 +172,7 @@ impl Generation {
         loop {
             match self.next()? {
                 Event::Pending => self.wait(),
+                Event::Logprobs(_) => {}
                 Event::Text(t) => text.push_str(&t),
                 Event::Finished(f) => return Ok((text, f)),
             }

@@ -52,11 +52,11 @@ pub mod tokenizer;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
-pub use handle::{Embedding, Event, FinishReason, Finished, Generation, Usage};
+pub use handle::{Embedding, Event, FinishReason, Finished, Generation, TokenLogprob, Usage};
 pub use jobs::{JobInfo, JobState};
 pub use loaded::{LoadedModel, ModelInfo};
 pub use request::{check_stops, GenerateRequest, Message, Priority, Prompt, MAX_STOPS, MAX_STOP_BYTES};
-pub use sampler::SamplingParams;
+pub use sampler::{SamplingParams, MAX_TOP_LOGPROBS};
 pub use stats::EngineStatus;
 
 /// Sets how many threads the kernels split each product over (the calling

@@ -22,7 +22,13 @@ pub struct SamplingParams {
     /// Never pick an end-of-generation token: the generation runs until
     /// `max_tokens`, the context's end or a stop string.
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many of the
+    /// likeliest tokens at its position (at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<u8>,
 }
+
+/// Most alternatives `logprobs` may ask for.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -37,6 +43,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             seed: 0,
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -56,6 +63,9 @@ impl SamplingParams {
         }
         if !finite(self.repeat_penalty) || self.repeat_penalty <= 0.0 {
             return Err(format!("repeat_penalty must be > 0, got {}", self.repeat_penalty));
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(format!("at most {MAX_TOP_LOGPROBS} top log-probabilities per token are reported"));
         }
         for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
             if !finite(v) || !(-2.0..=2.0).contains(&v) {
@@ -192,6 +202,25 @@ impl Sampler {
     }
 }
 
+/// The log-probability of `token` under the model's distribution (the
+/// softmax of the raw `logits`, before any sampling setting), and the `top`
+/// likeliest tokens with theirs, most likely first.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = max + sum.ln() as f32;
+    let chosen = logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| l - log_z);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if best.len() < top || best.last().is_some_and(|&(_, b)| l > b) {
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
+    }
+    (chosen, best.into_iter().map(|(i, l)| (i, l - log_z)).collect())
+}
+
 /// Index of the largest logit; the lowest index wins ties.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -219,7 +248,19 @@ mod tests {
             frequency_penalty: 0.0,
             seed: 7,
             ignore_eos: false,
+            logprobs: None,
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_likeliest_first() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let (chosen, top) = logprobs(&logits, 2, 3);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((chosen - (2.0f32.exp() / z).ln()).abs() < 1e-5);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 3, 2], "ties keep the lower id first");
+        assert!((top[0].1 - (3.0f32.exp() / z).ln()).abs() < 1e-5);
+        assert!(logprobs(&logits, 0, 0).1.is_empty());
     }
 
     #[test]

@@ -248,3 +248,40 @@ fn aliases_name_the_first_model_and_unknown_names_are_refused_unless_any_is_acce
         assert!(with(vec![bad.into()], false).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn logprobs_come_before_their_text_one_per_token_and_greedy_picks_the_likeliest() {
+    let e = engine();
+    let sampling = SamplingParams { logprobs: Some(3), ..greedy() };
+    let g = e.generate(GenerateRequest { sampling, ..request("The king", 12) }).unwrap();
+    let (mut text, mut logprobs, mut text_before_logprobs) = (Vec::new(), Vec::new(), 0);
+    let finished = loop {
+        match g.next().unwrap() {
+            Event::Pending => g.wait(),
+            Event::Logprobs(l) => logprobs.extend(l),
+            Event::Text(t) => {
+                text.extend_from_slice(t.as_bytes());
+                text_before_logprobs =
+                    text_before_logprobs.max(text.len().saturating_sub(
+                        logprobs.iter().map(|l: &tern_engine::TokenLogprob| l.bytes.len()).sum::<usize>(),
+                    ));
+            }
+            Event::Finished(f) => break f,
+        }
+    };
+    assert_eq!(logprobs.len() as u32, finished.usage.completion_tokens);
+    assert_eq!(text_before_logprobs, 0, "no text arrives before the log-probabilities of its tokens");
+    let bytes: Vec<u8> = logprobs.iter().flat_map(|l| l.bytes.clone()).collect();
+    assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(&text));
+    for l in &logprobs {
+        assert_eq!(l.top.len(), 3);
+        assert!(l.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        assert_eq!((&l.top[0].0, l.top[0].1), (&l.bytes, l.logprob), "greedy takes the likeliest");
+        assert!(l.logprob <= 0.0);
+    }
+    let too_many = SamplingParams { logprobs: Some(21), ..greedy() };
+    assert!(matches!(
+        e.generate(GenerateRequest { sampling: too_many, ..request("Hi", 2) }),
+        Err(EngineError::InvalidRequest(_))
+    ));
+}

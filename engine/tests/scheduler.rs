@@ -96,6 +96,7 @@ fn sixty_four_clients_leaving_at_random_points_free_every_kv_block_within_a_seco
                     match g.next().unwrap() {
                         Event::Pending => g.wait(),
                         Event::Text(_) => seen += 1,
+                        Event::Logprobs(_) => {}
                         Event::Finished(_) => break,
                     }
                 }

@@ -44,6 +44,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     loop {
         match generation.next()? {
             Event::Pending => generation.wait(),
+            Event::Logprobs(_) => {}
             Event::Text(t) => {
                 write!(out, "{t}")?;
                 out.flush()?;

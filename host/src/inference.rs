@@ -95,6 +95,7 @@ fn to_engine_request(model: String, prompt: wit::Prompt, params: wit::SamplingPa
             frequency_penalty: params.frequency_penalty,
             seed: 0,
             ignore_eos: params.ignore_eos,
+            logprobs: params.logprobs,
         },
         seed: params.seed,
         stop: params.stop,
@@ -228,6 +229,15 @@ impl HostGeneration for HostState {
         Ok(match g.generation.next() {
             Ok(engine::Event::Pending) => Ok(wit::Event::Pending),
             Ok(engine::Event::Text(t)) => Ok(wit::Event::Text(t)),
+            Ok(engine::Event::Logprobs(l)) => Ok(wit::Event::Logprobs(
+                l.into_iter()
+                    .map(|t| wit::TokenLogprob {
+                        bytes: t.bytes,
+                        logprob: t.logprob,
+                        top: t.top.into_iter().map(|(bytes, logprob)| wit::TopLogprob { bytes, logprob }).collect(),
+                    })
+                    .collect(),
+            )),
             Ok(engine::Event::Finished(f)) => {
                 self.tokens = self.tokens.saturating_add(f.usage.completion_tokens);
                 Ok(wit::Event::Finished(to_wit_finished(f)))

@@ -76,7 +76,7 @@ def test_what_the_engine_cannot_honour_is_a_400_naming_the_field(client, model_i
     cases = [
         ({"tools": [weather], "tool_choice": {"type": "function", "function": {"name": "weather"}}}, "tool_choice"),
         ({"tools": [weather]}, "tools"),
-        ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"42": -100}}, "logit_bias"),
     ]
     for extra, param in cases:
@@ -119,3 +119,24 @@ def test_aliases_and_any_model_name_as_scripts_for_llama_server_expect(tmp_path)
         assert answer.choices[0].finish_reason in ("stop", "length")
     finally:
         s.stop()
+
+
+def test_logprobs_whole_and_streamed_with_the_official_client(client, model_id):
+    hi = [{"role": "user", "content": "Speak of the king."}]
+    answer = client.chat.completions.create(model=model_id, messages=hi, max_tokens=8, temperature=0,
+                                            logprobs=True, top_logprobs=3)
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        assert (t.token, t.logprob) == (t.top_logprobs[0].token, t.top_logprobs[0].logprob), "greedy: the likeliest"
+    assert "".join(t.token for t in content) == answer.choices[0].message.content
+    streamed = client.chat.completions.create(model=model_id, messages=hi, max_tokens=8, temperature=0,
+                                              logprobs=True, stream=True)
+    tokens = [t.token for chunk in streamed for c in chunk.choices if c.logprobs and c.logprobs.content
+              for t in c.logprobs.content]
+    assert tokens == [t.token for t in content]
+    text = client.completions.create(model=model_id, prompt="The king", max_tokens=6, temperature=0, logprobs=2)
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert "".join(lp.tokens) == text.choices[0].text

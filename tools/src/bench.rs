@@ -310,7 +310,7 @@ fn probe(engine: &Engine, req: GenerateRequest) -> anyhow::Result<f64> {
     loop {
         match g.next()? {
             Event::Pending => g.wait(),
-            Event::Text(_) => {}
+            Event::Text(_) | Event::Logprobs(_) => {}
             Event::Finished(_) => return Ok(asked.elapsed().as_secs_f64()),
         }
     }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::EngineError;
-use crate::handle::{Embedding, EmbeddingSlot, FinishReason, Finished, GenerationSlot, Usage};
+use crate::handle::{Embedding, EmbeddingSlot, FinishReason, Finished, GenerationSlot, TokenLogprob, Usage};
 use crate::kv::SeqKv;
 use crate::loaded::LoadedModel;
 use crate::model::Output;
 use crate::request::Priority;
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{self, Sampler, SamplingParams};
 use crate::scheduler::plan::Demand;
 use crate::stats::Stats;
 use crate::text::TextOutput;
@@ -54,6 +54,8 @@ pub(crate) enum Task {
 
 /// A generation's own state.
 pub(crate) struct GenerateTask {
+    /// Top alternatives to report with each token's log-probability, if asked.
+    logprobs: Option<u8>,
     slot: Arc<GenerationSlot>,
     sampler: Sampler,
     output: TextOutput,
@@ -98,7 +100,9 @@ impl Seq {
         slot: Arc<GenerationSlot>,
     ) -> Self {
         let banned = if sampling.ignore_eos { spec.model.tokenizer.end_ids() } else { Vec::new() };
+        let logprobs = sampling.logprobs;
         let task = Task::Generate(GenerateTask {
+            logprobs,
             slot,
             sampler: Sampler::banning(sampling, banned),
             output: TextOutput::new(stop),
@@ -223,7 +227,13 @@ impl Seq {
             Task::Generate(g) => {
                 let Some(logits) = rows else { return After::Running };
                 let token = g.sampler.sample(logits, &self.tokens);
-                if self.accept(token, stats) {
+                let logprob = g.logprobs.map(|top| {
+                    let tok = &self.model.tokenizer;
+                    let (logprob, top) = sampler::logprobs(logits, token, usize::from(top));
+                    let top = top.into_iter().map(|(id, lp)| (tok.token_bytes(id), lp)).collect();
+                    TokenLogprob { bytes: tok.token_bytes(token), logprob, top }
+                });
+                if self.accept(token, logprob, stats) {
                     After::Running
                 } else {
                     After::Ended
@@ -257,8 +267,9 @@ impl Seq {
         }
     }
 
-    /// Takes the sampled `token`; returns false once the generation is over.
-    fn accept(&mut self, token: u32, stats: &Stats) -> bool {
+    /// Takes the sampled `token` (with its log-probability when asked for);
+    /// returns false once the generation is over.
+    fn accept(&mut self, token: u32, logprob: Option<TokenLogprob>, stats: &Stats) -> bool {
         let Task::Generate(g) = &mut self.task else { return false };
         let now = Instant::now();
         match g.last_token {
@@ -275,6 +286,9 @@ impl Seq {
         self.tokens.push(token);
         g.generated += 1;
         Stats::add(&stats.generated_tokens, 1);
+        if let Some(logprob) = logprob {
+            g.slot.update(|s| s.logprobs.push(logprob));
+        }
         if !tok.is_control(token) {
             let (shown, stopped) = g.output.push(&tok.token_bytes(token));
             if !shown.is_empty() {

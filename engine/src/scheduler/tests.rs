@@ -209,6 +209,7 @@ fn result(g: &Generation) -> (String, FinishReason) {
     loop {
         match g.next().expect("no error") {
             Event::Text(t) => text.push_str(&t),
+            Event::Logprobs(_) => {}
             Event::Finished(f) => return (text, f.reason),
             Event::Pending => panic!("the generation has not finished"),
         }

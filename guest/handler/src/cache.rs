@@ -69,12 +69,13 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Whether a request may be answered from the cache: `use_cache` decides
-/// when given; otherwise only deterministic sampling (greedy, or a fixed
-/// seed) is, because a sampled answer replayed would hide the variety the
+/// Whether a request may be answered from the cache: never when it asks for
+/// log-probabilities; else `use_cache` decides when given; otherwise only
+/// deterministic sampling (greedy, or a fixed seed) is, because a sampled answer replayed would hide the variety the
 /// client asked for.
 pub fn cacheable(params: &SamplingParams, use_cache: Option<bool>) -> bool {
-    use_cache.unwrap_or(params.temperature == 0.0 || params.seed.is_some())
+    // A stored answer keeps no log-probabilities to replay.
+    params.logprobs.is_none() && use_cache.unwrap_or(params.temperature == 0.0 || params.seed.is_some())
 }
 
 /// The cache key of a request: `family:` and the hex SHA-256 of everything

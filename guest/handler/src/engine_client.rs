@@ -8,7 +8,7 @@
 
 pub use crate::bindings::tern::llm::inference::{
     ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo, JobState,
-    Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, Usage,
+    Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, TokenLogprob, Usage,
 };
 pub use crate::bindings::tern::llm::store_usage::BucketUsage;
 

@@ -168,8 +168,6 @@ pub fn parse_sampling(
     let presence_penalty = f.number_in("presence_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
     let frequency_penalty = f.number_in("frequency_penalty", -2.0, false, 2.0)?.unwrap_or(0.0);
     check_logit_bias(f)?;
-    f.refuse_nonempty("logprobs", "the engine reports no token probabilities")?;
-    f.refuse_nonempty("top_logprobs", "the engine reports no token probabilities")?;
     f.string("user")?;
 
     // Extensions shared with llama.cpp and Ollama.
@@ -194,6 +192,8 @@ pub fn parse_sampling(
             seed,
             stop,
             ignore_eos,
+            // Each API asks for log-probabilities in its own way.
+            logprobs: None,
             timeout_ms,
             priority,
         },
@@ -346,7 +346,8 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
     let max_completion_tokens = f.integer_at_least("max_completion_tokens", 1)?;
     let max_tokens = max_completion_tokens.or(max_tokens).unwrap_or(OPENAI_CHAT_DEFAULTS.max_tokens);
 
-    let sampling = parse_sampling(&f, max_tokens, &OPENAI_CHAT_DEFAULTS, default_priority)?;
+    let mut sampling = parse_sampling(&f, max_tokens, &OPENAI_CHAT_DEFAULTS, default_priority)?;
+    sampling.params.logprobs = chat_logprobs(&f)?;
     check_response_format(&f)?;
     check_unhonoured_chat_fields(&f)?;
 
@@ -357,6 +358,24 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
         stream: sampling.stream,
         include_usage: sampling.include_usage,
     })
+}
+
+/// Most alternatives a chat's `top_logprobs` may ask for, as OpenAI allows.
+const MAX_TOP_LOGPROBS: i64 = 20;
+
+/// A chat's `logprobs` (true: report them) and `top_logprobs` (0 to 20
+/// alternatives, only with `logprobs`), as the engine's setting.
+fn chat_logprobs(f: &Fields<'_>) -> Result<Option<u8>, ApiError> {
+    let wanted = f.boolean("logprobs")?.unwrap_or(false);
+    let top = match f.integer("top_logprobs")? {
+        None => 0,
+        Some(n @ 0..=MAX_TOP_LOGPROBS) => n as u8,
+        Some(n) => return Err(f.out_of_range("top_logprobs", "an integer from 0 to 20", &Value::from(n))),
+    };
+    if !wanted && top > 0 {
+        return Err(ApiError::param("top_logprobs", "'top_logprobs' needs 'logprobs': true."));
+    }
+    Ok(wanted.then_some(top))
 }
 
 /// Chat fields asking for what the engine cannot do are refused, never
@@ -551,6 +570,7 @@ pub fn plain_params(f: &Fields<'_>, priority: Priority) -> Result<SamplingParams
         seed: None,
         stop: Vec::new(),
         ignore_eos: false,
+        logprobs: None,
         timeout_ms: None,
         priority,
     })
@@ -595,6 +615,7 @@ pub fn ollama_sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingPara
         seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
         stop: ollama_stops(o)?,
         ignore_eos: false,
+        logprobs: None,
         timeout_ms: None,
         priority: Priority::Interactive,
     })
@@ -652,6 +673,7 @@ pub fn spin_sampling(o: &Fields<'_>) -> Result<SamplingParams, ApiError> {
         seed: None,
         stop: Vec::new(),
         ignore_eos: false,
+        logprobs: None,
         timeout_ms: None,
         priority: Priority::Interactive,
     })

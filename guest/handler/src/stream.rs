@@ -8,17 +8,31 @@
 
 use std::collections::VecDeque;
 
-use crate::engine_client::{Error, Event, Finished, GenerationStream};
+use crate::engine_client::{Error, Event, Finished, GenerationStream, TokenLogprob};
 use crate::error::ApiError;
 
 /// Reads a generation to its end: the whole text and how it finished. The
 /// generation is dropped (released in the engine) before this returns.
-pub fn collect(mut generation: Box<dyn GenerationStream>) -> Result<(String, Finished), Error> {
-    let mut text = String::new();
+pub fn collect(generation: Box<dyn GenerationStream>) -> Result<(String, Finished), Error> {
+    collect_all(generation).map(|whole| (whole.text, whole.finished))
+}
+
+/// A whole generation: its text, the log-probabilities of its tokens (when
+/// they were asked for) and how it finished.
+pub struct Whole {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finished: Finished,
+}
+
+/// [`collect`], keeping the log-probabilities too.
+pub fn collect_all(mut generation: Box<dyn GenerationStream>) -> Result<Whole, Error> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     loop {
         match generation.next_event()? {
             Event::Text(piece) => text.push_str(&piece),
-            Event::Finished(finished) => return Ok((text, finished)),
+            Event::Logprobs(tokens) => logprobs.extend(tokens),
+            Event::Finished(finished) => return Ok(Whole { text, logprobs, finished }),
             Event::Pending => {}
         }
     }
@@ -41,6 +55,10 @@ pub trait Framing {
     fn opening(&mut self) -> Option<Vec<u8>> {
         None
     }
+    /// Log-probabilities of the tokens the next pieces of text are made of,
+    /// when they were asked for; an API that reports them keeps them for the
+    /// next frame.
+    fn logprobs(&mut self, _tokens: Vec<TokenLogprob>) {}
     /// The frame of a (non-empty) piece of text.
     fn text(&mut self, text: &str) -> Vec<u8>;
     /// The last frames of a generation that finished, each its own body
@@ -87,6 +105,7 @@ impl<F: Framing> Iterator for Frames<F> {
             match event {
                 Ok(Event::Text(text)) if text.is_empty() => {}
                 Ok(Event::Pending) => {}
+                Ok(Event::Logprobs(tokens)) => self.framing.logprobs(tokens),
                 Ok(Event::Text(text)) => return Some(self.framing.text(&text)),
                 Ok(Event::Finished(finished)) => {
                     self.generation = None;

@@ -27,12 +27,12 @@
 use serde_json::{json, Map, Value};
 
 use crate::cache;
-use crate::engine_client::{EngineClient, Error, Finished, ModelInfo, Priority, Prompt};
+use crate::engine_client::{EngineClient, Error, Finished, ModelInfo, Priority, Prompt, TokenLogprob};
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 use crate::params::{parse_chat_fields, parse_prompt, parse_sampling, token_ids, OPENAI_COMPLETIONS_DEFAULTS};
-use crate::stream::{read_all, Frames, Framing};
+use crate::stream::{collect_all, Frames, Framing};
 use crate::wire::{completion_id, finish_reason, sse_data, timings_json, unix_seconds, usage_json};
 
 /// Field holding a chat's prompt, named by context-overflow errors.
@@ -99,14 +99,21 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
             include_usage: chat.include_usage,
             kind: ChunkKind::Chat,
             cached,
+            logprobs: chat.params.logprobs.map(|_| Vec::new()),
+            text_offset: 0,
         };
         return Ok(cache::event_stream(Frames::new(generation, chunks), pending, header));
     }
 
-    let (content, finished) = read_all(generation, CHAT_PROMPT_PARAM)?;
+    let whole = collect_all(generation).map_err(|e| ApiError::engine(e, CHAT_PROMPT_PARAM))?;
+    let (content, finished) = (whole.text, whole.finished);
     if let Some(pending) = pending {
         pending.commit();
     }
+    let logprobs = match chat.params.logprobs {
+        Some(_) => chat_logprobs_json(&whole.logprobs),
+        None => Value::Null,
+    };
 
     let mut body = json!({
         "id": id,
@@ -117,7 +124,7 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content},
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": finish_reason(finished.reason),
         }],
         "usage": usage_json(&finished.usage),
@@ -138,9 +145,10 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
     let prompt = parse_prompt(&f)?;
     let model = f.required_string("model")?.to_string();
     let max_tokens = f.integer_at_least("max_tokens", 1)?.unwrap_or(OPENAI_COMPLETIONS_DEFAULTS.max_tokens);
-    let sampling = parse_sampling(&f, max_tokens, &OPENAI_COMPLETIONS_DEFAULTS, Priority::Interactive)?;
+    let mut sampling = parse_sampling(&f, max_tokens, &OPENAI_COMPLETIONS_DEFAULTS, Priority::Interactive)?;
     let echo = f.boolean("echo")?.unwrap_or(false);
     check_unsupported(&f)?;
+    sampling.params.logprobs = text_logprobs(&f)?;
 
     let engine_error = |e| ApiError::engine(e, TEXT_PROMPT_PARAM);
     // `parse_prompt` makes text or token ids, never a chat.
@@ -154,6 +162,7 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
 
     let id = completion_id("cmpl");
     if sampling.stream {
+        let text_offset = echoed.as_deref().map_or(0, |e| e.chars().count());
         let chunks = CompletionChunks {
             id,
             model,
@@ -161,12 +170,20 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
             include_usage: sampling.include_usage,
             kind: ChunkKind::Text { echo: echoed },
             cached: None,
+            logprobs: sampling.params.logprobs.map(|_| Vec::new()),
+            text_offset,
         };
         return Ok(Response::event_stream(Frames::new(generation, chunks)));
     }
 
-    let (completion, finished) = read_all(generation, TEXT_PROMPT_PARAM)?;
-    let text = echoed.unwrap_or_default() + &completion;
+    let whole = collect_all(generation).map_err(engine_error)?;
+    let (completion, finished) = (whole.text, whole.finished);
+    let echoed = echoed.unwrap_or_default();
+    let logprobs = match sampling.params.logprobs {
+        Some(_) => text_logprobs_json(&whole.logprobs, echoed.chars().count()),
+        None => Value::Null,
+    };
+    let text = echoed + &completion;
     let body = json!({
         "id": id,
         "object": "text_completion",
@@ -176,13 +193,71 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
         "choices": [{
             "text": text,
             "index": 0,
-            "logprobs": null,
+            "logprobs": logprobs,
             "finish_reason": finish_reason(finished.reason),
         }],
         "usage": usage_json(&finished.usage),
         "timings": timings_json(&finished.usage),
     });
     Ok(Response::json(200, &body))
+}
+
+/// Most alternatives a text completion's `logprobs` may ask for, as OpenAI
+/// allows.
+const MAX_TEXT_LOGPROBS: i64 = 5;
+
+/// A text completion's `logprobs`: how many alternatives to report with
+/// each token's log-probability (0 to 5); absent, null or false: none.
+fn text_logprobs(f: &Fields<'_>) -> Result<Option<u8>, ApiError> {
+    match f.get("logprobs") {
+        None | Some(Value::Bool(false)) => Ok(None),
+        Some(v) => match v.as_i64() {
+            Some(n @ 0..=MAX_TEXT_LOGPROBS) => Ok(Some(n as u8)),
+            _ => Err(f.out_of_range("logprobs", "an integer from 0 to 5", v)),
+        },
+    }
+}
+
+/// A token's text as the APIs show it (a token holding part of a
+/// character shows the replacement character).
+fn token_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Chat's `logprobs`: `{content: [{token, logprob, bytes, top_logprobs}],
+/// refusal: null}`.
+fn chat_logprobs_json(tokens: &[TokenLogprob]) -> Value {
+    let entry = |bytes: &[u8], logprob: f32| json!({"token": token_text(bytes), "logprob": logprob, "bytes": bytes});
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(&t.bytes, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|a| entry(&a.bytes, a.logprob)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// Text completions' `logprobs`: `{tokens, token_logprobs, top_logprobs,
+/// text_offset}`, offsets in characters from `start`.
+fn text_logprobs_json(tokens: &[TokenLogprob], start: usize) -> Value {
+    let mut offset = start;
+    let mut text_offset = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        text_offset.push(offset);
+        offset += token_text(&t.bytes).chars().count();
+    }
+    let top: Vec<Value> = tokens
+        .iter()
+        .map(|t| Value::Object(t.top.iter().map(|a| (token_text(&a.bytes), Value::from(a.logprob))).collect()))
+        .collect();
+    json!({
+        "tokens": tokens.iter().map(|t| token_text(&t.bytes)).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
 }
 
 /// `best_of` must be 1; `suffix` is refused unless empty (`logprobs` is,
@@ -228,6 +303,11 @@ struct CompletionChunks {
     /// Whether the answer came from the response cache, said in every
     /// chunk; none when the cache was not consulted.
     cached: Option<bool>,
+    /// Log-probabilities not yet sent, when they were asked for.
+    logprobs: Option<Vec<TokenLogprob>>,
+    /// Characters of text before the next token (text completions'
+    /// `text_offset`).
+    text_offset: usize,
 }
 
 impl CompletionChunks {
@@ -239,20 +319,30 @@ impl CompletionChunks {
         }
     }
 
-    /// A chunk carrying `text` (none: no text) and, at the end, the finish
-    /// reason.
-    fn chunk(&self, text: Option<&str>, finish: Option<&str>) -> Map<String, Value> {
+    /// A chunk carrying `text` (none: no text), the log-probabilities kept
+    /// so far when they were asked for, and, at the end, the finish reason.
+    fn chunk(&mut self, text: Option<&str>, finish: Option<&str>) -> Map<String, Value> {
+        let tokens = self.logprobs.as_mut().map(std::mem::take);
+        let logprobs = match (&self.kind, tokens) {
+            (_, None) => Value::Null,
+            (ChunkKind::Chat, Some(tokens)) => chat_logprobs_json(&tokens),
+            (ChunkKind::Text { .. }, Some(tokens)) => {
+                let json = text_logprobs_json(&tokens, self.text_offset);
+                self.text_offset += tokens.iter().map(|t| token_text(&t.bytes).chars().count()).sum::<usize>();
+                json
+            }
+        };
         let choice = match self.kind {
             ChunkKind::Chat => json!({
                 "index": 0,
                 "delta": text.map_or_else(|| json!({}), |t| json!({"content": t})),
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }),
             ChunkKind::Text { .. } => json!({
                 "text": text.unwrap_or(""),
                 "index": 0,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }),
         };
@@ -297,9 +387,19 @@ impl Framing for CompletionChunks {
                 "finish_reason": null,
             })))),
             ChunkKind::Text { echo: Some(prompt) } if !prompt.is_empty() => {
-                Some(sse_data(self.chunk(Some(prompt), None)))
+                let prompt = prompt.clone();
+                // The echoed prompt is not generated: it has no log-probabilities.
+                let chunk =
+                    self.choice_chunk(json!({"text": prompt, "index": 0, "logprobs": null, "finish_reason": null}));
+                Some(sse_data(chunk))
             }
             ChunkKind::Text { .. } => None,
+        }
+    }
+
+    fn logprobs(&mut self, tokens: Vec<TokenLogprob>) {
+        if let Some(kept) = self.logprobs.as_mut() {
+            kept.extend(tokens);
         }
     }
 

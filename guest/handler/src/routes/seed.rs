@@ -156,6 +156,9 @@ pub fn submit_job(req: &Request, engine: &dyn EngineClient) -> Result<Response, 
         map.insert("model".into(), Value::from(first_model(engine)?));
     }
     let chat = parse_chat_fields(&map, Priority::Batch)?;
+    if chat.params.logprobs.is_some() {
+        return Err(ApiError::param("logprobs", "A queued job reports its text only, not log-probabilities."));
+    }
     if chat.stream {
         return Err(ApiError::param(
             "stream",

@@ -117,6 +117,7 @@ fn key_covers_every_parameter_and_the_rendered_prompt() {
         seed: None,
         stop: vec!["ab".into()],
         ignore_eos: false,
+        logprobs: None,
         timeout_ms: None,
         priority: Priority::Interactive,
     };

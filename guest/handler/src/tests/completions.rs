@@ -114,7 +114,7 @@ fn completion_refuses_what_the_engine_cannot_do() {
         (json!({"n": 2}), "n"),
         (json!({"best_of": 3}), "best_of"),
         (json!({"suffix": "the end"}), "suffix"),
-        (json!({"logprobs": 2}), "logprobs"),
+        (json!({"logprobs": 6}), "logprobs"),
         (json!({"logprobs": true}), "logprobs"),
         (json!({"max_tokens": 0}), "max_tokens"),
         (json!({"temperature": 3}), "temperature"),

@@ -143,8 +143,8 @@ fn fields_the_engine_cannot_honour_are_400_naming_them_never_ignored() {
         (json!({"tools": tool, "tool_choice": {"type": "function", "function": {"name": "f"}}}), "tool_choice"),
         (json!({"tools": tool, "tool_choice": "auto"}), "tools"),
         (json!({"functions": [{"name": "f"}]}), "functions"),
-        (json!({"logprobs": true}), "logprobs"),
         (json!({"top_logprobs": 3}), "top_logprobs"),
+        (json!({"logprobs": true, "top_logprobs": 21}), "top_logprobs"),
         (json!({"audio": {"voice": "alloy"}}), "audio"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"prediction": {"type": "content", "content": "x"}}), "prediction"),
@@ -507,4 +507,71 @@ fn ignore_eos_reaches_the_engine() {
 fn stop_strings_longer_than_256_bytes_are_400() {
     let error = param_error(chat(hello(json!({"stop": ["ok", "x".repeat(257)]}))));
     assert_eq!(error["param"], "stop[1]");
+}
+
+fn token(text: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
+    let top = top.iter().map(|(t, l)| TopLogprob { bytes: t.as_bytes().to_vec(), logprob: *l }).collect();
+    TokenLogprob { bytes: text.as_bytes().to_vec(), logprob, top }
+}
+
+/// "Hello" in two tokens, each with its log-probability before its text.
+fn saying_hello_with_logprobs() -> Script {
+    Script::new(vec![
+        Ok(Event::Logprobs(vec![token("Hel", -0.5, &[("Hel", -0.5), ("Hi", -1.5)])])),
+        Ok(Event::Text("Hel".into())),
+        Ok(Event::Logprobs(vec![token("lo", -0.25, &[("lo", -0.25), ("p", -2.0)])])),
+        Ok(Event::Text("lo".into())),
+        Ok(Event::Finished(Finished { reason: FinishReason::Stop, usage: usage(3, 2) })),
+    ])
+}
+
+#[test]
+fn logprobs_are_reported_whole_and_per_chunk_and_never_cached() {
+    let script = saying_hello_with_logprobs();
+    let answer = json_of(route(&chat(hello(json!({"logprobs": true, "top_logprobs": 2, "temperature": 0}))), &script));
+    assert_eq!(script.started().params.logprobs, Some(2));
+    let content = &answer["choices"][0]["logprobs"]["content"];
+    assert_eq!(content[0]["token"], "Hel");
+    assert_eq!(content[1]["logprob"], -0.25);
+    assert_eq!(content[1]["bytes"], json!([108, 111]));
+    assert_eq!(content[0]["top_logprobs"][1], json!({"token": "Hi", "logprob": -1.5, "bytes": [72, 105]}));
+    assert_eq!(answer.get("cached"), None, "a request for log-probabilities skips the cache");
+
+    let script = saying_hello_with_logprobs();
+    let frames = frames(route(&chat(hello(json!({"logprobs": true, "stream": true}))), &script));
+    let chunks: Vec<Value> = frames.iter().filter(|f| !f.contains("[DONE]")).map(|f| frame_json(f)).collect();
+    let texts: Vec<(Value, Value)> = chunks
+        .iter()
+        .map(|c| (c["choices"][0]["delta"]["content"].clone(), c["choices"][0]["logprobs"]["content"].clone()))
+        .collect();
+    assert_eq!(texts[1].0, "Hel");
+    assert_eq!(texts[1].1[0]["token"], "Hel");
+    assert_eq!(texts[2].0, "lo");
+    assert_eq!(texts[2].1[0]["token"], "lo");
+    assert_eq!(script.started().params.logprobs, Some(0));
+
+    let script = saying_hello_with_logprobs();
+    let answer = json_of(route(&chat(hello(json!({}))), &script));
+    assert_eq!(answer["choices"][0]["logprobs"], Value::Null);
+    assert_eq!(script.started().params.logprobs, None);
+}
+
+#[test]
+fn text_completions_report_logprobs_in_the_legacy_shape_with_offsets_after_the_echo() {
+    let script = saying_hello_with_logprobs();
+    let body = json!({"model": MODEL, "prompt": "Say: ", "logprobs": 1, "echo": true});
+    let answer = json_of(route(&post("/v1/completions", &body), &script));
+    assert_eq!(script.started().params.logprobs, Some(1));
+    let logprobs = &answer["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"], json!(["Hel", "lo"]));
+    assert_eq!(logprobs["token_logprobs"], json!([-0.5, -0.25]));
+    assert_eq!(logprobs["text_offset"], json!([5, 8]));
+    assert_eq!(logprobs["top_logprobs"][0]["Hi"], -1.5);
+    assert_eq!(answer["choices"][0]["text"], "Say: Hello");
+}
+
+#[test]
+fn a_queued_job_cannot_ask_for_logprobs() {
+    let error = param_error(post("/api/chat-queue", &hello(json!({"logprobs": true}))));
+    assert_eq!(error["param"], "logprobs");
 }

@@ -10,11 +10,12 @@ pub(crate) use std::rc::Rc;
 
 pub(crate) use serde_json::{json, Value};
 
+pub(crate) use crate::bindings::tern::llm::inference::TopLogprob;
 pub(crate) use crate::body_limit;
 pub(crate) use crate::engine_client::{
     BucketUsage, ContextOverflow, Embedding, EngineClient, EngineStatus, Error, Event, FinishReason, Finished,
     GenerationStream, Histogram, JobInfo, JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams,
-    Store, Usage,
+    Store, TokenLogprob, Usage,
 };
 pub(crate) use crate::error::{error_response, ApiError};
 pub(crate) use crate::http::{Body, Request, Response, MAX_BODY_BYTES};
