@@ -112,8 +112,8 @@ pub fn batch_limit(setting: Option<&str>) -> usize {
 
 /// OpenAI accepts at most this many stop sequences.
 const MAX_STOP_SEQUENCES: usize = 4;
-/// Ollama sets no limit; the engine takes at most this many.
-const OLLAMA_MAX_STOPS: usize = 16;
+/// Ollama and Anthropic set no limit; the engine takes at most this many.
+const MAX_STOPS: usize = 16;
 /// Longest stop string the engine takes, in bytes.
 const MAX_STOP_BYTES: usize = 256;
 /// Field holding a completion's prompt, named by errors about it.
@@ -227,17 +227,18 @@ pub fn parse_stop(f: &Fields<'_>) -> Result<Vec<String>, ApiError> {
         }
         Some(other) => return Err(f.wrong_type("stop", "a string or an array of strings", other)),
     };
-    check_stop_lengths(f, &stop)?;
+    check_stop_lengths(f, "stop", &stop)?;
     // An empty stop string would end every generation before it starts.
     Ok(stop.into_iter().filter(|s| !s.is_empty()).collect())
 }
 
-/// A 400 naming the first stop string longer than [`MAX_STOP_BYTES`].
-fn check_stop_lengths(f: &Fields<'_>, stop: &[String]) -> Result<(), ApiError> {
+/// A 400 naming the first stop string (of field `name`) longer than
+/// [`MAX_STOP_BYTES`].
+fn check_stop_lengths(f: &Fields<'_>, name: &str, stop: &[String]) -> Result<(), ApiError> {
     match stop.iter().position(|s| s.len() > MAX_STOP_BYTES) {
         Some(i) => Err(ApiError::param(
-            f.name(&format!("stop[{i}]")),
-            format!("A stop string may be at most {MAX_STOP_BYTES} bytes, but stop[{i}] has {}.", stop[i].len()),
+            f.name(&format!("{name}[{i}]")),
+            format!("A stop string may be at most {MAX_STOP_BYTES} bytes, but {name}[{i}] has {}.", stop[i].len()),
         )),
         None => Ok(()),
     }
@@ -461,9 +462,21 @@ pub fn parse_message(f: &Fields<'_>) -> Result<Message, ApiError> {
 /// The text of a content list (`[{"type": "text", "text": ".."}, ..]`), parts
 /// joined by newlines.
 pub fn text_of_parts(f: &Fields<'_>, parts: &[Value]) -> Result<String, ApiError> {
+    text_of_typed_parts(f, "content", parts, &["text"])
+}
+
+/// The text of the list `parts` in field `name` whose text parts have one
+/// of the types in `text_types` (e.g. the Responses API's `input_text`);
+/// any other part is a 400 naming it.
+pub fn text_of_typed_parts(
+    f: &Fields<'_>,
+    name: &str,
+    parts: &[Value],
+    text_types: &[&str],
+) -> Result<String, ApiError> {
     let mut texts = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
-        let path = format!("{}[{j}]", f.name("content"));
+        let path = format!("{}[{j}]", f.name(name));
         let map = match part {
             Value::Object(map) => map,
             other => {
@@ -475,11 +488,11 @@ pub fn text_of_parts(f: &Fields<'_>, parts: &[Value]) -> Result<String, ApiError
         };
         let part = Fields::nested(map, &path);
         match part.required_string("type")? {
-            "text" => texts.push(part.required_string("text")?),
+            kind if text_types.contains(&kind) => texts.push(part.required_string("text")?),
             other => {
                 return Err(ApiError::param(
                     part.name("type"),
-                    format!("Unsupported content part type '{other}': only 'text' is supported."),
+                    format!("Unsupported content part type '{other}': only {} is supported.", text_types.join(", ")),
                 ))
             }
         }
@@ -613,7 +626,7 @@ pub fn ollama_sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingPara
         presence_penalty: any_number(o, "presence_penalty")?.unwrap_or(0.0) as f32,
         frequency_penalty: any_number(o, "frequency_penalty")?.unwrap_or(0.0) as f32,
         seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
-        stop: ollama_stops(o)?,
+        stop: parse_stop_list(o, "stop")?,
         ignore_eos: false,
         logprobs: None,
         timeout_ms: None,
@@ -627,19 +640,21 @@ fn any_number(o: &Fields<'_>, name: &str) -> Result<Option<f64>, ApiError> {
     o.number_in(name, f64::MIN, false, f64::MAX)
 }
 
-/// `options.stop`: a list of strings (one string is taken as a list of one);
-/// empty strings are dropped, as they would end every generation at once.
-fn ollama_stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
-    let list: &[Value] = match o.get("stop") {
+/// A list of stop strings in field `name` (Ollama's `options.stop`,
+/// Anthropic's `stop_sequences`; one string is taken as a list of one): at
+/// most [`MAX_STOPS`] of at most [`MAX_STOP_BYTES`] bytes. Empty strings are
+/// dropped, as they would end every generation at once.
+pub fn parse_stop_list(o: &Fields<'_>, name: &str) -> Result<Vec<String>, ApiError> {
+    let list: &[Value] = match o.get(name) {
         None => return Ok(Vec::new()),
         Some(one @ Value::String(_)) => std::slice::from_ref(one),
         Some(Value::Array(list)) => list,
-        Some(other) => return Err(o.wrong_type("stop", "an array of strings", other)),
+        Some(other) => return Err(o.wrong_type(name, "an array of strings", other)),
     };
-    if list.len() > OLLAMA_MAX_STOPS {
+    if list.len() > MAX_STOPS {
         return Err(ApiError::param(
-            o.name("stop"),
-            format!("'stop' may hold at most {OLLAMA_MAX_STOPS} strings, but got {}.", list.len()),
+            o.name(name),
+            format!("'{name}' may hold at most {MAX_STOPS} strings, but got {}.", list.len()),
         ));
     }
     let mut out = Vec::with_capacity(list.len());
@@ -647,10 +662,10 @@ fn ollama_stops(o: &Fields<'_>) -> Result<Vec<String>, ApiError> {
         match item {
             Value::String(s) if s.is_empty() => {}
             Value::String(s) => out.push(s.clone()),
-            other => return Err(o.wrong_type(&format!("stop[{i}]"), "a string", other)),
+            other => return Err(o.wrong_type(&format!("{name}[{i}]"), "a string", other)),
         }
     }
-    check_stop_lengths(o, &out)?;
+    check_stop_lengths(o, name, &out)?;
     Ok(out)
 }
 

@@ -10,7 +10,7 @@ use crate::error::{error_response, ApiError};
 use crate::http::{Body, Request, Response};
 use crate::routes::ollama::{self, Route as Ollama};
 use crate::routes::service::{self, ERRORS};
-use crate::routes::{llamacpp, openai, seed, spin};
+use crate::routes::{anthropic, llamacpp, openai, responses, seed, spin};
 use crate::wire::HANDLER_VERSION;
 
 /// Answers `req` using `engine` for inference, under the CORS policy in
@@ -90,6 +90,8 @@ fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Resu
         "/tokenize" => ("POST", Handler::LlamaTokenize),
         "/detokenize" => ("POST", Handler::LlamaDetokenize),
         "/props" => ("GET", Handler::LlamaProps),
+        "/v1/messages" => ("POST", Handler::AnthropicMessages),
+        "/v1/responses" | "/responses" => ("POST", Handler::Responses),
         "/slots" => ("GET", Handler::LlamaSlots),
         _ if path.starts_with("/static/") => ("GET, HEAD", Handler::Static(&path["/static/".len()..])),
         _ => match (
@@ -142,6 +144,8 @@ fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Resu
         Handler::LlamaDetokenize => Ok(llamacpp::detokenize(req, engine)),
         Handler::LlamaProps => Ok(llamacpp::props(engine)),
         Handler::LlamaSlots => Ok(llamacpp::slots()),
+        Handler::AnthropicMessages => Ok(anthropic::messages(req, engine)),
+        Handler::Responses => responses::create(req, engine),
     }
 }
 
@@ -173,4 +177,6 @@ enum Handler<'a> {
     LlamaDetokenize,
     LlamaProps,
     LlamaSlots,
+    AnthropicMessages,
+    Responses,
 }

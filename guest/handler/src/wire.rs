@@ -113,6 +113,12 @@ pub fn sse_data(value: impl Into<Value>) -> Vec<u8> {
     format!("data: {}\n\n", value.into()).into_bytes()
 }
 
+/// One server-sent event named `event` carrying `value` as its data (the
+/// Anthropic and Responses APIs name their events).
+pub fn sse_event(event: &str, value: &Value) -> Vec<u8> {
+    format!("event: {event}\ndata: {value}\n\n").into_bytes()
+}
+
 /// One NDJSON line carrying `value`.
 pub fn ndjson_line(value: &Value) -> Vec<u8> {
     let mut line = value.to_string().into_bytes();

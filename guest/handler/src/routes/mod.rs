@@ -3,9 +3,11 @@
 //! stream pump, the response cache, the chat page), never another family or
 //! the router.
 
+pub mod anthropic;
 pub mod llamacpp;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod seed;
 pub mod service;
 pub mod spin;
