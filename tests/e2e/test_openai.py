@@ -140,3 +140,22 @@ def test_logprobs_whole_and_streamed_with_the_official_client(client, model_id):
     lp = text.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
     assert "".join(lp.tokens) == text.choices[0].text
+
+
+def prefix_hits(server):
+    _, _, text = server.request("GET", "/metrics", headers={"Accept": "text/plain"})
+    line = next(l for l in text.decode().splitlines() if l.startswith("tern_prefix_cache_hits_total "))
+    return float(line.split()[1])
+
+
+def test_n_choices_share_the_prompts_kv_blocks(server, client, model_id):
+    long = " ".join(f"word{i}" for i in range(120))
+    before = prefix_hits(server)
+    answer = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": long}],
+                                            max_tokens=6, temperature=1.0, seed=3, n=3)
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in answer.choices)
+    assert answer.usage.completion_tokens <= 18
+    assert prefix_hits(server) - before >= 2, "choices 1 and 2 took the prompt blocks choice 0 computed"
+    text = client.completions.create(model=model_id, prompt="The king", max_tokens=4, n=2, temperature=1.0)
+    assert [c.index for c in text.choices] == [0, 1]

@@ -127,7 +127,12 @@ pub struct Sampling {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
+    /// `n`: choices to generate (1 unless the API answers several).
+    pub n: u32,
 }
+
+/// Most choices one request may ask for with `n`.
+pub const MAX_CHOICES: i64 = 8;
 
 /// Validates the fields OpenAI's chat and text completions share
 /// (`temperature, top_p, n, stop, stream, stream_options, seed,
@@ -144,16 +149,19 @@ pub fn parse_sampling(
     let temperature = f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature);
     let top_p = f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p);
 
-    if let Some(n) = f.integer("n")? {
-        if n != 1 {
-            return Err(ApiError::param("n", format!("Only n=1 is supported, but got {n}.")));
-        }
-    }
+    let n = match f.integer("n")? {
+        None => 1,
+        Some(n @ 1..=MAX_CHOICES) => n as u32,
+        Some(n) => return Err(f.out_of_range("n", "an integer from 1 to 8", &Value::from(n))),
+    };
 
     let stop = parse_stop(f)?;
     // llama.cpp's and vLLM's extension: run to `max_tokens` past the end of text.
     let ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     let stream = f.boolean("stream")?.unwrap_or(false);
+    if stream && n > 1 {
+        return Err(ApiError::param("n", "Several choices are answered whole: stream one choice per request."));
+    }
     let include_usage = match f.get("stream_options") {
         None => false,
         Some(Value::Object(options)) => {
@@ -199,6 +207,7 @@ pub fn parse_sampling(
         },
         stream,
         include_usage,
+        n,
     })
 }
 
@@ -320,6 +329,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Send a final usage chunk when streaming.
     pub include_usage: bool,
+    /// Choices to generate.
+    pub n: u32,
 }
 
 /// Validates a chat completion request body.
@@ -358,6 +369,7 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
         params: sampling.params,
         stream: sampling.stream,
         include_usage: sampling.include_usage,
+        n: sampling.n,
     })
 }
 

@@ -8,7 +8,9 @@
 
 use std::collections::VecDeque;
 
-use crate::engine_client::{Error, Event, Finished, GenerationStream, TokenLogprob};
+use crate::engine_client::{
+    EngineClient, Error, Event, Finished, GenerationStream, Prompt, SamplingParams, TokenLogprob,
+};
 use crate::error::ApiError;
 
 /// Reads a generation to its end: the whole text and how it finished. The
@@ -45,6 +47,42 @@ pub fn read_all(
     prompt_param: &'static str,
 ) -> Result<(String, Finished), ApiError> {
     collect(generation).map_err(|e| ApiError::engine(e, prompt_param))
+}
+
+/// Starts `n` generations of one prompt: the first alone, the others once
+/// its prompt is in the engine's KV cache (its first event has come), so
+/// that they take its filed prompt blocks instead of computing the prompt
+/// again. Choice `i` samples with `seed + i` when a seed is given.
+pub fn start_choices(
+    engine: &dyn EngineClient,
+    model: &str,
+    prompt: &Prompt,
+    params: &SamplingParams,
+    n: u32,
+) -> Result<Vec<Box<dyn GenerationStream>>, Error> {
+    let mut first = engine.generate(model, prompt, params)?;
+    let event = first.next_event()?;
+    let mut choices: Vec<Box<dyn GenerationStream>> = vec![Box::new(Prefixed { first: Some(event), rest: first })];
+    for i in 1..n {
+        let seed = params.seed.map(|s| s.wrapping_add(u64::from(i)));
+        choices.push(engine.generate(model, prompt, &SamplingParams { seed, ..params.clone() })?);
+    }
+    Ok(choices)
+}
+
+/// A generation whose first event was already read.
+struct Prefixed {
+    first: Option<Event>,
+    rest: Box<dyn GenerationStream>,
+}
+
+impl GenerationStream for Prefixed {
+    fn next_event(&mut self) -> Result<Event, Error> {
+        match self.first.take() {
+            Some(event) => Ok(event),
+            None => self.rest.next_event(),
+        }
+    }
 }
 
 /// How one streaming API writes a generation: maybe an opening frame, a

@@ -120,12 +120,14 @@ fn parse_turns(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
             let m = Fields::nested(map, &path);
             let role = match m.required_string("role")? {
                 role @ ("user" | "assistant") => role,
-                other => return Err(ApiError::param(
-                    m.name("role"),
-                    format!(
+                other => {
+                    return Err(ApiError::param(
+                        m.name("role"),
+                        format!(
                         "Unsupported role '{other}': expected 'user' or 'assistant' (the system prompt is 'system')."
                     ),
-                )),
+                    ))
+                }
             };
             let content = text_field(&m, "content")?.ok_or_else(|| m.missing("content"))?;
             Ok(Message { role: role.into(), content })

@@ -76,6 +76,9 @@ fn serve_completion(req: &Request, engine: &dyn EngineClient) -> Result<Response
         Some(n) => return Err(f.out_of_range("n_predict", "-1 or an integer >= 1", &Value::from(n))),
     };
     let mut sampling = parse_sampling(&f, max_tokens, &LLAMA_CPP_DEFAULTS, Priority::Interactive)?;
+    if sampling.n > 1 {
+        return Err(ApiError::param("n", "'/completion' makes one completion per request."));
+    }
     if f.integer("seed")? == Some(-1) {
         sampling.params.seed = None;
     }

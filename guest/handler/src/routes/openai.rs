@@ -27,12 +27,14 @@
 use serde_json::{json, Map, Value};
 
 use crate::cache;
-use crate::engine_client::{EngineClient, Error, Finished, ModelInfo, Priority, Prompt, TokenLogprob};
+use crate::engine_client::{EngineClient, Error, Finished, ModelInfo, Priority, Prompt, TokenLogprob, Usage};
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
-use crate::params::{parse_chat_fields, parse_prompt, parse_sampling, token_ids, OPENAI_COMPLETIONS_DEFAULTS};
-use crate::stream::{collect_all, Frames, Framing};
+use crate::params::{
+    parse_chat_fields, parse_prompt, parse_sampling, token_ids, ChatRequest, OPENAI_COMPLETIONS_DEFAULTS,
+};
+use crate::stream::{collect_all, start_choices, Frames, Framing, Whole};
 use crate::wire::{completion_id, finish_reason, sse_data, timings_json, unix_seconds, usage_json};
 
 /// Field holding a chat's prompt, named by context-overflow errors.
@@ -82,6 +84,9 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
     let map = json::parse_object(&req.body)?;
     let chat = parse_chat_fields(&map, Priority::Interactive)?;
     let use_cache = Fields::new(&map).boolean("use_cache")?;
+    if chat.n > 1 {
+        return chat_choices(chat, engine);
+    }
     let lookup = cache::look_up(req, engine, &chat.model, &chat.messages, &chat.params, use_cache)?;
     let (header, cached) = (lookup.header(), lookup.cached());
     let prompt = Prompt::Chat(chat.messages);
@@ -136,6 +141,47 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
     Ok(cache::mark(Response::json(200, &body), header))
 }
 
+/// A chat answered with `n` > 1 choices, whole (never from the cache).
+fn chat_choices(chat: ChatRequest, engine: &dyn EngineClient) -> Result<Response, ApiError> {
+    let engine_error = |e| ApiError::engine(e, CHAT_PROMPT_PARAM);
+    let prompt = Prompt::Chat(chat.messages);
+    let generations = start_choices(engine, &chat.model, &prompt, &chat.params, chat.n).map_err(engine_error)?;
+    let wholes = generations.into_iter().map(collect_all).collect::<Result<Vec<_>, _>>().map_err(engine_error)?;
+    let choices: Vec<Value> = wholes
+        .iter()
+        .enumerate()
+        .map(|(i, whole)| {
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": whole.text},
+                "logprobs": chat.params.logprobs.map_or(Value::Null, |_| chat_logprobs_json(&whole.logprobs)),
+                "finish_reason": finish_reason(whole.finished.reason),
+            })
+        })
+        .collect();
+    let usage = choices_usage(&wholes);
+    let body = json!({
+        "id": completion_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": unix_seconds(),
+        "model": chat.model,
+        "system_fingerprint": null,
+        "choices": choices,
+        "usage": usage_json(&usage),
+        "timings": timings_json(&usage),
+    });
+    Ok(Response::json(200, &body))
+}
+
+/// The usage of several choices of one prompt: the prompt (and its times)
+/// counted once, the generated tokens summed.
+fn choices_usage(wholes: &[Whole]) -> Usage {
+    let mut usage = wholes[0].finished.usage;
+    usage.completion_tokens = wholes.iter().map(|w| w.finished.usage.completion_tokens).sum();
+    usage.generation_ms = wholes.iter().map(|w| w.finished.usage.generation_ms).fold(0.0, f64::max);
+    usage
+}
+
 // Text completions
 
 /// `POST /v1/completions`.
@@ -158,6 +204,36 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
         Prompt::Text(text) => Some(text.clone()),
         Prompt::Chat(_) => None,
     };
+    if sampling.n > 1 {
+        let generations = start_choices(engine, &model, &prompt, &sampling.params, sampling.n).map_err(engine_error)?;
+        let wholes = generations.into_iter().map(collect_all).collect::<Result<Vec<_>, _>>().map_err(engine_error)?;
+        let echoed = echoed.unwrap_or_default();
+        let start = echoed.chars().count();
+        let choices: Vec<Value> = wholes
+            .iter()
+            .enumerate()
+            .map(|(i, whole)| {
+                json!({
+                    "text": format!("{echoed}{}", whole.text),
+                    "index": i,
+                    "logprobs": sampling.params.logprobs.map_or(Value::Null, |_| text_logprobs_json(&whole.logprobs, start)),
+                    "finish_reason": finish_reason(whole.finished.reason),
+                })
+            })
+            .collect();
+        let usage = choices_usage(&wholes);
+        let body = json!({
+            "id": completion_id("cmpl"),
+            "object": "text_completion",
+            "created": unix_seconds(),
+            "model": model,
+            "system_fingerprint": null,
+            "choices": choices,
+            "usage": usage_json(&usage),
+            "timings": timings_json(&usage),
+        });
+        return Ok(Response::json(200, &body));
+    }
     let generation = engine.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
 
     let id = completion_id("cmpl");

@@ -159,6 +159,9 @@ pub fn submit_job(req: &Request, engine: &dyn EngineClient) -> Result<Response, 
     if chat.params.logprobs.is_some() {
         return Err(ApiError::param("logprobs", "A queued job reports its text only, not log-probabilities."));
     }
+    if chat.n > 1 {
+        return Err(ApiError::param("n", "A queued job makes one choice: submit one job per choice."));
+    }
     if chat.stream {
         return Err(ApiError::param(
             "stream",

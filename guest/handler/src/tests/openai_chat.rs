@@ -101,12 +101,6 @@ fn bad_messages_are_400_naming_the_element() {
 }
 
 #[test]
-fn n_greater_than_one_is_rejected() {
-    let error = param_error(chat(hello(json!({"n": 2}))));
-    assert_eq!(error["param"], "n");
-}
-
-#[test]
 fn json_response_format_is_rejected_as_unsupported() {
     let error = param_error(chat(hello(json!({"response_format": {"type": "json_object"}}))));
     assert_eq!(error["param"], "response_format");
@@ -574,4 +568,30 @@ fn text_completions_report_logprobs_in_the_legacy_shape_with_offsets_after_the_e
 fn a_queued_job_cannot_ask_for_logprobs() {
     let error = param_error(post("/api/chat-queue", &hello(json!({"logprobs": true}))));
     assert_eq!(error["param"], "logprobs");
+}
+
+#[test]
+fn n_choices_start_after_the_first_has_read_its_prompt_and_count_the_prompt_once() {
+    let script = Script::saying(&["Hi", "!"], FinishReason::Stop);
+    let answer = json_of(route(&chat(hello(json!({"n": 3, "seed": 10}))), &script));
+    let choices = answer["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["message"]["content"], "Hi!");
+    }
+    // The first choice's first event came before the others started.
+    let log = script.log();
+    let starts: Vec<usize> = log.iter().enumerate().filter(|(_, e)| **e == "start").map(|(i, _)| i).collect();
+    let first_read = log.iter().position(|e| *e == "read").unwrap();
+    assert_eq!(starts.len(), 3);
+    assert!(starts[0] < first_read && first_read < starts[1], "{log:?}");
+    assert_eq!(script.started().params.seed, Some(12), "choice i samples with seed + i");
+    let usage = &answer["usage"];
+    assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(7), Some(6)));
+
+    let error = param_error(chat(hello(json!({"n": 2, "stream": true}))));
+    assert_eq!(error["param"], "n");
+    assert_eq!(param_error(chat(hello(json!({"n": 9}))))["param"], "n");
+    assert_eq!(param_error(post("/api/chat-queue", &hello(json!({"n": 2}))))["param"], "n");
 }
