@@ -22,7 +22,7 @@ def assert_openai_error(status, body, want_status):
         b'{"messages": [{"role": "user", "content": "hi"}], "model": "M", "max_tokens": -1}',
         b'{"messages": [{"role": "user", "content": "hi"}], "model": "M", "max_tokens": 1.5}',
         b'{"messages": [], "model": "M"}',
-        b'{"messages": [{"role": "user", "content": "hi"}], "model": "M", "n": 2}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "model": "M", "n": 9}',
     ],
 )
 def test_malformed_requests_are_400_json(server, model_id, body):
