@@ -124,7 +124,7 @@ impl Sampler {
     /// Picks the next token from `logits` (vocab,), given the tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        // Penalties and bans work on a copy; untouched logits are used as they are.
+        // Penalties work on a copy; untouched logits are used as they are.
         let mut owned: Option<Vec<f32>> = None;
         let penalised = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         if penalised && p.repeat_last_n > 0 {
@@ -141,21 +141,19 @@ impl Sampler {
                 }
             }
         }
-        if !self.banned.is_empty() {
-            let buf = owned.get_or_insert_with(|| logits.to_vec());
-            for &t in &self.banned {
-                if let Some(l) = buf.get_mut(t as usize) {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
         let logits = owned.as_deref().unwrap_or(logits);
+        // Banned tokens are skipped where the choice is made, not copied away.
         if p.temperature == 0.0 {
-            return argmax(logits);
+            return argmax_allowed(logits, &self.banned);
         }
         let c = &mut self.candidates;
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        for &t in &self.banned {
+            if let Some(e) = c.get_mut(t as usize) {
+                e.1 = f32::NEG_INFINITY;
+            }
+        }
         // Highest logit first; ties keep the lower id first.
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < c.len() {
@@ -219,6 +217,20 @@ pub fn logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>
         }
     }
     (chosen, best.into_iter().map(|(i, l)| (i, l - log_z)).collect())
+}
+
+/// [`argmax`] over the tokens not in `banned` (a short list).
+fn argmax_allowed(logits: &[f32], banned: &[u32]) -> u32 {
+    if banned.is_empty() {
+        return argmax(logits);
+    }
+    let mut best: Option<usize> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if !banned.contains(&(i as u32)) && best.is_none_or(|b| l > logits[b]) {
+            best = Some(i);
+        }
+    }
+    best.unwrap_or(0) as u32
 }
 
 /// Index of the largest logit; the lowest index wins ties.
