@@ -87,6 +87,28 @@ pub const SPIN_DEFAULTS: SamplingDefaults = SamplingDefaults {
     repeat_last_n: DEFAULT_REPEAT_LAST_N,
 };
 
+/// The engine's settings from `defaults` alone: no penalties, stop strings,
+/// seed or deadline, interactive. Each API overrides what its request says.
+pub fn base_params(defaults: &SamplingDefaults) -> SamplingParams {
+    SamplingParams {
+        max_tokens: defaults.max_tokens,
+        temperature: defaults.temperature as f32,
+        top_k: defaults.top_k,
+        top_p: defaults.top_p as f32,
+        min_p: defaults.min_p as f32,
+        repeat_penalty: defaults.repeat_penalty as f32,
+        repeat_last_n: defaults.repeat_last_n,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        seed: None,
+        stop: Vec::new(),
+        ignore_eos: false,
+        logprobs: None,
+        timeout_ms: None,
+        priority: Priority::Interactive,
+    }
+}
+
 /// The seed's plain APIs (`/generate`, `/batch`, `/api/chat-optimized`):
 /// temperature and nucleus sampling only, no repeat penalty.
 pub const PLAIN_DEFAULTS: SamplingDefaults = SamplingDefaults {
@@ -420,20 +442,31 @@ fn check_unhonoured_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
 
 /// The required, non-empty `messages` list.
 pub fn parse_messages(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
-    let list = match f.get("messages") {
-        None => return Err(f.missing("messages")),
+    parse_objects(f, "messages", "message", parse_message)
+}
+
+/// The required, non-empty list of objects in field `name` (of `what`s),
+/// each read by `item` with its path (`name[i]`) as the field prefix.
+pub fn parse_objects<T>(
+    f: &Fields<'_>,
+    name: &str,
+    what: &str,
+    mut item: impl FnMut(&Fields<'_>) -> Result<T, ApiError>,
+) -> Result<Vec<T>, ApiError> {
+    let list = match f.get(name) {
+        None => return Err(f.missing(name)),
         Some(Value::Array(list)) => list,
-        Some(other) => return Err(f.wrong_type("messages", "an array", other)),
+        Some(other) => return Err(f.wrong_type(name, "an array", other)),
     };
     if list.is_empty() {
-        return Err(ApiError::param("messages", "'messages' must contain at least one message."));
+        return Err(ApiError::param(f.name(name), format!("'{name}' must contain at least one {what}.")));
     }
     list.iter()
         .enumerate()
         .map(|(i, value)| {
-            let path = format!("messages[{i}]");
+            let path = f.name(&format!("{name}[{i}]"));
             match value {
-                Value::Object(map) => parse_message(&Fields::nested(map, &path)),
+                Value::Object(map) => item(&Fields::nested(map, &path)),
                 other => Err(ApiError::param(
                     path.clone(),
                     format!("Invalid type for '{path}': expected an object, but got {} instead.", json::kind(other)),
@@ -585,19 +618,9 @@ pub fn plain_params(f: &Fields<'_>, priority: Priority) -> Result<SamplingParams
     Ok(SamplingParams {
         max_tokens,
         temperature: temperature as f32,
-        top_k: defaults.top_k,
         top_p: top_p as f32,
-        min_p: defaults.min_p as f32,
-        repeat_penalty: defaults.repeat_penalty as f32,
-        repeat_last_n: defaults.repeat_last_n,
-        presence_penalty: 0.0,
-        frequency_penalty: 0.0,
-        seed: None,
-        stop: Vec::new(),
-        ignore_eos: false,
-        logprobs: None,
-        timeout_ms: None,
         priority,
+        ..base_params(defaults)
     })
 }
 
@@ -639,10 +662,7 @@ pub fn ollama_sampling(o: &Fields<'_>, model: &ModelInfo) -> Result<SamplingPara
         frequency_penalty: any_number(o, "frequency_penalty")?.unwrap_or(0.0) as f32,
         seed: o.integer("seed")?.and_then(|s| u64::try_from(s).ok()),
         stop: parse_stop_list(o, "stop")?,
-        ignore_eos: false,
-        logprobs: None,
-        timeout_ms: None,
-        priority: Priority::Interactive,
+        ..base_params(defaults)
     })
 }
 
@@ -695,13 +715,6 @@ pub fn spin_sampling(o: &Fields<'_>) -> Result<SamplingParams, ApiError> {
         min_p: defaults.min_p as f32,
         repeat_penalty: o.number_above("repeatPenalty", 0.0)?.unwrap_or(defaults.repeat_penalty) as f32,
         repeat_last_n: o.integer_at_least("repeatPenaltyLastNTokenCount", 0)?.unwrap_or(defaults.repeat_last_n),
-        presence_penalty: 0.0,
-        frequency_penalty: 0.0,
-        seed: None,
-        stop: Vec::new(),
-        ignore_eos: false,
-        logprobs: None,
-        timeout_ms: None,
-        priority: Priority::Interactive,
+        ..base_params(defaults)
     })
 }

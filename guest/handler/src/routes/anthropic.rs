@@ -22,13 +22,11 @@
 
 use serde_json::{json, Value};
 
-use crate::engine_client::{
-    EngineClient, Error, FinishReason, Finished, Message, Priority, Prompt, SamplingParams, Usage,
-};
+use crate::engine_client::{EngineClient, Error, FinishReason, Finished, Message, Prompt, SamplingParams, Usage};
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
-use crate::params::{parse_stop_list, text_of_typed_parts, DEFAULT_REPEAT_LAST_N};
+use crate::params::{base_params, parse_objects, parse_stop_list, text_of_typed_parts, OPENAI_CHAT_DEFAULTS};
 use crate::stream::{read_all, Frames, Framing};
 use crate::wire::{sse_event, unique_hex};
 
@@ -61,22 +59,15 @@ fn serve(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError>
     }
     messages.extend(parse_turns(&f)?);
     check_unhonoured(&f)?;
+    // Anthropic samples as OpenAI's chat does by default: plain softmax at 1.
+    let defaults = &OPENAI_CHAT_DEFAULTS;
     let params = SamplingParams {
         max_tokens,
-        temperature: f.number_in("temperature", 0.0, false, 1.0)?.unwrap_or(1.0) as f32,
-        top_k: f.integer_at_least("top_k", 0)?.unwrap_or(0),
-        top_p: f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(1.0) as f32,
-        min_p: 0.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: DEFAULT_REPEAT_LAST_N,
-        presence_penalty: 0.0,
-        frequency_penalty: 0.0,
-        seed: None,
+        temperature: f.number_in("temperature", 0.0, false, 1.0)?.unwrap_or(defaults.temperature) as f32,
+        top_k: f.integer_at_least("top_k", 0)?.unwrap_or(defaults.top_k),
+        top_p: f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p) as f32,
         stop: parse_stop_list(&f, "stop_sequences")?,
-        ignore_eos: false,
-        logprobs: None,
-        timeout_ms: None,
-        priority: Priority::Interactive,
+        ..base_params(defaults)
     };
     let stream = f.boolean("stream")?.unwrap_or(false);
     let generation =
@@ -104,35 +95,21 @@ fn text_field(f: &Fields<'_>, name: &str) -> Result<Option<String>, ApiError> {
 
 /// The `messages`: `user` and `assistant` turns, at least one.
 fn parse_turns(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
-    let list = match f.get("messages") {
-        None => return Err(f.missing("messages")),
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        Some(Value::Array(_)) => return Err(ApiError::param("messages", "'messages' must hold at least one message.")),
-        Some(other) => return Err(f.wrong_type("messages", "an array", other)),
-    };
-    list.iter()
-        .enumerate()
-        .map(|(i, value)| {
-            let path = format!("messages[{i}]");
-            let Value::Object(map) = value else {
-                return Err(ApiError::param(path, "Each message must be an object."));
-            };
-            let m = Fields::nested(map, &path);
-            let role = match m.required_string("role")? {
-                role @ ("user" | "assistant") => role,
-                other => {
-                    return Err(ApiError::param(
-                        m.name("role"),
-                        format!(
+    parse_objects(f, "messages", "message", |m| {
+        let role = match m.required_string("role")? {
+            role @ ("user" | "assistant") => role,
+            other => {
+                return Err(ApiError::param(
+                    m.name("role"),
+                    format!(
                         "Unsupported role '{other}': expected 'user' or 'assistant' (the system prompt is 'system')."
                     ),
-                    ))
-                }
-            };
-            let content = text_field(&m, "content")?.ok_or_else(|| m.missing("content"))?;
-            Ok(Message { role: role.into(), content })
-        })
-        .collect()
+                ))
+            }
+        };
+        let content = text_field(m, "content")?.ok_or_else(|| m.missing("content"))?;
+        Ok(Message { role: role.into(), content })
+    })
 }
 
 /// Fields asking for what the engine cannot do are refused, never ignored.

@@ -94,13 +94,11 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
         .generation(engine, || engine.generate(&chat.model, &prompt, &chat.params))
         .map_err(|e| ApiError::engine(e, CHAT_PROMPT_PARAM))?;
 
-    let id = completion_id("chatcmpl");
-    let created = unix_seconds();
     if chat.stream {
         let chunks = CompletionChunks {
-            id,
+            id: completion_id("chatcmpl"),
             model: chat.model,
-            created,
+            created: unix_seconds(),
             include_usage: chat.include_usage,
             kind: ChunkKind::Chat,
             cached,
@@ -111,30 +109,10 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
     }
 
     let whole = collect_all(generation).map_err(|e| ApiError::engine(e, CHAT_PROMPT_PARAM))?;
-    let (content, finished) = (whole.text, whole.finished);
     if let Some(pending) = pending {
         pending.commit();
     }
-    let logprobs = match chat.params.logprobs {
-        Some(_) => chat_logprobs_json(&whole.logprobs),
-        None => Value::Null,
-    };
-
-    let mut body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": chat.model,
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "logprobs": logprobs,
-            "finish_reason": finish_reason(finished.reason),
-        }],
-        "usage": usage_json(&finished.usage),
-        "timings": timings_json(&finished.usage),
-    });
+    let mut body = chat_answer(&chat.model, chat.params.logprobs.is_some(), std::slice::from_ref(&whole));
     if let Some(cached) = cached {
         body["cached"] = Value::from(cached);
     }
@@ -147,30 +125,20 @@ fn chat_choices(chat: ChatRequest, engine: &dyn EngineClient) -> Result<Response
     let prompt = Prompt::Chat(chat.messages);
     let generations = start_choices(engine, &chat.model, &prompt, &chat.params, chat.n).map_err(engine_error)?;
     let wholes = generations.into_iter().map(collect_all).collect::<Result<Vec<_>, _>>().map_err(engine_error)?;
-    let choices: Vec<Value> = wholes
-        .iter()
-        .enumerate()
-        .map(|(i, whole)| {
-            json!({
-                "index": i,
-                "message": {"role": "assistant", "content": whole.text},
-                "logprobs": chat.params.logprobs.map_or(Value::Null, |_| chat_logprobs_json(&whole.logprobs)),
-                "finish_reason": finish_reason(whole.finished.reason),
-            })
+    Ok(Response::json(200, &chat_answer(&chat.model, chat.params.logprobs.is_some(), &wholes)))
+}
+
+/// The `chat.completion` object of the choices `wholes`, with their
+/// log-probabilities when `logprobs`.
+fn chat_answer(model: &str, logprobs: bool, wholes: &[Whole]) -> Value {
+    let choices = wholes.iter().map(|whole| {
+        json!({
+            "message": {"role": "assistant", "content": whole.text},
+            "logprobs": if logprobs { chat_logprobs_json(&whole.logprobs) } else { Value::Null },
+            "finish_reason": finish_reason(whole.finished.reason),
         })
-        .collect();
-    let usage = choices_usage(&wholes);
-    let body = json!({
-        "id": completion_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": unix_seconds(),
-        "model": chat.model,
-        "system_fingerprint": null,
-        "choices": choices,
-        "usage": usage_json(&usage),
-        "timings": timings_json(&usage),
     });
-    Ok(Response::json(200, &body))
+    whole_answer("chatcmpl", "chat.completion", model, choices, wholes)
 }
 
 /// The usage of several choices of one prompt: the prompt (and its times)
@@ -204,43 +172,11 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
         Prompt::Text(text) => Some(text.clone()),
         Prompt::Chat(_) => None,
     };
-    if sampling.n > 1 {
-        let generations = start_choices(engine, &model, &prompt, &sampling.params, sampling.n).map_err(engine_error)?;
-        let wholes = generations.into_iter().map(collect_all).collect::<Result<Vec<_>, _>>().map_err(engine_error)?;
-        let echoed = echoed.unwrap_or_default();
-        let start = echoed.chars().count();
-        let choices: Vec<Value> = wholes
-            .iter()
-            .enumerate()
-            .map(|(i, whole)| {
-                json!({
-                    "text": format!("{echoed}{}", whole.text),
-                    "index": i,
-                    "logprobs": sampling.params.logprobs.map_or(Value::Null, |_| text_logprobs_json(&whole.logprobs, start)),
-                    "finish_reason": finish_reason(whole.finished.reason),
-                })
-            })
-            .collect();
-        let usage = choices_usage(&wholes);
-        let body = json!({
-            "id": completion_id("cmpl"),
-            "object": "text_completion",
-            "created": unix_seconds(),
-            "model": model,
-            "system_fingerprint": null,
-            "choices": choices,
-            "usage": usage_json(&usage),
-            "timings": timings_json(&usage),
-        });
-        return Ok(Response::json(200, &body));
-    }
-    let generation = engine.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
-
-    let id = completion_id("cmpl");
     if sampling.stream {
+        let generation = engine.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
         let text_offset = echoed.as_deref().map_or(0, |e| e.chars().count());
         let chunks = CompletionChunks {
-            id,
+            id: completion_id("cmpl"),
             model,
             created: unix_seconds(),
             include_usage: sampling.include_usage,
@@ -252,30 +188,48 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
         return Ok(Response::event_stream(Frames::new(generation, chunks)));
     }
 
-    let whole = collect_all(generation).map_err(engine_error)?;
-    let (completion, finished) = (whole.text, whole.finished);
+    // Whole: one choice or several.
+    let generations = start_choices(engine, &model, &prompt, &sampling.params, sampling.n).map_err(engine_error)?;
+    let wholes = generations.into_iter().map(collect_all).collect::<Result<Vec<_>, _>>().map_err(engine_error)?;
     let echoed = echoed.unwrap_or_default();
-    let logprobs = match sampling.params.logprobs {
-        Some(_) => text_logprobs_json(&whole.logprobs, echoed.chars().count()),
-        None => Value::Null,
-    };
-    let text = echoed + &completion;
-    let body = json!({
-        "id": id,
-        "object": "text_completion",
+    let start = echoed.chars().count();
+    let choices = wholes.iter().map(|whole| {
+        json!({
+            "text": format!("{echoed}{}", whole.text),
+            "logprobs": sampling.params.logprobs.map_or(Value::Null, |_| text_logprobs_json(&whole.logprobs, start)),
+            "finish_reason": finish_reason(whole.finished.reason),
+        })
+    });
+    Ok(Response::json(200, &whole_answer("cmpl", "text_completion", &model, choices, &wholes)))
+}
+
+/// A whole answer of `object` kind with the `choices` made from `wholes`
+/// (each numbered by its `index`), their usage and timings.
+fn whole_answer(
+    id_prefix: &str,
+    object: &str,
+    model: &str,
+    choices: impl Iterator<Item = Value>,
+    wholes: &[Whole],
+) -> Value {
+    let choices: Vec<Value> = choices
+        .enumerate()
+        .map(|(i, mut choice)| {
+            choice["index"] = Value::from(i);
+            choice
+        })
+        .collect();
+    let usage = choices_usage(wholes);
+    json!({
+        "id": completion_id(id_prefix),
+        "object": object,
         "created": unix_seconds(),
         "model": model,
         "system_fingerprint": null,
-        "choices": [{
-            "text": text,
-            "index": 0,
-            "logprobs": logprobs,
-            "finish_reason": finish_reason(finished.reason),
-        }],
-        "usage": usage_json(&finished.usage),
-        "timings": timings_json(&finished.usage),
-    });
-    Ok(Response::json(200, &body))
+        "choices": choices,
+        "usage": usage_json(&usage),
+        "timings": timings_json(&usage),
+    })
 }
 
 /// Most alternatives a text completion's `logprobs` may ask for, as OpenAI

@@ -24,11 +24,11 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine_client::{EngineClient, Error, FinishReason, Finished, Message, Priority, Prompt, SamplingParams};
+use crate::engine_client::{EngineClient, Error, FinishReason, Finished, Message, Prompt, SamplingParams};
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
-use crate::params::{text_of_typed_parts, DEFAULT_REPEAT_LAST_N};
+use crate::params::{base_params, parse_objects, text_of_typed_parts, OPENAI_CHAT_DEFAULTS};
 use crate::stream::{read_all, Frames, Framing};
 use crate::wire::{sse_event, unique_hex, unix_seconds};
 
@@ -50,22 +50,12 @@ pub fn create(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiE
         f.boolean(name)?;
     }
     f.string("user")?;
+    let defaults = &OPENAI_CHAT_DEFAULTS;
     let params = SamplingParams {
-        max_tokens: f.integer_at_least("max_output_tokens", 1)?.unwrap_or(0),
-        temperature: f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(1.0) as f32,
-        top_k: 0,
-        top_p: f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(1.0) as f32,
-        min_p: 0.0,
-        repeat_penalty: 1.0,
-        repeat_last_n: DEFAULT_REPEAT_LAST_N,
-        presence_penalty: 0.0,
-        frequency_penalty: 0.0,
-        seed: None,
-        stop: Vec::new(),
-        ignore_eos: false,
-        logprobs: None,
-        timeout_ms: None,
-        priority: Priority::Interactive,
+        max_tokens: f.integer_at_least("max_output_tokens", 1)?.unwrap_or(defaults.max_tokens),
+        temperature: f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature) as f32,
+        top_p: f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p) as f32,
+        ..base_params(defaults)
     };
     let stream = f.boolean("stream")?.unwrap_or(false);
     let generation =
@@ -87,49 +77,37 @@ pub fn create(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiE
 
 /// `input`: a string (one user message) or a list of messages.
 fn parse_input(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
-    let list = match f.get("input") {
-        None => return Err(f.missing("input")),
-        Some(Value::String(text)) => return Ok(vec![Message { role: "user".into(), content: text.clone() }]),
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        Some(Value::Array(_)) => return Err(ApiError::param("input", "'input' must hold at least one message.")),
-        Some(other) => return Err(f.wrong_type("input", "a string or an array of messages", other)),
-    };
-    list.iter()
-        .enumerate()
-        .map(|(i, value)| {
-            let path = format!("input[{i}]");
-            let Value::Object(map) = value else {
-                return Err(ApiError::param(path, "Each input item must be an object."));
-            };
-            let m = Fields::nested(map, &path);
-            match m.string("type")? {
-                None | Some("message") => {}
-                Some(other) => {
-                    return Err(ApiError::param(
-                        m.name("type"),
-                        format!("Input items of type '{other}' are not supported: only messages are."),
-                    ))
-                }
+    if let Some(Value::String(text)) = f.get("input") {
+        return Ok(vec![Message { role: "user".into(), content: text.clone() }]);
+    }
+    parse_objects(f, "input", "message", |m| {
+        match m.string("type")? {
+            None | Some("message") => {}
+            Some(other) => {
+                return Err(ApiError::param(
+                    m.name("type"),
+                    format!("Input items of type '{other}' are not supported: only messages are."),
+                ))
             }
-            let role = match m.required_string("role")? {
-                "system" | "developer" => "system",
-                role @ ("user" | "assistant") => role,
-                other => {
-                    return Err(ApiError::param(
-                        m.name("role"),
-                        format!("Unsupported role '{other}': expected 'user', 'assistant', 'system' or 'developer'."),
-                    ))
-                }
-            };
-            let content = match m.get("content") {
-                Some(Value::String(text)) => text.clone(),
-                Some(Value::Array(parts)) => text_of_typed_parts(&m, "content", parts, &["input_text", "output_text"])?,
-                None => return Err(m.missing("content")),
-                Some(other) => return Err(m.wrong_type("content", "a string or an array of parts", other)),
-            };
-            Ok(Message { role: role.into(), content })
-        })
-        .collect()
+        }
+        let role = match m.required_string("role")? {
+            "system" | "developer" => "system",
+            role @ ("user" | "assistant") => role,
+            other => {
+                return Err(ApiError::param(
+                    m.name("role"),
+                    format!("Unsupported role '{other}': expected 'user', 'assistant', 'system' or 'developer'."),
+                ))
+            }
+        };
+        let content = match m.get("content") {
+            Some(Value::String(text)) => text.clone(),
+            Some(Value::Array(parts)) => text_of_typed_parts(m, "content", parts, &["input_text", "output_text"])?,
+            None => return Err(m.missing("content")),
+            Some(other) => return Err(m.wrong_type("content", "a string or an array of parts", other)),
+        };
+        Ok(Message { role: role.into(), content })
+    })
 }
 
 /// Fields asking for what the engine cannot do are refused, never ignored.
