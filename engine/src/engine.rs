@@ -30,7 +30,7 @@ use crate::loaded::{LoadedModel, ModelInfo};
 use crate::model::LoadOptions;
 use crate::request::{check_stops, GenerateRequest, Message, Priority, Prompt};
 use crate::sampler::SamplingParams;
-use crate::scheduler::{Limits, Mailbox, Scheduler, Seq, SeqSpec};
+use crate::scheduler::{Guide, Limits, Mailbox, Scheduler, Seq, SeqSpec};
 use crate::stats::{EngineStatus, Stats};
 use crate::tokenizer::ChatMessage;
 
@@ -322,6 +322,10 @@ impl Engine {
         let m = self.model(&req.model)?;
         req.sampling.validate().map_err(EngineError::InvalidRequest)?;
         check_stops(&req.stop).map_err(EngineError::InvalidRequest)?;
+        let guide = match &req.sampling.constraint {
+            None => None,
+            Some(c) => Some(Guide::new(m.automaton(c).map_err(|e| EngineError::InvalidRequest(e.0))?)),
+        };
         let prompt = match &req.prompt {
             Prompt::Text(text) => with_bos(&m, m.tokenizer.encode_text(text)),
             Prompt::Chat(messages) => {
@@ -353,7 +357,7 @@ impl Engine {
         let spec = self.spec(m, req.priority, req.timeout);
         let id = spec.id;
         let sampling = SamplingParams { seed, ..req.sampling };
-        self.enqueue(Seq::generation(spec, prompt, sampling, req.stop, req.max_tokens, slot.clone()))?;
+        self.enqueue(Seq::generation(spec, prompt, sampling, req.stop, req.max_tokens, slot.clone(), guide))?;
         Ok((slot, id, prompt_tokens))
     }
 

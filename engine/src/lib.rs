@@ -37,6 +37,7 @@
 mod engine;
 mod error;
 pub mod gguf;
+pub mod grammar;
 mod handle;
 pub mod jobs;
 pub mod kv;

@@ -2,9 +2,11 @@
 //! clients see of it.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use crate::gguf::GgufFile;
+use crate::grammar::{Automaton, Constraint, GrammarError, TokenTrie};
 use crate::model::{LoadOptions, Model};
 use crate::tokenizer::Tokenizer;
 
@@ -25,7 +27,16 @@ pub struct LoadedModel {
     pub info: ModelInfo,
     pub model: Model,
     pub tokenizer: Tokenizer,
+    /// The vocabulary as a trie, built for the first constrained generation.
+    token_trie: OnceLock<Arc<TokenTrie>>,
+    /// Automata of the constraints used lately, most recent last: the
+    /// states and token sets they built serve the next request that
+    /// brings the same constraint.
+    automata: Mutex<Vec<(Constraint, Arc<Automaton>)>>,
 }
+
+/// Constraints whose automata are kept per model.
+const KEPT_AUTOMATA: usize = 32;
 
 impl LoadedModel {
     /// Loads a GGUF file (and optionally a separate tokenizer.json). Its id
@@ -60,6 +71,29 @@ impl LoadedModel {
             size_bytes: file.file_size(),
             modified_at,
         };
-        Ok(Self { info, model, tokenizer })
+        Ok(Self::new(info, model, tokenizer))
+    }
+
+    pub fn new(info: ModelInfo, model: Model, tokenizer: Tokenizer) -> Self {
+        Self { info, model, tokenizer, token_trie: OnceLock::new(), automata: Mutex::new(Vec::new()) }
+    }
+
+    /// The automaton that runs `constraint` over this model's vocabulary.
+    pub fn automaton(&self, constraint: &Constraint) -> Result<Arc<Automaton>, GrammarError> {
+        let mut kept = self.automata.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(|(c, _)| c == constraint) {
+            let entry = kept.remove(i);
+            let automaton = entry.1.clone();
+            kept.push(entry);
+            return Ok(automaton);
+        }
+        let grammar = constraint.grammar()?;
+        let trie = self.token_trie.get_or_init(|| Arc::new(TokenTrie::new(&self.tokenizer))).clone();
+        let automaton = Arc::new(Automaton::new(grammar, trie));
+        if kept.len() >= KEPT_AUTOMATA {
+            kept.remove(0);
+        }
+        kept.push((constraint.clone(), automaton.clone()));
+        Ok(automaton)
     }
 }

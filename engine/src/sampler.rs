@@ -3,6 +3,10 @@
 //! The order of the steps follows llama.cpp's default chain so that users'
 //! settings mean what they are used to: repeat penalty, top-k, then (with a
 //! temperature) softmax, top-p, min-p, and a draw from a seeded generator.
+//! A constrained generation's tokens are first masked by its grammar.
+
+use crate::grammar::automaton::Mask;
+use crate::grammar::Constraint;
 
 /// Sampling settings of one generation; neutral values switch a step off.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +29,9 @@ pub struct SamplingParams {
     /// Report each generated token's log-probability and this many of the
     /// likeliest tokens at its position (at most [`MAX_TOP_LOGPROBS`]).
     pub logprobs: Option<u8>,
+    /// Text the output must be: a JSON object, JSON valid against a
+    /// schema, or a grammar's sentence.
+    pub constraint: Option<Constraint>,
 }
 
 /// Most alternatives `logprobs` may ask for.
@@ -44,6 +51,7 @@ impl Default for SamplingParams {
             seed: 0,
             ignore_eos: false,
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -121,8 +129,9 @@ impl Sampler {
         Self { params, banned, rng, candidates: Vec::new() }
     }
 
-    /// Picks the next token from `logits` (vocab,), given the tokens so far.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+    /// Picks the next token from `logits` (vocab,), given the tokens so far,
+    /// out of those `allowed` (all when `None`).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], allowed: Option<&Mask>) -> u32 {
         let p = &self.params;
         // Penalties work on a copy; untouched logits are used as they are.
         let mut owned: Option<Vec<f32>> = None;
@@ -144,13 +153,23 @@ impl Sampler {
         let logits = owned.as_deref().unwrap_or(logits);
         // Banned tokens are skipped where the choice is made, not copied away.
         if p.temperature == 0.0 {
-            return argmax_allowed(logits, &self.banned);
+            return argmax_allowed(logits, &self.banned, allowed);
         }
         let c = &mut self.candidates;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        match allowed {
+            None => c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l))),
+            Some(mask) => {
+                c.extend(logits.iter().enumerate().filter(|&(i, _)| mask.allows(i as u32)).map(|(i, &l)| (i as u32, l)))
+            }
+        }
+        if c.is_empty() {
+            return argmax(logits);
+        }
         for &t in &self.banned {
-            if let Some(e) = c.get_mut(t as usize) {
+            // Without a mask, candidate i is token i.
+            let at = if allowed.is_none() { Some(t as usize) } else { c.iter().position(|e| e.0 == t) };
+            if let Some(e) = at.and_then(|i| c.get_mut(i)) {
                 e.1 = f32::NEG_INFINITY;
             }
         }
@@ -219,14 +238,15 @@ pub fn logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>
     (chosen, best.into_iter().map(|(i, l)| (i, l - log_z)).collect())
 }
 
-/// [`argmax`] over the tokens not in `banned` (a short list).
-fn argmax_allowed(logits: &[f32], banned: &[u32]) -> u32 {
-    if banned.is_empty() {
+/// [`argmax`] over the tokens `allowed` and not in `banned` (a short list).
+fn argmax_allowed(logits: &[f32], banned: &[u32], allowed: Option<&Mask>) -> u32 {
+    if banned.is_empty() && allowed.is_none() {
         return argmax(logits);
     }
     let mut best: Option<usize> = None;
     for (i, &l) in logits.iter().enumerate() {
-        if !banned.contains(&(i as u32)) && best.is_none_or(|b| l > logits[b]) {
+        let ok = allowed.is_none_or(|m| m.allows(i as u32)) && !banned.contains(&(i as u32));
+        if ok && best.is_none_or(|b| l > logits[b]) {
             best = Some(i);
         }
     }
@@ -261,6 +281,7 @@ mod tests {
             seed: 7,
             ignore_eos: false,
             logprobs: None,
+            constraint: None,
         }
     }
 
@@ -279,15 +300,24 @@ mod tests {
     fn banned_tokens_are_never_picked() {
         let logits = [0.0, 5.0, 4.9, -1.0];
         let mut greedy = Sampler::banning(params(0.0), vec![1]);
-        assert_eq!(greedy.sample(&logits, &[]), 2);
+        assert_eq!(greedy.sample(&logits, &[], None), 2);
         let mut sampled = Sampler::banning(params(2.0), vec![1, 2]);
-        assert!((0..200).all(|_| matches!(sampled.sample(&logits, &[]), 0 | 3)));
+        assert!((0..200).all(|_| matches!(sampled.sample(&logits, &[], None), 0 | 3)));
+    }
+
+    #[test]
+    fn only_tokens_the_mask_allows_are_picked() {
+        let logits = [0.0, 5.0, 4.9, -1.0, 3.0];
+        let mask = Mask::of(5, &[2, 3]);
+        assert_eq!(Sampler::new(params(0.0)).sample(&logits, &[], Some(&mask)), 2);
+        let mut sampled = Sampler::banning(params(3.0), vec![2]);
+        assert!((0..200).all(|_| sampled.sample(&logits, &[], Some(&mask)) == 3));
     }
 
     #[test]
     fn temperature_zero_is_argmax_with_lowest_index_on_ties() {
         let mut s = Sampler::new(params(0.0));
-        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[], None), 1);
     }
 
     #[test]
@@ -295,7 +325,7 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let draw = |seed| {
             let mut s = Sampler::new(SamplingParams { seed, ..params(1.0) });
-            (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..40).map(|_| s.sample(&logits, &[], None)).collect::<Vec<_>>()
         };
         assert_eq!(draw(1), draw(1));
         assert_ne!(draw(1), draw(2));
@@ -305,7 +335,7 @@ mod tests {
     fn top_k_one_is_greedy() {
         let mut s = Sampler::new(SamplingParams { top_k: 1, ..params(1.5) });
         for _ in 0..20 {
-            assert_eq!(s.sample(&[0.0, 0.5, 2.0, 1.9], &[]), 2);
+            assert_eq!(s.sample(&[0.0, 0.5, 2.0, 1.9], &[], None), 2);
         }
     }
 
@@ -314,14 +344,14 @@ mod tests {
         let mut s = Sampler::new(SamplingParams { min_p: 0.5, ..params(1.0) });
         // exp(-10) is far below half the top probability: never drawn.
         for _ in 0..200 {
-            assert_ne!(s.sample(&[5.0, 5.0, -5.0], &[]), 2);
+            assert_ne!(s.sample(&[5.0, 5.0, -5.0], &[], None), 2);
         }
     }
 
     #[test]
     fn repeat_penalty_moves_greedy_choice_off_recent_token() {
         let mut s = Sampler::new(SamplingParams { repeat_penalty: 2.0, repeat_last_n: 8, ..params(0.0) });
-        assert_eq!(s.sample(&[3.0, 2.0], &[0]), 1);
+        assert_eq!(s.sample(&[3.0, 2.0], &[0], None), 1);
     }
 
     #[test]
@@ -330,11 +360,11 @@ mod tests {
         // Token 0 appeared twice, token 1 once: by count 3.0-1.6 < 2.5-0.8,
         // while a flat 0.8 keeps token 0 ahead.
         let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.8, ..p.clone() });
-        assert_eq!(s.sample(&[3.0, 2.5, 1.0], &[0, 1, 0]), 1);
+        assert_eq!(s.sample(&[3.0, 2.5, 1.0], &[0, 1, 0], None), 1);
         let mut s = Sampler::new(SamplingParams { presence_penalty: 0.8, ..p.clone() });
-        assert_eq!(s.sample(&[3.0, 2.5, 1.0], &[0, 1, 0]), 0);
+        assert_eq!(s.sample(&[3.0, 2.5, 1.0], &[0, 1, 0], None), 0);
         let mut s = Sampler::new(SamplingParams { presence_penalty: 1.0, ..p.clone() });
-        assert_eq!(s.sample(&[3.0, 2.0, 2.5], &[0, 1, 0]), 2);
+        assert_eq!(s.sample(&[3.0, 2.0, 2.5], &[0, 1, 0], None), 2);
         assert!(SamplingParams { presence_penalty: 2.5, ..p }.validate().is_err());
     }
 

@@ -30,7 +30,7 @@ use std::sync::{Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 pub(crate) use queue::Queue;
-pub(crate) use seq::{Seq, SeqSpec};
+pub(crate) use seq::{Guide, Seq, SeqSpec};
 
 use crate::error::EngineError;
 use crate::handle::FinishReason;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::EngineError;
+use crate::grammar::automaton::{Automaton, State};
 use crate::handle::{Embedding, EmbeddingSlot, FinishReason, Finished, GenerationSlot, TokenLogprob, Usage};
 use crate::kv::SeqKv;
 use crate::loaded::LoadedModel;
@@ -48,7 +49,7 @@ pub(crate) struct Seq {
 
 /// What a sequence is for.
 pub(crate) enum Task {
-    Generate(GenerateTask),
+    Generate(Box<GenerateTask>),
     Embed(EmbedTask),
 }
 
@@ -66,6 +67,35 @@ pub(crate) struct GenerateTask {
     cached_tokens: Option<u32>,
     prompt_done: Option<Instant>,
     last_token: Option<Instant>,
+    /// Where a constrained generation's text stands in its grammar.
+    guide: Option<Guide>,
+}
+
+/// A constrained generation's automaton and its state in it.
+pub(crate) struct Guide {
+    automaton: Arc<Automaton>,
+    state: State,
+}
+
+impl Guide {
+    pub fn new(automaton: Arc<Automaton>) -> Self {
+        let state = automaton.start();
+        Self { automaton, state }
+    }
+
+    /// `token`, unless it leaves fewer than `budget - 1` tokens to finish
+    /// the text: then the next byte of the shortest finish (one byte per
+    /// token, so a text that could finish in its budget always does).
+    fn within_budget(&self, token: u32, budget: usize, tokenizer: &crate::tokenizer::Tokenizer) -> u32 {
+        if tokenizer.is_end(token) {
+            return token;
+        }
+        let a = &self.automaton;
+        match a.advance(self.state, tokenizer.token_bytes_ref(token)) {
+            Some(after) if (a.bytes_to_finish(after) as usize) < budget => token,
+            _ => a.finishing_token(self.state).unwrap_or(token),
+        }
+    }
 }
 
 /// An embedding request's own state: its inputs are embedded one after
@@ -98,10 +128,11 @@ impl Seq {
         stop: Vec<String>,
         max_tokens: u32,
         slot: Arc<GenerationSlot>,
+        guide: Option<Guide>,
     ) -> Self {
         let banned = if sampling.ignore_eos { spec.model.tokenizer.end_ids() } else { Vec::new() };
         let logprobs = sampling.logprobs;
-        let task = Task::Generate(GenerateTask {
+        let task = Task::Generate(Box::new(GenerateTask {
             logprobs,
             slot,
             sampler: Sampler::banning(sampling, banned),
@@ -112,7 +143,8 @@ impl Seq {
             cached_tokens: None,
             prompt_done: None,
             last_token: None,
-        });
+            guide,
+        }));
         Self::new(spec, prompt, task)
     }
 
@@ -226,9 +258,15 @@ impl Seq {
         match &mut self.task {
             Task::Generate(g) => {
                 let Some(logits) = rows else { return After::Running };
-                let token = g.sampler.sample(logits, &self.tokens);
+                let tok = &self.model.tokenizer;
+                let mask = g.guide.as_ref().map(|gd| gd.automaton.mask(gd.state));
+                let mut token = g.sampler.sample(logits, &self.tokens, mask.as_deref());
+                if let Some(gd) = &g.guide {
+                    let room = self.model.model.config().n_ctx.saturating_sub(self.tokens.len());
+                    let left = if g.max_tokens > 0 { g.max_tokens.saturating_sub(g.generated) as usize } else { room };
+                    token = gd.within_budget(token, left.min(room), tok);
+                }
                 let logprob = g.logprobs.map(|top| {
-                    let tok = &self.model.tokenizer;
                     let (logprob, top) = sampler::logprobs(logits, token, usize::from(top));
                     let top = top.into_iter().map(|(id, lp)| (tok.token_bytes(id), lp)).collect();
                     TokenLogprob { bytes: tok.token_bytes(token), logprob, top }
@@ -296,6 +334,17 @@ impl Seq {
             }
             if stopped {
                 self.finish(FinishReason::Stop, false, stats);
+                return false;
+            }
+        }
+        if let Some(gd) = &mut g.guide {
+            match gd.automaton.advance(gd.state, tok.token_bytes_ref(token)) {
+                Some(next) => gd.state = next,
+                None => tracing::warn!(token, "a constrained generation took a token its grammar refuses"),
+            }
+            // Complete, and nothing may follow: no need to ask for the end.
+            if gd.automaton.accepts(gd.state) && !gd.automaton.can_continue(gd.state) {
+                self.finish(FinishReason::Stop, true, stats);
                 return false;
             }
         }

@@ -125,7 +125,7 @@ impl Bench {
             size_bytes: 0,
             modified_at: 0,
         };
-        let model = Arc::new(LoadedModel { info, model: Model::on(Box::new(fake), summary), tokenizer: tokenizer() });
+        let model = Arc::new(LoadedModel::new(info, Model::on(Box::new(fake), summary), tokenizer()));
         let mailbox = Arc::new(Mailbox::default());
         let scheduler = Scheduler::new(Arc::downgrade(&mailbox), limits);
         Self { model, calls, mailbox, scheduler, next_id: 1 }
@@ -162,7 +162,7 @@ impl Bench {
         let sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
         let n = tokens.len() as u32;
         let spec = SeqSpec { priority, ..self.spec(deadline) };
-        self.mailbox.queue().push_back(Seq::generation(spec, tokens, sampling, vec![], max_tokens, slot.clone()));
+        self.mailbox.queue().push_back(Seq::generation(spec, tokens, sampling, vec![], max_tokens, slot.clone(), None));
         Generation::new(slot, n)
     }
 
