@@ -89,7 +89,7 @@ impl LoadedModel {
         }
         let grammar = constraint.grammar()?;
         let trie = self.token_trie.get_or_init(|| Arc::new(TokenTrie::new(&self.tokenizer))).clone();
-        let automaton = Arc::new(Automaton::new(grammar, trie));
+        let automaton = Arc::new(Automaton::new(grammar, trie)?);
         if kept.len() >= KEPT_AUTOMATA {
             kept.remove(0);
         }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tern_engine as engine;
+use tern_engine::grammar::Constraint;
 use wasmtime::component::Resource;
 use wasmtime_wasi::p2::DynPollable;
 
@@ -96,6 +97,11 @@ fn to_engine_request(model: String, prompt: wit::Prompt, params: wit::SamplingPa
             seed: 0,
             ignore_eos: params.ignore_eos,
             logprobs: params.logprobs,
+            constraint: params.constraint.map(|c| match c {
+                wit::Constraint::JsonObject => Constraint::JsonObject,
+                wit::Constraint::JsonSchema(s) => Constraint::JsonSchema(s),
+                wit::Constraint::Gbnf(g) => Constraint::Gbnf(g),
+            }),
         },
         seed: params.seed,
         stop: params.stop,

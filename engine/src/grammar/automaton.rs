@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Elem, Grammar};
+use super::{Elem, Grammar, GrammarError};
 use crate::tokenizer::Tokenizer;
 
 /// A state of an [`Automaton`].
@@ -30,6 +30,13 @@ const DEAD: u32 = u32::MAX - 1;
 const MAX_STATES: usize = 1 << 17;
 /// Most token sets kept per automaton before the cache starts over.
 const MAX_MASKS: usize = 2048;
+/// Most stacks one transition may open; a grammar so ambiguous that one
+/// byte leads to more refuses that byte (the text stays in the grammar).
+const MAX_STEP_WORK: usize = 1 << 16;
+/// Most stacks one token set may open in all before its walk stops (the
+/// tokens not reached yet stay refused), so no grammar holds the
+/// scheduler for long.
+const MAX_MASK_WORK: usize = 1 << 22;
 
 /// The vocabulary as a trie of token bytes, in preorder, so that a walk can
 /// skip every token that starts with a refused prefix.
@@ -153,18 +160,25 @@ struct Lazy {
     next: Vec<u32>,
     masks: HashMap<State, Arc<Mask>>,
     start: State,
+    /// Stacks opened since the count was last reset.
+    work: usize,
 }
 
 impl Automaton {
-    pub fn new(grammar: Grammar, trie: Arc<TokenTrie>) -> Self {
+    /// Fails only for a grammar so ambiguous that its first byte cannot be
+    /// worked out within the limit.
+    pub fn new(grammar: Grammar, trie: Arc<TokenTrie>) -> Result<Self, GrammarError> {
         let mut lazy = Lazy { nodes: vec![(0, 0)], node_min: vec![0], ..Default::default() };
         let mut out = Vec::new();
         for &alt in &grammar.rules[grammar.root as usize] {
             let n = lazy.node(&grammar, alt, EMPTY);
             lazy.expand(&grammar, n, &mut out);
         }
+        if lazy.work > MAX_STEP_WORK {
+            return Err(GrammarError("the grammar is too ambiguous: its start opens too many alternatives".into()));
+        }
         lazy.start = lazy.intern(out);
-        Self { grammar, trie, lazy: Mutex::new(lazy) }
+        Ok(Self { grammar, trie, lazy: Mutex::new(lazy) })
     }
 
     fn lazy(&self) -> MutexGuard<'_, Lazy> {
@@ -224,11 +238,20 @@ impl Automaton {
         }
         let t = &*self.trie;
         let mut mask = Mask(vec![0; t.vocab.div_ceil(64)]);
+        let mut work = 0;
         let mut at = vec![state; t.max_depth + 1];
         let mut i = 0;
         while i < t.byte.len() {
             let d = usize::from(t.depth[i]);
             let s = lazy.step(&self.grammar, at[d - 1], t.byte[i]);
+            work += lazy.work;
+            if work > MAX_MASK_WORK {
+                tracing::warn!(
+                    states = lazy.sets.len(),
+                    "a grammar's token set took too long to compute; its walk stopped early"
+                );
+                break;
+            }
             if s == DEAD {
                 i = t.skip[i] as usize;
                 continue;
@@ -278,6 +301,10 @@ impl Lazy {
     /// Adds to `out` the nodes `node` stands for once every rule on top is
     /// opened to its alternatives: each expects a byte, or is the empty stack.
     fn expand(&mut self, g: &Grammar, node: u32, out: &mut Vec<u32>) {
+        self.work += 1;
+        if self.work > MAX_STEP_WORK {
+            return;
+        }
         if node == EMPTY {
             out.push(EMPTY);
             return;
@@ -316,7 +343,9 @@ impl Lazy {
         id
     }
 
+    /// The state after byte `b`; `work` counts the stacks it opened.
     fn step(&mut self, g: &Grammar, state: State, b: u8) -> State {
+        self.work = 0;
         let k = state as usize * 256 + usize::from(b);
         let known = self.next[k];
         if known != UNKNOWN {
@@ -336,7 +365,7 @@ impl Lazy {
                 }
             }
         }
-        let s = self.intern(out);
+        let s = if self.work > MAX_STEP_WORK { DEAD } else { self.intern(out) };
         self.next[k] = s;
         s
     }

@@ -18,7 +18,7 @@ fn trie(extra: &[&str]) -> (Arc<TokenTrie>, u32) {
 }
 
 fn automaton(source: &str) -> Automaton {
-    Automaton::new(gbnf::parse(source).unwrap_or_else(|e| panic!("{e}\n{source}")), trie(&[]).0)
+    Automaton::new(gbnf::parse(source).unwrap_or_else(|e| panic!("{e}\n{source}")), trie(&[]).0).unwrap()
 }
 
 fn matches(a: &Automaton, text: &str) -> bool {
@@ -82,7 +82,7 @@ fn bad_grammars_say_what_is_wrong() {
 #[test]
 fn the_mask_holds_the_tokens_the_grammar_takes_and_the_end_once_complete() {
     let (trie, end) = trie(&["{\"", "ab", "abc", "\"}", "b\"", "zz"]);
-    let a = Automaton::new(gbnf::parse(r#"root ::= "{\"" [a-c]+ "\"}""#).unwrap(), trie);
+    let a = Automaton::new(gbnf::parse(r#"root ::= "{\"" [a-c]+ "\"}""#).unwrap(), trie).unwrap();
     let m = a.mask(a.start());
     assert!(m.allows(b'{'.into()) && m.allows(256));
     assert_eq!(m.count(), 2);
@@ -109,7 +109,7 @@ fn repeated_text_returns_to_the_same_state() {
 
 #[test]
 fn the_finishing_token_leads_the_shortest_way_to_a_complete_text() {
-    let a = Automaton::new(Constraint::JsonSchema(json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}, "required": ["a"]}).to_string()).grammar().unwrap(), trie(&[]).0);
+    let a = Automaton::new(Constraint::JsonSchema(json!({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}, "required": ["a"]}).to_string()).grammar().unwrap(), trie(&[]).0).unwrap();
     let mut s = a.advance(a.start(), br#"{"a": ["xy"#).unwrap();
     let mut text = String::from(r#"{"a": ["xy"#);
     assert_eq!(a.bytes_to_finish(s), 3);
@@ -257,7 +257,7 @@ fn random_text_under_a_schema_always_parses_and_validates() {
     let mut rng = Rng::new(42);
     for s in schemas() {
         let g = Constraint::JsonSchema(s.to_string()).grammar().unwrap_or_else(|e| panic!("{e}: {s}"));
-        let a = Automaton::new(g, trie.clone());
+        let a = Automaton::new(g, trie.clone()).unwrap();
         for _ in 0..40 {
             let mut state = a.start();
             let mut bytes = Vec::new();
@@ -316,4 +316,26 @@ fn schema_keywords_that_cannot_be_kept_are_refused_by_name() {
         assert!(e.contains(word), "{e} should name {word}");
     }
     assert!(Constraint::JsonSchema("{not json".into()).grammar().unwrap_err().0.contains("not JSON"));
+}
+
+/// A grammar built to make every byte open thousands of alternatives is cut
+/// short rather than allowed to hold the scheduler.
+#[test]
+fn an_ambiguous_grammar_costs_bounded_work() {
+    let g = gbnf::parse("root ::= x{0,3000}\nx ::= \"a\"?").unwrap();
+    match Automaton::new(g, trie(&[]).0) {
+        Err(e) => assert!(e.0.contains("ambiguous")),
+        Ok(a) => {
+            let started = std::time::Instant::now();
+            a.mask(a.start());
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        }
+    }
+    let g = gbnf::parse("root ::= x{0,100} \"b\"\nx ::= \"a\"?").unwrap();
+    let a = Automaton::new(g, trie(&[]).0).unwrap();
+    let started = std::time::Instant::now();
+    let s = a.advance(a.start(), b"aaaa").unwrap();
+    a.mask(s);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert!(a.advance(s, b"b").is_some_and(|s| a.accepts(s)));
 }

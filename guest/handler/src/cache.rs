@@ -27,8 +27,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::engine_client::{
-    BucketUsage, EngineClient, Error, Event, FinishReason, Finished, GenerationStream, Message, SamplingParams, Store,
-    Usage,
+    BucketUsage, Constraint, EngineClient, Error, Event, FinishReason, Finished, GenerationStream, Message,
+    SamplingParams, Store, Usage,
 };
 use crate::error::ApiError;
 use crate::http::{Request, Response};
@@ -110,6 +110,18 @@ pub fn key(family: &str, model: &str, rendered: &str, params: &SamplingParams, i
         field(stop.as_bytes());
     }
     field(&[u8::from(params.ignore_eos)]);
+    match &params.constraint {
+        None => field(b""),
+        Some(Constraint::JsonObject) => field(b"json-object"),
+        Some(Constraint::JsonSchema(schema)) => {
+            field(b"json-schema");
+            field(schema.as_bytes());
+        }
+        Some(Constraint::Gbnf(grammar)) => {
+            field(b"gbnf");
+            field(grammar.as_bytes());
+        }
+    }
     match identity {
         Some(who) => field(who.as_bytes()),
         None => field(b""),

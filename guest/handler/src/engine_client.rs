@@ -7,8 +7,8 @@
 //! unit tests implement it with a scripted generation (`tests/script.rs`).
 
 pub use crate::bindings::tern::llm::inference::{
-    ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo, JobState,
-    Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, TokenLogprob, Usage,
+    Constraint, ContextOverflow, Embedding, EngineStatus, Error, Event, FinishReason, Finished, Histogram, JobInfo,
+    JobState, Message, ModelInfo, Priority, Prompt, QueuePlace, SamplingParams, TokenLogprob, Usage,
 };
 pub use crate::bindings::tern::llm::store_usage::BucketUsage;
 

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::engine_client::{EngineClient, Message, ModelInfo, Priority, Prompt, SamplingParams};
+use crate::engine_client::{Constraint, EngineClient, Message, ModelInfo, Priority, Prompt, SamplingParams};
 use crate::error::ApiError;
 use crate::json::{self, Fields};
 
@@ -104,6 +104,7 @@ pub fn base_params(defaults: &SamplingDefaults) -> SamplingParams {
         stop: Vec::new(),
         ignore_eos: false,
         logprobs: None,
+        constraint: None,
         timeout_ms: None,
         priority: Priority::Interactive,
     }
@@ -207,6 +208,7 @@ pub fn parse_sampling(
     let repeat_last_n = f.integer_at_least("repeat_last_n", 0)?.unwrap_or(defaults.repeat_last_n);
     let timeout_ms = f.integer_at_least("timeout_ms", 1)?;
     let priority = parse_priority(f, default_priority)?;
+    let constraint = parse_constraint(f)?;
 
     Ok(Sampling {
         params: SamplingParams {
@@ -224,6 +226,7 @@ pub fn parse_sampling(
             ignore_eos,
             // Each API asks for log-probabilities in its own way.
             logprobs: None,
+            constraint,
             timeout_ms,
             priority,
         },
@@ -303,24 +306,86 @@ pub fn check_logit_bias(f: &Fields<'_>) -> Result<(), ApiError> {
     f.refuse_nonempty("logit_bias", "the engine applies no per-token bias")
 }
 
-/// `response_format` may only ask for plain text.
-pub fn check_response_format(f: &Fields<'_>) -> Result<(), ApiError> {
-    let map = match f.get("response_format") {
-        None => return Ok(()),
-        Some(Value::Object(map)) => map,
-        Some(other) => return Err(f.wrong_type("response_format", "an object", other)),
-    };
-    let format = Fields::nested(map, "response_format");
+// Structured output
+
+/// What the output must be, from the fields OpenAI's chat and text
+/// completions and llama.cpp's `/completion` accept: OpenAI's
+/// `response_format`, and llama.cpp's `json_schema` (an object) and
+/// `grammar` (GBNF). At most one of them may ask for something.
+pub fn parse_constraint(f: &Fields<'_>) -> Result<Option<Constraint>, ApiError> {
+    let mut found: Vec<(&str, Constraint)> = Vec::new();
+    if let Some(map) = optional_object(f, "response_format")? {
+        let format = Fields::nested(map, "response_format");
+        if let Some(c) = format_constraint(&format, "json_schema")? {
+            found.push(("response_format", c));
+        }
+    }
+    if let Some(schema) = f.get("json_schema").filter(|v| !v.is_null()) {
+        found.push(("json_schema", schema_constraint(f, "json_schema", schema)?));
+    }
+    match f.string("grammar")? {
+        None | Some("") => {}
+        Some(g) => found.push(("grammar", Constraint::Gbnf(g.to_string()))),
+    }
+    match <[_; 2]>::try_from(found) {
+        Ok([(a, _), (b, _)]) => {
+            Err(ApiError::param(b, format!("'{a}' and '{b}' both constrain the output: send one of them.")))
+        }
+        Err(found) if found.len() > 2 => Err(ApiError::param(
+            "grammar",
+            "'response_format', 'json_schema' and 'grammar' all constrain the output: send one of them.",
+        )),
+        Err(mut found) => Ok(found.pop().map(|(_, c)| c)),
+    }
+}
+
+/// An output format object (`{"type": "text" | "json_object" |
+/// "json_schema", ...}`): OpenAI's `response_format`, whose schema sits in
+/// `json_schema.schema` (`nested` = `"json_schema"`), or the Responses API's
+/// `text.format`, whose schema sits beside the type (`nested` = `""`).
+pub fn format_constraint(format: &Fields<'_>, nested: &str) -> Result<Option<Constraint>, ApiError> {
     match format.required_string("type")? {
-        "text" => Ok(()),
-        kind @ ("json_object" | "json_schema") => Err(ApiError::param(
-            "response_format",
-            format!("response_format type '{kind}' is not supported; only 'text' is."),
-        )),
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Constraint::JsonObject)),
+        "json_schema" => {
+            let holder_map;
+            let holder = if nested.is_empty() {
+                format
+            } else {
+                let map = optional_object(format, nested)?.ok_or_else(|| format.missing(nested))?;
+                holder_map = Fields::nested(map, &format.name(nested));
+                &holder_map
+            };
+            holder.string("name")?;
+            holder.boolean("strict")?;
+            holder.string("description")?;
+            match holder.get("schema") {
+                None | Some(Value::Null) => Ok(Some(Constraint::JsonObject)),
+                Some(schema) => schema_constraint(holder, "schema", schema).map(Some),
+            }
+        }
         other => Err(ApiError::param(
-            "response_format.type",
-            format!("Invalid 'response_format.type': '{other}'; only 'text' is supported."),
+            format.name("type"),
+            format!("Invalid '{}': '{other}'; expected 'text', 'json_object' or 'json_schema'.", format.name("type")),
         )),
+    }
+}
+
+/// A JSON Schema in field `name`: an object (or `true`), passed on as JSON
+/// text with its keys in the order written.
+pub fn schema_constraint(f: &Fields<'_>, name: &str, schema: &Value) -> Result<Constraint, ApiError> {
+    match schema {
+        Value::Object(_) | Value::Bool(true) => Ok(Constraint::JsonSchema(schema.to_string())),
+        other => Err(f.wrong_type(name, "a JSON Schema object", other)),
+    }
+}
+
+/// Field `name` as an object, if present and not null.
+fn optional_object<'a>(f: &Fields<'a>, name: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+    match f.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(other) => Err(f.wrong_type(name, "an object", other)),
     }
 }
 
@@ -382,7 +447,6 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
 
     let mut sampling = parse_sampling(&f, max_tokens, &OPENAI_CHAT_DEFAULTS, default_priority)?;
     sampling.params.logprobs = chat_logprobs(&f)?;
-    check_response_format(&f)?;
     check_unhonoured_chat_fields(&f)?;
 
     Ok(ChatRequest {

@@ -64,8 +64,6 @@ fn serve_completion(req: &Request, engine: &dyn EngineClient) -> Result<Response
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
     f.refuse_nonempty("n_probs", "the engine reports no token probabilities")?;
-    f.refuse_nonempty("grammar", "the engine cannot constrain output to a grammar")?;
-    f.refuse_nonempty("json_schema", "the engine cannot constrain output to a schema")?;
     let prompt = parse_prompt(&f)?;
     let model = model_or_first(&f, engine)?;
     let max_tokens = match f.integer("n_predict")? {

@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::engine_client::{EngineClient, Error, Finished, Message, ModelInfo, Prompt, SamplingParams};
+use crate::engine_client::{Constraint, EngineClient, Error, Finished, Message, ModelInfo, Prompt, SamplingParams};
 use crate::error::{error_body, ApiError};
 use crate::http::{Body, Request, Response};
 use crate::json::{self, Fields};
-use crate::params::{ollama_sampling, OLLAMA_DEFAULTS};
+use crate::params::{ollama_sampling, schema_constraint, OLLAMA_DEFAULTS};
 use crate::stream::{collect, Frames, Framing};
 use crate::wire::{engine_ms, finish_reason, ndjson_line, now_rfc3339, rfc3339, HANDLER_VERSION};
 
@@ -125,6 +125,20 @@ fn options<'a>(f: &Fields<'a>, empty: &'a Map<String, Value>) -> Result<Fields<'
     }
 }
 
+/// `format`: `"json"` (any JSON object) or a JSON Schema; `""` is none.
+fn ollama_format(f: &Fields<'_>) -> Result<Option<Constraint>, ApiError> {
+    match f.get("format") {
+        None => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(Constraint::JsonObject)),
+        Some(Value::String(s)) => Err(ApiError::param(
+            "format",
+            format!("Invalid 'format': '{s}'; expected \"json\" or a JSON Schema object."),
+        )),
+        Some(schema) => schema_constraint(f, "format", schema).map(Some),
+    }
+}
+
 /// What `/api/generate` and `/api/chat` share: the model, whether to stream,
 /// and the sampling.
 struct Call {
@@ -139,13 +153,12 @@ impl Call {
     fn parse(f: &Fields<'_>, engine: &dyn EngineClient) -> Result<Call, ApiError> {
         let name = f.required_string("model")?;
         let stream = f.boolean("stream")?.unwrap_or(true);
-        f.refuse_nonempty("format", "tern cannot constrain output to JSON or a schema")?;
         f.refuse_nonempty("think", "the model does not think aloud")?;
         check_keep_alive(f)?;
         let empty = Map::new();
         let options = options(f, &empty)?;
         let model = find_model(engine, name)?;
-        let params = ollama_sampling(&options, &model)?;
+        let params = SamplingParams { constraint: ollama_format(f)?, ..ollama_sampling(&options, &model)? };
         Ok(Call { name: name.to_string(), model, stream, params })
     }
 

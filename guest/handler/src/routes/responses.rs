@@ -24,11 +24,11 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine_client::{EngineClient, Error, FinishReason, Finished, Message, Prompt, SamplingParams};
+use crate::engine_client::{Constraint, EngineClient, Error, FinishReason, Finished, Message, Prompt, SamplingParams};
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
-use crate::params::{base_params, parse_objects, text_of_typed_parts, OPENAI_CHAT_DEFAULTS};
+use crate::params::{base_params, format_constraint, parse_objects, text_of_typed_parts, OPENAI_CHAT_DEFAULTS};
 use crate::stream::{read_all, Frames, Framing};
 use crate::wire::{sse_event, unique_hex, unix_seconds};
 
@@ -55,6 +55,7 @@ pub fn create(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiE
         max_tokens: f.integer_at_least("max_output_tokens", 1)?.unwrap_or(defaults.max_tokens),
         temperature: f.number_in("temperature", 0.0, false, 2.0)?.unwrap_or(defaults.temperature) as f32,
         top_p: f.number_in("top_p", 0.0, true, 1.0)?.unwrap_or(defaults.top_p) as f32,
+        constraint: text_format(&f)?,
         ..base_params(defaults)
     };
     let stream = f.boolean("stream")?.unwrap_or(false);
@@ -110,6 +111,22 @@ fn parse_input(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
     })
 }
 
+/// `text.format`: `{"type": "text" | "json_object" | "json_schema", ...}`,
+/// a schema beside the type.
+fn text_format(f: &Fields<'_>) -> Result<Option<Constraint>, ApiError> {
+    let text = match f.get("text") {
+        None => return Ok(None),
+        Some(Value::Object(text)) => Fields::nested(text, "text"),
+        Some(other) => return Err(f.wrong_type("text", "an object", other)),
+    };
+    text.string("verbosity")?;
+    match text.get("format") {
+        None => Ok(None),
+        Some(Value::Object(format)) => format_constraint(&Fields::nested(format, "text.format"), ""),
+        Some(other) => Err(text.wrong_type("format", "an object", other)),
+    }
+}
+
 /// Fields asking for what the engine cannot do are refused, never ignored.
 fn check_unhonoured(f: &Fields<'_>) -> Result<(), ApiError> {
     f.refuse_nonempty("previous_response_id", "responses are not stored; send the whole conversation as input")?;
@@ -128,16 +145,6 @@ fn check_unhonoured(f: &Fields<'_>) -> Result<(), ApiError> {
     f.refuse_nonempty("background", "responses run while the client waits")?;
     f.refuse_nonempty("reasoning", "the model does not reason aloud")?;
     f.refuse_nonempty("prompt", "stored prompts are not supported")?;
-    if let Some(Value::Object(text)) = f.get("text") {
-        if let Some(Value::Object(format)) = text.get("format") {
-            if format.get("type").is_some_and(|t| t != "text") {
-                return Err(ApiError::param(
-                    "text.format",
-                    "Only the 'text' format is supported: output cannot be constrained.",
-                ));
-            }
-        }
-    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use super::script::*;
 use crate::cache::{self, RESPONSES};
+use crate::engine_client::Constraint;
 
 fn greedy(extra: Value) -> Request {
     let mut body = hello(json!({"temperature": 0}));
@@ -118,13 +119,14 @@ fn key_covers_every_parameter_and_the_rendered_prompt() {
         stop: vec!["ab".into()],
         ignore_eos: false,
         logprobs: None,
+        constraint: None,
         timeout_ms: None,
         priority: Priority::Interactive,
     };
     let key = |p: &SamplingParams| cache::key("chat", MODEL, "<user>Hi<assistant>", p, None);
     let k0 = key(&base);
     type Change = fn(&mut SamplingParams);
-    let variants: [(&str, Change); 13] = [
+    let variants: [(&str, Change); 17] = [
         ("max_tokens", |p| p.max_tokens = 17),
         ("temperature", |p| p.temperature = 0.5),
         ("top_k", |p| p.top_k = 41),
@@ -138,6 +140,10 @@ fn key_covers_every_parameter_and_the_rendered_prompt() {
         ("stop split", |p| p.stop = vec!["a".into(), "b".into()]),
         ("stop none", |p| p.stop.clear()),
         ("ignore_eos", |p| p.ignore_eos = true),
+        ("json object", |p| p.constraint = Some(Constraint::JsonObject)),
+        ("json schema", |p| p.constraint = Some(Constraint::JsonSchema("{}".into()))),
+        ("another schema", |p| p.constraint = Some(Constraint::JsonSchema("{\"type\":\"object\"}".into()))),
+        ("grammar", |p| p.constraint = Some(Constraint::Gbnf("{}".into()))),
     ];
     let mut seen = std::collections::HashSet::from([k0.clone()]);
     for (name, change) in &variants {

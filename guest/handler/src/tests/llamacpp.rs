@@ -2,6 +2,7 @@
 //! `/props`.
 
 use super::script::*;
+use crate::engine_client::Constraint;
 
 fn completion(body: Value) -> Request {
     post("/completion", &body)
@@ -192,14 +193,28 @@ fn props_is_503_while_loading_and_post_only_routes_refuse_get() {
 }
 
 #[test]
-fn token_probabilities_and_grammars_are_refused_never_ignored() {
-    for (field, value) in
-        [("n_probs", json!(3)), ("grammar", json!("root ::= \"a\"")), ("json_schema", json!({"type": "object"}))]
-    {
-        let script = Script::saying(&["x"], FinishReason::Stop);
-        let body = json!({"prompt": "Hi", field: value});
-        let response = route(&post("/completion", &body), &script);
-        assert_eq!(response.status, 400, "{field}");
-        assert!(script.started.borrow().is_none(), "{field} never reaches the engine");
+fn token_probabilities_are_refused_never_ignored() {
+    let script = Script::saying(&["x"], FinishReason::Stop);
+    let response = route(&post("/completion", &json!({"prompt": "Hi", "n_probs": 3})), &script);
+    assert_eq!(response.status, 400);
+    assert!(script.started.borrow().is_none(), "n_probs never reaches the engine");
+}
+
+#[test]
+fn grammars_and_schemas_reach_the_engine_one_at_a_time() {
+    for (field, value, expected) in [
+        ("grammar", json!("root ::= \"a\""), Constraint::Gbnf("root ::= \"a\"".into())),
+        ("json_schema", json!({"type": "object"}), Constraint::JsonSchema(r#"{"type":"object"}"#.into())),
+    ] {
+        let script = Script::saying(&["a"], FinishReason::Stop);
+        let response = route(&post("/completion", &json!({"prompt": "Hi", field: value})), &script);
+        assert_eq!(response.status, 200, "{field}");
+        assert_eq!(format!("{:?}", script.started().params.constraint), format!("{:?}", Some(expected)));
     }
+    let script = Script::saying(&["a"], FinishReason::Stop);
+    let both = json!({"prompt": "Hi", "grammar": "root ::= \"a\"", "json_schema": {"type": "object"}});
+    assert_eq!(route(&post("/completion", &both), &script).status, 400);
+    let script = Script::saying(&["a"], FinishReason::Stop);
+    let bad = json!({"prompt": "Hi", "json_schema": "object"});
+    assert_eq!(route(&post("/completion", &bad), &script).status, 400);
 }

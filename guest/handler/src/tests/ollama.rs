@@ -3,6 +3,7 @@
 //! shape.
 
 use super::script::*;
+use crate::engine_client::Constraint;
 use crate::routes::ollama::{digest, parameter_size};
 use crate::wire::rfc3339;
 
@@ -230,17 +231,36 @@ fn wrong_option_types_and_values_are_400_in_ollamas_shape() {
 }
 
 #[test]
+fn format_asks_for_json_or_a_schema() {
+    for (format, expected) in [
+        (json!("json"), Some(Constraint::JsonObject)),
+        (
+            json!({"type": "object", "properties": {"b": {}, "a": {}}}),
+            Some(Constraint::JsonSchema(r#"{"type":"object","properties":{"b":{},"a":{}}}"#.into())),
+        ),
+        (json!(""), None),
+    ] {
+        for request in [generate(json!({"format": format})), ollama_chat(json!({"format": format}))] {
+            let script = Script::saying(&["{}"], FinishReason::Stop);
+            assert_eq!(route(&request, &script).status, 200);
+            assert_eq!(format!("{:?}", script.started().params.constraint), format!("{expected:?}"), "{format}");
+        }
+    }
+}
+
+#[test]
 fn unsupported_fields_are_400_but_empty_values_pass() {
     let refused = [
         generate(json!({"suffix": "end"})),
         generate(json!({"template": "{{ .Prompt }}"})),
-        generate(json!({"format": "json"})),
-        generate(json!({"format": {"type": "object"}})),
+        generate(json!({"format": "yaml"})),
+        generate(json!({"format": 3})),
+        generate(json!({"format": ["json"]})),
         generate(json!({"images": ["aGk="]})),
         generate(json!({"context": [1, 2]})),
         generate(json!({"think": true})),
         ollama_chat(json!({"tools": [{"type": "function"}]})),
-        ollama_chat(json!({"format": "json"})),
+        ollama_chat(json!({"format": false})),
         post("/api/chat", &json!({"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]})),
         post("/api/chat", &json!({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]})),
         post("/api/chat", &json!({"model": MODEL, "messages": ["hi"]})),

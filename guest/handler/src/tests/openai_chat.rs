@@ -2,6 +2,7 @@
 //! engine, engine errors, whole and streamed answers, usage and timings.
 
 use super::script::*;
+use crate::engine_client::Constraint;
 
 // Request validation
 
@@ -101,10 +102,36 @@ fn bad_messages_are_400_naming_the_element() {
 }
 
 #[test]
-fn json_response_format_is_rejected_as_unsupported() {
-    let error = param_error(chat(hello(json!({"response_format": {"type": "json_object"}}))));
-    assert_eq!(error["param"], "response_format");
-    assert!(error["message"].as_str().unwrap().contains("not supported"));
+fn response_format_asks_for_a_json_object_or_a_schema() {
+    let schema = json!({"type": "object", "properties": {"z": {"type": "string"}, "a": {"type": "integer"}}, "required": ["z", "a"]});
+    for (format, expected) in [
+        (json!({"type": "text"}), None),
+        (json!({"type": "json_object"}), Some(Constraint::JsonObject)),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "thing", "strict": true, "schema": schema}}),
+            Some(Constraint::JsonSchema(
+                r#"{"type":"object","properties":{"z":{"type":"string"},"a":{"type":"integer"}},"required":["z","a"]}"#
+                    .into(),
+            )),
+        ),
+    ] {
+        let script = Script::saying(&["{}"], FinishReason::Stop);
+        assert_eq!(route(&chat(hello(json!({"response_format": format}))), &script).status, 200);
+        assert_eq!(format!("{:?}", script.started().params.constraint), format!("{expected:?}"), "{format}");
+    }
+    for (format, param) in [
+        (json!({"type": "yaml"}), "response_format.type"),
+        (json!({"type": "json_schema"}), "response_format.json_schema"),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": "object"}}),
+            "response_format.json_schema.schema",
+        ),
+        (json!("json"), "response_format"),
+    ] {
+        assert_eq!(param_error(chat(hello(json!({"response_format": format}))))["param"], param, "{format}");
+    }
+    let two = hello(json!({"response_format": {"type": "json_object"}, "grammar": "root ::= \"a\""}));
+    assert_eq!(param_error(chat(two))["param"], "grammar");
 }
 
 #[test]
