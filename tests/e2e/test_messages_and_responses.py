@@ -71,7 +71,7 @@ def test_what_responses_cannot_honour_is_a_400_naming_the_field(oai, model_id):
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
         ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, "tools"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ]
     for extra, param in cases:
         with pytest.raises(openai.BadRequestError) as refused:

@@ -106,7 +106,7 @@ def test_errors_are_ollama_shaped(client, server, model_id):
         client.generate(model=model_id, prompt="hi", options={"temperature": "hot"})
     assert bad.value.status_code == 400
 
-    status, headers, body = server.json("POST", "/api/chat", {"model": model_id, "messages": [], "format": "json"})
+    status, headers, body = server.json("POST", "/api/chat", {"model": model_id, "messages": [], "format": "xml"})
     assert status == 400 and isinstance(body["error"], str)
 
 
