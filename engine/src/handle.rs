@@ -55,11 +55,20 @@ pub struct Embedding {
 /// position, when the generation asked for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
+    pub id: u32,
     /// The token's bytes (a token may hold part of a character).
     pub bytes: Vec<u8>,
     pub logprob: f32,
-    /// The likeliest tokens, most likely first: bytes and log-probability.
-    pub top: Vec<(Vec<u8>, f32)>,
+    /// The likeliest tokens, most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the likeliest tokens at a position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// What [`Generation::next`] returns.

@@ -53,7 +53,7 @@ pub mod tokenizer;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::EngineError;
-pub use handle::{Embedding, Event, FinishReason, Finished, Generation, TokenLogprob, Usage};
+pub use handle::{Embedding, Event, FinishReason, Finished, Generation, TokenLogprob, TopLogprob, Usage};
 pub use jobs::{JobInfo, JobState};
 pub use loaded::{LoadedModel, ModelInfo};
 pub use request::{check_stops, GenerateRequest, Message, Priority, Prompt, MAX_STOPS, MAX_STOP_BYTES};

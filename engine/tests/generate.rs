@@ -275,8 +275,12 @@ fn logprobs_come_before_their_text_one_per_token_and_greedy_picks_the_likeliest(
     assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(&text));
     for l in &logprobs {
         assert_eq!(l.top.len(), 3);
-        assert!(l.top.windows(2).all(|w| w[0].1 >= w[1].1));
-        assert_eq!((&l.top[0].0, l.top[0].1), (&l.bytes, l.logprob), "greedy takes the likeliest");
+        assert!(l.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert_eq!(
+            (l.top[0].id, &l.top[0].bytes, l.top[0].logprob),
+            (l.id, &l.bytes, l.logprob),
+            "greedy takes the likeliest"
+        );
         assert!(l.logprob <= 0.0);
     }
     let too_many = SamplingParams { logprobs: Some(21), ..greedy() };

@@ -238,9 +238,14 @@ impl HostGeneration for HostState {
             Ok(engine::Event::Logprobs(l)) => Ok(wit::Event::Logprobs(
                 l.into_iter()
                     .map(|t| wit::TokenLogprob {
+                        id: t.id,
                         bytes: t.bytes,
                         logprob: t.logprob,
-                        top: t.top.into_iter().map(|(bytes, logprob)| wit::TopLogprob { bytes, logprob }).collect(),
+                        top: t
+                            .top
+                            .into_iter()
+                            .map(|a| wit::TopLogprob { id: a.id, bytes: a.bytes, logprob: a.logprob })
+                            .collect(),
                     })
                     .collect(),
             )),

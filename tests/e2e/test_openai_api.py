@@ -126,6 +126,25 @@ def test_llama_completion_stream(server):
     assert 0 < last["tokens_predicted"] <= 10
 
 
+def test_llama_n_probs_whole_and_streamed(server):
+    ask = {"prompt": "The king said", "n_predict": 6, "temperature": 0, "n_probs": 3, "ignore_eos": True}
+    status, _, body = server.json("POST", "/completion", ask)
+    assert status == 200, body
+    probs = body["completion_probabilities"]
+    assert len(probs) == body["tokens_predicted"] == 6
+    assert "".join(p["token"] for p in probs) == body["content"]
+    for p in probs:
+        assert p["logprob"] <= 0 and len(p["top_logprobs"]) == 3
+        assert p["top_logprobs"][0]["id"] == p["id"], "greedy takes the likeliest"
+        assert bytes(p["bytes"]).decode(errors="replace") == p["token"]
+    status, _, raw = server.request("POST", "/completion", {**ask, "stream": True})
+    events = [json.loads(line[len("data: "):]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+    streamed = [p for e in events for p in e.get("completion_probabilities", [])]
+    assert [p["id"] for p in streamed] == [p["id"] for p in probs]
+    status, _, body = server.json("POST", "/completion", {**ask, "n_probs": 21})
+    assert status == 400 and body["error"]["code"] == 400
+
+
 def test_llama_tokenize_detokenize_round_trip(server):
     text = "To be, or not to be"
     status, _, body = server.json("POST", "/tokenize", {"content": text})

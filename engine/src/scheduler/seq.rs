@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use crate::error::EngineError;
 use crate::grammar::automaton::{Automaton, State};
-use crate::handle::{Embedding, EmbeddingSlot, FinishReason, Finished, GenerationSlot, TokenLogprob, Usage};
+use crate::handle::{
+    Embedding, EmbeddingSlot, FinishReason, Finished, GenerationSlot, TokenLogprob, TopLogprob, Usage,
+};
 use crate::kv::SeqKv;
 use crate::loaded::LoadedModel;
 use crate::model::Output;
@@ -268,8 +270,11 @@ impl Seq {
                 }
                 let logprob = g.logprobs.map(|top| {
                     let (logprob, top) = sampler::logprobs(logits, token, usize::from(top));
-                    let top = top.into_iter().map(|(id, lp)| (tok.token_bytes(id), lp)).collect();
-                    TokenLogprob { bytes: tok.token_bytes(token), logprob, top }
+                    let top = top
+                        .into_iter()
+                        .map(|(id, logprob)| TopLogprob { id, bytes: tok.token_bytes(id), logprob })
+                        .collect();
+                    TokenLogprob { id: token, bytes: tok.token_bytes(token), logprob, top }
                 });
                 if self.accept(token, logprob, stats) {
                     After::Running

@@ -15,12 +15,12 @@
 
 use serde_json::{json, Value};
 
-use crate::engine_client::{EngineClient, Error, FinishReason, Finished, ModelInfo, Priority};
+use crate::engine_client::{EngineClient, Error, FinishReason, Finished, ModelInfo, Priority, TokenLogprob};
 use crate::error::{llama_error_body, llama_error_response, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 use crate::params::{first_model, model_or_first, parse_prompt, parse_sampling, token_ids, LLAMA_CPP_DEFAULTS};
-use crate::stream::{read_all, Frames, Framing};
+use crate::stream::{collect_all, Frames, Framing};
 use crate::wire::{sse_data, timings_json, HANDLER_VERSION};
 
 /// Field holding the prompt, named by context-overflow errors.
@@ -63,7 +63,6 @@ fn answer(result: Result<Response, ApiError>) -> Response {
 fn serve_completion(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
     let f = Fields::new(&map);
-    f.refuse_nonempty("n_probs", "the engine reports no token probabilities")?;
     let prompt = parse_prompt(&f)?;
     let model = model_or_first(&f, engine)?;
     let max_tokens = match f.integer("n_predict")? {
@@ -81,16 +80,44 @@ fn serve_completion(req: &Request, engine: &dyn EngineClient) -> Result<Response
         sampling.params.seed = None;
     }
     f.boolean("cache_prompt")?;
+    sampling.params.logprobs = match f.integer("n_probs")? {
+        None | Some(0) => None,
+        Some(n @ 1..=20) => Some(n as u8),
+        Some(n) => return Err(f.out_of_range("n_probs", "an integer from 0 to 20", &Value::from(n))),
+    };
+    f.refuse_nonempty(
+        "post_sampling_probs",
+        "probabilities are reported under the model, before sampling settings (as with post_sampling_probs false)",
+    )?;
 
     let generation =
         engine.generate(&model, &prompt, &sampling.params).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
     let words = !sampling.params.stop.is_empty();
+    let probs = sampling.params.logprobs.is_some();
     if sampling.stream {
-        let events = Frames::new(generation, LlamaFraming { model, words });
+        let events = Frames::new(generation, LlamaFraming { model, words, pending: Vec::new() });
         return Ok(Response::event_stream(events));
     }
-    let (content, finished) = read_all(generation, PROMPT_PARAM)?;
-    Ok(Response::json(200, &last_json(&content, &model, &finished, words)))
+    let whole = collect_all(generation).map_err(|e| ApiError::engine(e, PROMPT_PARAM))?;
+    let mut body = last_json(&whole.text, &model, &whole.finished, words);
+    if probs {
+        body["completion_probabilities"] = probabilities_json(&whole.logprobs);
+    }
+    Ok(Response::json(200, &body))
+}
+
+/// `completion_probabilities` (`n_probs`): per token its id, text, bytes,
+/// log-probability and the likeliest tokens at its position.
+fn probabilities_json(tokens: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, bytes: &[u8], logprob: f32| json!({"id": id, "token": String::from_utf8_lossy(bytes), "bytes": bytes, "logprob": logprob});
+    tokens
+        .iter()
+        .map(|t| {
+            let mut e = entry(t.id, &t.bytes, t.logprob);
+            e["top_logprobs"] = t.top.iter().map(|a| entry(a.id, &a.bytes, a.logprob)).collect();
+            e
+        })
+        .collect()
 }
 
 /// `stop_type` for a generation that ended for `reason`; `words` says
@@ -126,19 +153,34 @@ fn last_json(content: &str, model: &str, finished: &Finished, words: bool) -> Va
 }
 
 /// A streamed `/completion`: one `data: {"content", "stop": false}` event
-/// per piece of text, then the last object with `stop: true`.
+/// per piece of text (with the `completion_probabilities` of its tokens
+/// when `n_probs` asked), then the last object with `stop: true`.
 struct LlamaFraming {
     model: String,
     words: bool,
+    /// Probabilities of tokens whose text has not been sent yet.
+    pending: Vec<TokenLogprob>,
 }
 
 impl Framing for LlamaFraming {
+    fn logprobs(&mut self, tokens: Vec<TokenLogprob>) {
+        self.pending.extend(tokens);
+    }
+
     fn text(&mut self, text: &str) -> Vec<u8> {
-        sse_data(json!({"content": text, "stop": false}))
+        let mut event = json!({"content": text, "stop": false});
+        if !self.pending.is_empty() {
+            event["completion_probabilities"] = probabilities_json(&std::mem::take(&mut self.pending));
+        }
+        sse_data(event)
     }
 
     fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>> {
-        vec![sse_data(last_json("", &self.model, finished, self.words))]
+        let mut last = last_json("", &self.model, finished, self.words);
+        if !self.pending.is_empty() {
+            last["completion_probabilities"] = probabilities_json(&std::mem::take(&mut self.pending));
+        }
+        vec![sse_data(last)]
     }
 
     fn failed(&mut self, error: Error) -> Vec<u8> {

@@ -193,14 +193,6 @@ fn props_is_503_while_loading_and_post_only_routes_refuse_get() {
 }
 
 #[test]
-fn token_probabilities_are_refused_never_ignored() {
-    let script = Script::saying(&["x"], FinishReason::Stop);
-    let response = route(&post("/completion", &json!({"prompt": "Hi", "n_probs": 3})), &script);
-    assert_eq!(response.status, 400);
-    assert!(script.started.borrow().is_none(), "n_probs never reaches the engine");
-}
-
-#[test]
 fn grammars_and_schemas_reach_the_engine_one_at_a_time() {
     for (field, value, expected) in [
         ("grammar", json!("root ::= \"a\""), Constraint::Gbnf("root ::= \"a\"".into())),
@@ -217,4 +209,49 @@ fn grammars_and_schemas_reach_the_engine_one_at_a_time() {
     let script = Script::saying(&["a"], FinishReason::Stop);
     let bad = json!({"prompt": "Hi", "json_schema": "object"});
     assert_eq!(route(&post("/completion", &bad), &script).status, 400);
+}
+
+#[test]
+fn n_probs_reports_each_tokens_probabilities_whole_and_streamed() {
+    let script = || {
+        Script::new(vec![
+            Ok(Event::Logprobs(vec![token("Hel", -0.5, &[("Hel", -0.5), ("Hi", -1.5)])])),
+            Ok(Event::Text("Hel".into())),
+            Ok(Event::Logprobs(vec![token("lo", -0.25, &[("lo", -0.25), ("p", -2.0)])])),
+            Ok(Event::Text("lo".into())),
+            Ok(Event::Finished(Finished { reason: FinishReason::Stop, usage: usage(2, 2) })),
+        ])
+    };
+    let s = script();
+    let body = json_of(route(&post("/completion", &json!({"prompt": "Hi", "n_probs": 2})), &s));
+    assert_eq!(s.started().params.logprobs, Some(2));
+    assert_eq!(body["content"], "Hello");
+    let probs = body["completion_probabilities"].as_array().unwrap();
+    assert_eq!(probs.len(), 2);
+    assert_eq!(probs[0]["token"], "Hel");
+    assert_eq!(probs[0]["id"], u32::from(b'H'));
+    assert_eq!(probs[0]["bytes"], json!([72, 101, 108]));
+    assert_eq!(probs[0]["logprob"], -0.5);
+    assert_eq!(
+        probs[1]["top_logprobs"][1],
+        json!({"id": u32::from(b'p'), "token": "p", "bytes": [112], "logprob": -2.0})
+    );
+
+    let s = script();
+    let response = route(&post("/completion", &json!({"prompt": "Hi", "n_probs": 2, "stream": true})), &s);
+    let events: Vec<Value> = frames(response).iter().map(|f| frame_json(f)).collect();
+    assert_eq!(events[0]["content"], "Hel");
+    assert_eq!(events[0]["completion_probabilities"][0]["token"], "Hel");
+    assert_eq!(events[1]["completion_probabilities"][0]["token"], "lo");
+
+    for bad in [json!({"n_probs": 21}), json!({"n_probs": -1}), json!({"post_sampling_probs": true})] {
+        let s = script();
+        let mut body = json!({"prompt": "Hi"});
+        body.as_object_mut().unwrap().extend(bad.as_object().unwrap().clone());
+        assert_eq!(route(&post("/completion", &body), &s).status, 400, "{bad}");
+    }
+    let s = Script::saying(&["x"], FinishReason::Stop);
+    let body = json_of(route(&post("/completion", &json!({"prompt": "Hi"})), &s));
+    assert!(body.get("completion_probabilities").is_none(), "only when asked");
+    assert_eq!(s.started().params.logprobs, None);
 }

@@ -530,11 +530,6 @@ fn stop_strings_longer_than_256_bytes_are_400() {
     assert_eq!(error["param"], "stop[1]");
 }
 
-fn token(text: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
-    let top = top.iter().map(|(t, l)| TopLogprob { bytes: t.as_bytes().to_vec(), logprob: *l }).collect();
-    TokenLogprob { bytes: text.as_bytes().to_vec(), logprob, top }
-}
-
 /// "Hello" in two tokens, each with its log-probability before its text.
 fn saying_hello_with_logprobs() -> Script {
     Script::new(vec![

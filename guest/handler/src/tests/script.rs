@@ -404,3 +404,13 @@ impl Store for MemStore {
 pub(crate) fn job_id(engine_id: &str) -> String {
     crate::routes::seed::client_job_id(engine_id, &Request::new("GET", "/"))
 }
+
+/// A generated token's log-probability (its id: its first byte) with the
+/// given alternatives.
+pub(crate) fn token(text: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
+    let top = top
+        .iter()
+        .map(|(t, l)| TopLogprob { id: u32::from(t.as_bytes()[0]), bytes: t.as_bytes().to_vec(), logprob: *l })
+        .collect();
+    TokenLogprob { id: u32::from(text.as_bytes()[0]), bytes: text.as_bytes().to_vec(), logprob, top }
+}
