@@ -46,7 +46,14 @@ OPENAI_ERR = {
 def errs(*codes, schema="Error"):
     return {c: {**OPENAI_ERR[c], "content": {"application/json": {"schema": R(schema)}}} for c in codes}
 
-messages = A(O({"role": S(enum=["system", "user", "assistant"]), "content": S()}, ["role", "content"]), minItems=1)
+tool_call = O({"id": S(), "type": S(enum=["function"]), "function": O({"name": S(), "arguments": S()}, ["name", "arguments"])},
+              ["function"])
+messages = A(O({"role": S(enum=["system", "user", "assistant", "tool"]), "content": NUL(S()), "tool_call_id": S(),
+                "tool_calls": A(tool_call)}, ["role"]), minItems=1)
+tools = A(O({"type": S(enum=["function"]), "function": O({"name": S(pattern="^[A-Za-z0-9_-]{1,64}$"), "description": S(),
+                                                            "parameters": O({}), "strict": B}, ["name"])}, ["function"]))
+tool_choice = {"anyOf": [S(enum=["none", "auto", "required"]),
+                         O({"type": S(enum=["function"]), "function": O({"name": S()}, ["name"])}, ["function"])]}
 stop = {"anyOf": [S(maxLength=256), A(S(maxLength=256), maxItems=4)]}
 sampling = {
     "temperature": N(minimum=0, maximum=2),
@@ -110,10 +117,12 @@ schemas = {
     "ChatCompletionRequest": O({"model": S(), "messages": messages, "max_tokens": I(minimum=1),
                                 "max_completion_tokens": I(minimum=1), "n": I(minimum=1, maximum=8), "stream": B,
                                 "stream_options": O({"include_usage": B}), "use_cache": B, "user": S(),
-                                "logprobs": B, "top_logprobs": I(minimum=0, maximum=20), **sampling},
+                                "logprobs": B, "top_logprobs": I(minimum=0, maximum=20), "tools": tools,
+                                "tool_choice": tool_choice, "parallel_tool_calls": B, **sampling},
                                ["model", "messages"]),
     "ChatCompletion": O({"id": S(), "object": S(enum=["chat.completion"]), "created": I(), "model": S(),
-                         "choices": A(O({"index": I(), "message": O({"role": S(), "content": S()}, ["role", "content"]),
+                         "choices": A(O({"index": I(), "message": O({"role": S(), "content": NUL(S()), "tool_calls": A(tool_call)},
+                                                                    ["role", "content"]),
                                          "finish_reason": finish}, ["index", "message", "finish_reason"])),
                          "usage": usage, "timings": timings},
                         ["id", "object", "created", "model", "choices", "usage"]),
@@ -245,7 +254,8 @@ paths = {
                                  schema="OllamaError", stream="application/x-ndjson"),
     "/api/chat": simple_post("Ollama chat (NDJSON stream by default)",
                              O({"model": S(), "messages": A(O({"role": S(enum=["system", "user", "assistant"]), "content": S()}, ["role", "content"])),
-                                "stream": B, "keep_alive": {}, "format": {"anyOf": [S(enum=["", "json"]), O({})]}, "options": R("OllamaOptions")}, ["model", "messages"]),
+                                "stream": B, "keep_alive": {}, "format": {"anyOf": [S(enum=["", "json"]), O({})]}, "tools": tools,
+                                "options": R("OllamaOptions")}, ["model", "messages"]),
                              O({"model": S(), "created_at": S(), "message": O({"role": S(), "content": S()}), "done": B},
                                ["model", "created_at", "done"]), schema="OllamaError", stream="application/x-ndjson"),
     "/api/tags": get("Ollama model list", O({"models": A(O({"name": S(), "model": S(), "modified_at": S(), "size": I(), "digest": S(),

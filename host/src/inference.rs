@@ -101,6 +101,7 @@ fn to_engine_request(model: String, prompt: wit::Prompt, params: wit::SamplingPa
                 wit::Constraint::JsonObject => Constraint::JsonObject,
                 wit::Constraint::JsonSchema(s) => Constraint::JsonSchema(s),
                 wit::Constraint::Gbnf(g) => Constraint::Gbnf(g),
+                wit::Constraint::JsonOrText(s) => Constraint::JsonOrText(s),
             }),
         },
         seed: params.seed,

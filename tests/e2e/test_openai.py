@@ -74,8 +74,8 @@ def test_what_the_engine_cannot_honour_is_a_400_naming_the_field(client, model_i
     weather = {"type": "function", "function": {"name": "weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
     cases = [
-        ({"tools": [weather], "tool_choice": {"type": "function", "function": {"name": "weather"}}}, "tool_choice"),
-        ({"tools": [weather]}, "tools"),
+        ({"tools": [weather], "tool_choice": {"type": "function", "function": {"name": "w"}}}, "tool_choice.function.name"),
+        ({"functions": [weather["function"]]}, "functions"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"42": -100}}, "logit_bias"),
     ]

@@ -25,6 +25,10 @@ pub enum Constraint {
     JsonSchema(String),
     /// Text in the language of this GBNF grammar (its `root` rule).
     Gbnf(String),
+    /// Either JSON valid against this JSON Schema of an object (so its text
+    /// starts with `{`), or any text that does not start with `{`: how a
+    /// model answers in prose or calls a tool, as it chooses.
+    JsonOrText(String),
 }
 
 impl Constraint {
@@ -37,14 +41,22 @@ impl Constraint {
     pub fn gbnf(&self) -> Result<String, GrammarError> {
         match self {
             Constraint::JsonObject => Ok(schema::to_gbnf(&serde_json::json!({"type": "object"}))?),
-            Constraint::JsonSchema(text) => {
-                let value: serde_json::Value = serde_json::from_str(text)
-                    .map_err(|e| GrammarError(format!("the JSON schema is not JSON: {e}")))?;
-                schema::to_gbnf(&value)
-            }
+            Constraint::JsonSchema(text) => schema::to_gbnf(&parse_schema(text)?),
             Constraint::Gbnf(text) => Ok(text.clone()),
+            Constraint::JsonOrText(text) => {
+                let json = schema::to_gbnf(&parse_schema(text)?)?;
+                // Schema rules never hold `_`, so these names are free.
+                Ok(format!(
+                    "root ::= json_answer | free_text | \"\"\nfree_text ::= [^{{] .*\n{}",
+                    json.replacen("root ::= ", "json_answer ::= ", 1)
+                ))
+            }
         }
     }
+}
+
+fn parse_schema(text: &str) -> Result<serde_json::Value, GrammarError> {
+    serde_json::from_str(text).map_err(|e| GrammarError(format!("the JSON schema is not JSON: {e}")))
 }
 
 /// Why a grammar or schema cannot be used.

@@ -339,3 +339,17 @@ fn an_ambiguous_grammar_costs_bounded_work() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     assert!(a.advance(s, b"b").is_some_and(|s| a.accepts(s)));
 }
+
+#[test]
+fn json_or_text_takes_a_valid_object_or_prose_that_does_not_open_one() {
+    let schema = json!({"type": "object", "properties": {"name": {"const": "f"}}, "required": ["name"]});
+    let a = Automaton::new(Constraint::JsonOrText(schema.to_string()).grammar().unwrap(), trie(&[]).0).unwrap();
+    for ok in [r#"{"name": "f"}"#, "Hello {there}", " {\"x\"", ""] {
+        assert!(matches(&a, ok), "{ok:?}");
+    }
+    for bad in [r#"{"name": "g"}"#, "{hello"] {
+        assert!(!matches(&a, bad), "{bad:?}");
+    }
+    let s = a.advance(a.start(), br#"{"name": "f"}"#).unwrap();
+    assert!(!a.can_continue(s), "a complete call ends the answer");
+}

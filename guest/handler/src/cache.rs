@@ -121,6 +121,10 @@ pub fn key(family: &str, model: &str, rendered: &str, params: &SamplingParams, i
             field(b"gbnf");
             field(grammar.as_bytes());
         }
+        Some(Constraint::JsonOrText(schema)) => {
+            field(b"json-or-text");
+            field(schema.as_bytes());
+        }
     }
     match identity {
         Some(who) => field(who.as_bytes()),

@@ -195,3 +195,34 @@ impl<'a> Fields<'a> {
         Err(ApiError::param(param.clone(), format!("'{param}' is not supported: {why}.")))
     }
 }
+
+/// The required, non-empty list of objects in field `name` (of `what`s),
+/// each read by `item` with its path (`name[i]`) as the field prefix.
+pub fn parse_objects<T>(
+    f: &Fields<'_>,
+    name: &str,
+    what: &str,
+    mut item: impl FnMut(&Fields<'_>) -> Result<T, ApiError>,
+) -> Result<Vec<T>, ApiError> {
+    let list = match f.get(name) {
+        None => return Err(f.missing(name)),
+        Some(Value::Array(list)) => list,
+        Some(other) => return Err(f.wrong_type(name, "an array", other)),
+    };
+    if list.is_empty() {
+        return Err(ApiError::param(f.name(name), format!("'{name}' must contain at least one {what}.")));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let path = f.name(&format!("{name}[{i}]"));
+            match value {
+                Value::Object(map) => item(&Fields::nested(map, &path)),
+                other => Err(ApiError::param(
+                    path.clone(),
+                    format!("Invalid type for '{path}': expected an object, but got {} instead.", kind(other)),
+                )),
+            }
+        })
+        .collect()
+}

@@ -51,6 +51,7 @@ mod routes;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tools;
 mod wire;
 
 pub use body_limit::{append_body_chunk, check_declared_length};

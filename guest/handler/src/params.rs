@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 
 use crate::engine_client::{Constraint, EngineClient, Message, ModelInfo, Priority, Prompt, SamplingParams};
 use crate::error::ApiError;
+pub use crate::json::parse_objects;
 use crate::json::{self, Fields};
+use crate::tools::{self, Tools};
 
 // Defaults
 
@@ -418,6 +420,8 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// Choices to generate.
     pub n: u32,
+    /// The tools the model may call, unless none were offered.
+    pub tools: Option<Tools>,
 }
 
 /// Validates a chat completion request body.
@@ -437,7 +441,7 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
 pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -> Result<ChatRequest, ApiError> {
     let f = Fields::new(map);
 
-    let messages = parse_messages(&f)?;
+    let mut messages = parse_messages(&f)?;
     let model = f.required_string("model")?.to_string();
 
     // Both spellings are validated; the newer one wins when both are given.
@@ -448,6 +452,18 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
     let mut sampling = parse_sampling(&f, max_tokens, &OPENAI_CHAT_DEFAULTS, default_priority)?;
     sampling.params.logprobs = chat_logprobs(&f)?;
     check_unhonoured_chat_fields(&f)?;
+    let tools = tools::parse_choice(&f, tools::parse_tools(&f)?)?;
+    f.boolean("parallel_tool_calls")?;
+    if let Some(tools) = &tools {
+        if sampling.params.constraint.is_some() {
+            return Err(ApiError::param(
+                "tools",
+                "'tools' cannot be combined with 'response_format', 'json_schema' or 'grammar': send one of them.",
+            ));
+        }
+        sampling.params.constraint = Some(tools.constraint());
+        tools.describe_to(&mut messages);
+    }
 
     Ok(ChatRequest {
         model,
@@ -456,6 +472,7 @@ pub fn parse_chat_fields(map: &Map<String, Value>, default_priority: Priority) -
         stream: sampling.stream,
         include_usage: sampling.include_usage,
         n: sampling.n,
+        tools,
     })
 }
 
@@ -478,21 +495,16 @@ fn chat_logprobs(f: &Fields<'_>) -> Result<Option<u8>, ApiError> {
 }
 
 /// Chat fields asking for what the engine cannot do are refused, never
-/// ignored: tools and functions (unless the request says not to call them),
-/// audio, and predicted outputs.
+/// ignored: the deprecated functions, audio, and predicted outputs.
 fn check_unhonoured_chat_fields(f: &Fields<'_>) -> Result<(), ApiError> {
-    for (list, choice, what) in [("tools", "tool_choice", "tools"), ("functions", "function_call", "functions")] {
-        let why = format!("the model cannot call {what}");
-        match f.get(choice) {
-            Some(Value::String(s)) if s == "none" => continue,
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "auto" => {}
-            Some(_) => {
-                return Err(ApiError::param(choice, format!("'{choice}' may only be 'auto' or 'none': {why}.")));
-            }
-        }
-        f.refuse_nonempty(list, &why)?;
+    // The deprecated spelling of tools.
+    let why = "the deprecated 'functions' are not supported: send them as 'tools'";
+    match f.get("function_call") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "none" || s == "auto" => {}
+        Some(_) => return Err(ApiError::param("function_call", format!("'function_call' is not supported: {why}."))),
     }
+    f.refuse_nonempty("functions", why)?;
     f.refuse_nonempty("audio", "the model reads and writes text only")?;
     f.refuse_nonempty("prediction", "the engine does not use predicted outputs")?;
     match f.get("modalities") {
@@ -509,49 +521,21 @@ pub fn parse_messages(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
     parse_objects(f, "messages", "message", parse_message)
 }
 
-/// The required, non-empty list of objects in field `name` (of `what`s),
-/// each read by `item` with its path (`name[i]`) as the field prefix.
-pub fn parse_objects<T>(
-    f: &Fields<'_>,
-    name: &str,
-    what: &str,
-    mut item: impl FnMut(&Fields<'_>) -> Result<T, ApiError>,
-) -> Result<Vec<T>, ApiError> {
-    let list = match f.get(name) {
-        None => return Err(f.missing(name)),
-        Some(Value::Array(list)) => list,
-        Some(other) => return Err(f.wrong_type(name, "an array", other)),
-    };
-    if list.is_empty() {
-        return Err(ApiError::param(f.name(name), format!("'{name}' must contain at least one {what}.")));
-    }
-    list.iter()
-        .enumerate()
-        .map(|(i, value)| {
-            let path = f.name(&format!("{name}[{i}]"));
-            match value {
-                Value::Object(map) => item(&Fields::nested(map, &path)),
-                other => Err(ApiError::param(
-                    path.clone(),
-                    format!("Invalid type for '{path}': expected an object, but got {} instead.", json::kind(other)),
-                )),
-            }
-        })
-        .collect()
-}
-
-/// One message: a `role` and its text `content`.
+/// One message: a `role` and its text `content`. A `tool` message (with
+/// its `tool_call_id`) and an assistant's `tool_calls` are written into the
+/// text as [`tools`] writes them.
 pub fn parse_message(f: &Fields<'_>) -> Result<Message, ApiError> {
     let role = match f.required_string("role")? {
         // OpenAI's newer name for the system role.
         "system" | "developer" => "system",
         "user" => "user",
         "assistant" => "assistant",
+        "tool" => "tool",
         other => {
             return Err(ApiError::param(
                 f.name("role"),
                 format!(
-                    "Unsupported role '{other}' in '{}': expected 'system', 'user' or 'assistant'.",
+                    "Unsupported role '{other}' in '{}': expected 'system', 'user', 'assistant' or 'tool'.",
                     f.name("role")
                 ),
             ))
@@ -565,6 +549,35 @@ pub fn parse_message(f: &Fields<'_>) -> Result<Message, ApiError> {
         None => return Err(f.missing("content")),
         Some(other) => return Err(f.wrong_type("content", "a string or an array of parts", other)),
     };
+    if role == "tool" {
+        let id = f.required_string("tool_call_id")?;
+        return Ok(tools::result_message(Some(id), None, &content));
+    }
+    let calls = match (role, f.get("tool_calls")) {
+        (_, None) => Vec::new(),
+        ("assistant", Some(Value::Array(list))) if list.is_empty() => Vec::new(),
+        ("assistant", Some(Value::Array(_))) => parse_objects(f, "tool_calls", "call", |c| {
+            let function = match c.get("function") {
+                Some(Value::Object(map)) => Fields::nested(map, &c.name("function")),
+                None => return Err(c.missing("function")),
+                Some(other) => return Err(c.wrong_type("function", "an object", other)),
+            };
+            let name = function.required_string("name")?;
+            let arguments = function.required_string("arguments")?;
+            let arguments: Value = serde_json::from_str(arguments).map_err(|e| {
+                ApiError::param(
+                    function.name("arguments"),
+                    format!("'{}' is not JSON: {e}.", function.name("arguments")),
+                )
+            })?;
+            Ok(tools::call_text(name, &arguments))
+        })?,
+        ("assistant", Some(other)) => return Err(f.wrong_type("tool_calls", "an array", other)),
+        (_, Some(_)) => {
+            return Err(ApiError::param(f.name("tool_calls"), "Only assistant messages carry 'tool_calls'."))
+        }
+    };
+    let content = std::iter::once(content).filter(|c| !c.is_empty()).chain(calls).collect::<Vec<_>>().join("\n");
     Ok(Message { role: role.to_string(), content })
 }
 

@@ -144,7 +144,13 @@ impl<F: Framing> Iterator for Frames<F> {
                 Ok(Event::Text(text)) if text.is_empty() => {}
                 Ok(Event::Pending) => {}
                 Ok(Event::Logprobs(tokens)) => self.framing.logprobs(tokens),
-                Ok(Event::Text(text)) => return Some(self.framing.text(&text)),
+                Ok(Event::Text(text)) => {
+                    // A framing that holds text back sends nothing yet.
+                    let frame = self.framing.text(&text);
+                    if !frame.is_empty() {
+                        return Some(frame);
+                    }
+                }
                 Ok(Event::Finished(finished)) => {
                     self.generation = None;
                     self.queued.extend(self.framing.finished(&finished));

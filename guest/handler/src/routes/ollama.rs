@@ -21,9 +21,10 @@ use serde_json::{json, Map, Value};
 use crate::engine_client::{Constraint, EngineClient, Error, Finished, Message, ModelInfo, Prompt, SamplingParams};
 use crate::error::{error_body, ApiError};
 use crate::http::{Body, Request, Response};
-use crate::json::{self, Fields};
+use crate::json::{self, parse_objects, Fields};
 use crate::params::{ollama_sampling, schema_constraint, OLLAMA_DEFAULTS};
 use crate::stream::{collect, Frames, Framing};
+use crate::tools::{self, Choice, Held, StreamedCall, ToolCall, Tools};
 use crate::wire::{engine_ms, finish_reason, ndjson_line, now_rfc3339, rfc3339, HANDLER_VERSION};
 
 /// `expires_at` of a model in `/api/ps`: tern never unloads a served model,
@@ -147,6 +148,8 @@ struct Call {
     model: ModelInfo,
     stream: bool,
     params: SamplingParams,
+    /// Tools the reply may call (`/api/chat`).
+    tools: Option<Tools>,
 }
 
 impl Call {
@@ -159,7 +162,7 @@ impl Call {
         let options = options(f, &empty)?;
         let model = find_model(engine, name)?;
         let params = SamplingParams { constraint: ollama_format(f)?, ..ollama_sampling(&options, &model)? };
-        Ok(Call { name: name.to_string(), model, stream, params })
+        Ok(Call { name: name.to_string(), model, stream, params, tools: None })
     }
 
     /// Ollama's answer to a request with nothing to generate, which clients
@@ -176,7 +179,8 @@ impl Call {
         let engine_error = |e| ApiError::engine(e, reply.prompt_param());
         let generation = engine.generate(&self.model.id, &prompt, &self.params).map_err(engine_error)?;
         if self.stream {
-            let lines = Frames::new(generation, Lines { reply, name: self.name });
+            let lines =
+                Frames::new(generation, Lines { reply, name: self.name, call: self.tools.map(StreamedCall::new) });
             return Ok(Response {
                 status: 200,
                 headers: vec![("content-type".into(), "application/x-ndjson".into())],
@@ -184,7 +188,11 @@ impl Call {
             });
         }
         let (text, finished) = collect(generation).map_err(engine_error)?;
-        Ok(Response::json(200, &reply.last(&self.name, &text, &finished)))
+        let mut last = reply.last(&self.name, &text, &finished);
+        if let Some(call) = self.tools.as_ref().and_then(|t| t.read_call(&text)) {
+            last["message"] = call_message(&call);
+        }
+        Ok(Response::json(200, &last))
     }
 }
 
@@ -228,15 +236,27 @@ fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> 
         }
         Some(other) => return Err(f.wrong_type("messages", "an array", other)),
     };
-    f.refuse_nonempty("tools", "the model cannot call tools")?;
-    let call = Call::parse(&f, engine)?;
+    let mut call = Call::parse(&f, engine)?;
+    let mut messages = messages;
+    let tools = tools::parse_tools(&f)?;
+    if !tools.is_empty() {
+        if call.params.constraint.is_some() {
+            return Err(ApiError::param("tools", "'tools' cannot be combined with 'format': send one of them."));
+        }
+        let tools = Tools { tools, choice: Choice::Auto };
+        call.params.constraint = Some(tools.constraint());
+        tools.describe_to(&mut messages);
+        call.tools = Some(tools);
+    }
     if messages.is_empty() {
         return Ok(call.loaded(Reply::Chat));
     }
     call.run(Reply::Chat, Prompt::Chat(messages), engine)
 }
 
-/// Message `i` of `messages`: a text turn of `system`, `user` or `assistant`.
+/// Message `i` of `messages`: a text turn of `system`, `user` or
+/// `assistant` (whose `tool_calls` are written into its text), or a `tool`
+/// result.
 fn message(f: &Fields<'_>, i: usize, value: &Value) -> Result<Message, ApiError> {
     let path = format!("messages[{i}]");
     let Value::Object(map) = value else {
@@ -244,17 +264,38 @@ fn message(f: &Fields<'_>, i: usize, value: &Value) -> Result<Message, ApiError>
     };
     let m = Fields::nested(map, &path);
     let role = m.required_string("role")?;
-    if !matches!(role, "system" | "user" | "assistant") {
+    if !matches!(role, "system" | "user" | "assistant" | "tool") {
         let param = m.name("role");
         return Err(ApiError::param(
             param.clone(),
-            format!("Unsupported role '{role}' in '{param}': expected 'system', 'user' or 'assistant'."),
+            format!("Unsupported role '{role}' in '{param}': expected 'system', 'user', 'assistant' or 'tool'."),
         ));
     }
     m.refuse_nonempty("images", "the model reads text only")?;
-    m.refuse_nonempty("tool_calls", "the model cannot call tools")?;
     let content = m.string("content")?.unwrap_or_default();
-    Ok(Message { role: role.to_string(), content: content.to_string() })
+    if role == "tool" {
+        return Ok(tools::result_message(None, m.string("tool_name")?, content));
+    }
+    let calls = match m.get("tool_calls") {
+        None => Vec::new(),
+        Some(Value::Array(list)) if list.is_empty() => Vec::new(),
+        Some(_) if role != "assistant" => {
+            return Err(ApiError::param(m.name("tool_calls"), "Only assistant messages carry 'tool_calls'."))
+        }
+        Some(_) => parse_objects(&m, "tool_calls", "call", |c| {
+            let function = match c.get("function") {
+                Some(Value::Object(map)) => Fields::nested(map, &c.name("function")),
+                None => return Err(c.missing("function")),
+                Some(other) => return Err(c.wrong_type("function", "an object", other)),
+            };
+            let name = function.required_string("name")?;
+            let arguments = function.get("arguments").cloned().unwrap_or_else(|| json!({}));
+            Ok(tools::call_text(name, &arguments))
+        })?,
+    };
+    let content =
+        std::iter::once(content.to_string()).filter(|c| !c.is_empty()).chain(calls).collect::<Vec<_>>().join("\n");
+    Ok(Message { role: role.to_string(), content })
 }
 
 // Replies
@@ -316,19 +357,42 @@ fn nanos(ms: f64) -> u64 {
     (ms * 1e6).round() as u64
 }
 
+/// An assistant message that calls a tool, in Ollama's shape (the
+/// arguments as an object).
+fn call_message(call: &ToolCall) -> Value {
+    json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": call.name, "arguments": call.arguments}}]})
+}
+
 /// The NDJSON lines of one streamed reply.
 struct Lines {
     reply: Reply,
     name: String,
+    /// Tools the reply may call.
+    call: Option<StreamedCall>,
 }
 
 impl Framing for Lines {
     fn text(&mut self, text: &str) -> Vec<u8> {
-        ndjson_line(&Value::Object(self.reply.object(&self.name, text, false)))
+        match self.call.as_mut().map_or(Some(text), |c| c.pass(text)) {
+            Some(text) => ndjson_line(&Value::Object(self.reply.object(&self.name, text, false))),
+            None => Vec::new(),
+        }
     }
 
+    /// A held call goes out as its own line before the last one.
     fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>> {
-        vec![ndjson_line(&self.reply.last(&self.name, "", finished))]
+        let mut lines = Vec::with_capacity(2);
+        match self.call.as_mut().map_or(Held::Nothing, StreamedCall::finish) {
+            Held::Nothing => {}
+            Held::Call(call) => {
+                let mut line = self.reply.object(&self.name, "", false);
+                line.insert("message".into(), call_message(&call));
+                lines.push(ndjson_line(&Value::Object(line)));
+            }
+            Held::Text(text) => lines.push(ndjson_line(&Value::Object(self.reply.object(&self.name, &text, false)))),
+        }
+        lines.push(ndjson_line(&self.reply.last(&self.name, "", finished)));
+        lines
     }
 
     fn failed(&mut self, error: Error) -> Vec<u8> {

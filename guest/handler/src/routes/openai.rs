@@ -35,6 +35,7 @@ use crate::params::{
     parse_chat_fields, parse_prompt, parse_sampling, token_ids, ChatRequest, OPENAI_COMPLETIONS_DEFAULTS,
 };
 use crate::stream::{collect_all, start_choices, Frames, Framing, Whole};
+use crate::tools::{call_id, Held, StreamedCall, ToolCall, Tools};
 use crate::wire::{completion_id, finish_reason, sse_data, timings_json, unix_seconds, usage_json};
 
 /// Field holding a chat's prompt, named by context-overflow errors.
@@ -104,6 +105,7 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
             cached,
             logprobs: chat.params.logprobs.map(|_| Vec::new()),
             text_offset: 0,
+            call: chat.tools.map(StreamedCall::new),
         };
         return Ok(cache::event_stream(Frames::new(generation, chunks), pending, header));
     }
@@ -112,7 +114,8 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
     if let Some(pending) = pending {
         pending.commit();
     }
-    let mut body = chat_answer(&chat.model, chat.params.logprobs.is_some(), std::slice::from_ref(&whole));
+    let mut body =
+        chat_answer(&chat.model, chat.params.logprobs.is_some(), chat.tools.as_ref(), std::slice::from_ref(&whole));
     if let Some(cached) = cached {
         body["cached"] = Value::from(cached);
     }
@@ -125,20 +128,37 @@ fn chat_choices(chat: ChatRequest, engine: &dyn EngineClient) -> Result<Response
     let prompt = Prompt::Chat(chat.messages);
     let generations = start_choices(engine, &chat.model, &prompt, &chat.params, chat.n).map_err(engine_error)?;
     let wholes = generations.into_iter().map(collect_all).collect::<Result<Vec<_>, _>>().map_err(engine_error)?;
-    Ok(Response::json(200, &chat_answer(&chat.model, chat.params.logprobs.is_some(), &wholes)))
+    Ok(Response::json(200, &chat_answer(&chat.model, chat.params.logprobs.is_some(), chat.tools.as_ref(), &wholes)))
 }
 
 /// The `chat.completion` object of the choices `wholes`, with their
-/// log-probabilities when `logprobs`.
-fn chat_answer(model: &str, logprobs: bool, wholes: &[Whole]) -> Value {
+/// log-probabilities when `logprobs`; an answer that calls one of `tools`
+/// is a message with `tool_calls` and finish reason `tool_calls`.
+fn chat_answer(model: &str, logprobs: bool, tools: Option<&Tools>, wholes: &[Whole]) -> Value {
     let choices = wholes.iter().map(|whole| {
+        let call = tools.and_then(|t| t.read_call(&whole.text));
+        let (message, finish) = match call {
+            Some(call) => {
+                (json!({"role": "assistant", "content": null, "tool_calls": [tool_call_json(&call)]}), "tool_calls")
+            }
+            None => (json!({"role": "assistant", "content": whole.text}), finish_reason(whole.finished.reason)),
+        };
         json!({
-            "message": {"role": "assistant", "content": whole.text},
+            "message": message,
             "logprobs": if logprobs { chat_logprobs_json(&whole.logprobs) } else { Value::Null },
-            "finish_reason": finish_reason(whole.finished.reason),
+            "finish_reason": finish,
         })
     });
     whole_answer("chatcmpl", "chat.completion", model, choices, wholes)
+}
+
+/// OpenAI's `tool_calls` entry: the arguments as JSON text.
+fn tool_call_json(call: &ToolCall) -> Value {
+    json!({
+        "id": call_id(),
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments.to_string()},
+    })
 }
 
 /// The usage of several choices of one prompt: the prompt (and its times)
@@ -184,6 +204,7 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
             cached: None,
             logprobs: sampling.params.logprobs.map(|_| Vec::new()),
             text_offset,
+            call: None,
         };
         return Ok(Response::event_stream(Frames::new(generation, chunks)));
     }
@@ -338,6 +359,8 @@ struct CompletionChunks {
     /// Characters of text before the next token (text completions'
     /// `text_offset`).
     text_offset: usize,
+    /// Tools the answer may call (chat).
+    call: Option<StreamedCall>,
 }
 
 impl CompletionChunks {
@@ -434,16 +457,34 @@ impl Framing for CompletionChunks {
     }
 
     fn text(&mut self, text: &str) -> Vec<u8> {
-        sse_data(self.chunk(Some(text), None))
+        match self.call.as_mut().map_or(Some(text), |c| c.pass(text)) {
+            Some(text) => sse_data(self.chunk(Some(text), None)),
+            None => Vec::new(),
+        }
     }
 
     /// The chunk with the finish reason, then the usage chunk if asked for,
     /// then `[DONE]`. `timings` ride on the last JSON chunk, as in
-    /// llama.cpp's server.
+    /// llama.cpp's server. A held call goes first, as one `tool_calls`
+    /// delta (or, if it never became a whole call, as text).
     fn finished(&mut self, finished: &Finished) -> Vec<Vec<u8>> {
-        let mut last = self.chunk(None, Some(finish_reason(finished.reason)));
+        let mut frames = Vec::with_capacity(4);
+        let mut reason = finish_reason(finished.reason);
+        match self.call.as_mut().map_or(Held::Nothing, StreamedCall::finish) {
+            Held::Nothing => {}
+            Held::Call(call) => {
+                let mut delta = tool_call_json(&call);
+                delta["index"] = Value::from(0);
+                let chunk = self.choice_chunk(json!({
+                    "index": 0, "delta": {"tool_calls": [delta]}, "logprobs": null, "finish_reason": null,
+                }));
+                frames.push(sse_data(chunk));
+                reason = "tool_calls";
+            }
+            Held::Text(text) => frames.push(sse_data(self.chunk(Some(&text), None))),
+        }
+        let mut last = self.chunk(None, Some(reason));
         let timings = timings_json(&finished.usage);
-        let mut frames = Vec::with_capacity(3);
         if self.include_usage {
             let mut usage = self.envelope(json!([]));
             usage.insert("usage".into(), usage_json(&finished.usage));

@@ -162,6 +162,12 @@ pub fn submit_job(req: &Request, engine: &dyn EngineClient) -> Result<Response, 
     if chat.n > 1 {
         return Err(ApiError::param("n", "A queued job makes one choice: submit one job per choice."));
     }
+    if chat.tools.is_some() {
+        return Err(ApiError::param(
+            "tools",
+            "A queued job reports its text only: call tools through /v1/chat/completions.",
+        ));
+    }
     if chat.stream {
         return Err(ApiError::param(
             "stream",

@@ -15,3 +15,4 @@ mod routing;
 mod script;
 mod seed;
 mod spin;
+mod tools;

@@ -260,9 +260,14 @@ fn unsupported_fields_are_400_but_empty_values_pass() {
         generate(json!({"context": [1, 2]})),
         generate(json!({"think": true})),
         ollama_chat(json!({"tools": [{"type": "function"}]})),
+        ollama_chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}], "format": "json"})),
         ollama_chat(json!({"format": false})),
         post("/api/chat", &json!({"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]})),
-        post("/api/chat", &json!({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]})),
+        post("/api/chat", &json!({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]})),
+        post(
+            "/api/chat",
+            &json!({"model": MODEL, "messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]}),
+        ),
         post("/api/chat", &json!({"model": MODEL, "messages": ["hi"]})),
         post("/api/generate", &json!({"prompt": "x"})),
     ];
@@ -475,4 +480,38 @@ fn legacy_embeddings_answer_one_vector() {
     assert_eq!(body["embedding"], json!([]));
     let unknown = post("/api/embeddings", &json!({"model": "x", "prompt": "abc"}));
     assert_eq!(ollama_error(route(&unknown, &script), 404), "model \"x\" not found");
+}
+
+#[test]
+fn tools_are_offered_and_a_call_comes_back_in_ollamas_shape() {
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let said = [r#"{"name": "get_weather", "#, r#""arguments": {"city": "Oslo"}}"#];
+    let script = Script::saying(&said, FinishReason::Stop);
+    let body = json_of(route(&ollama_chat(json!({"tools": tools, "stream": false})), &script));
+    assert!(matches!(script.started().params.constraint, Some(crate::engine_client::Constraint::JsonOrText(_))));
+    assert_eq!(
+        body["message"]["tool_calls"],
+        json!([{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}])
+    );
+    assert_eq!(body["message"]["content"], "");
+    assert_eq!(body["done"], true);
+
+    let script = Script::saying(&said, FinishReason::Stop);
+    let lines = ndjson(route(&ollama_chat(json!({"tools": tools})), &script));
+    assert_eq!(lines.len(), 2, "the call, then the last line: {lines:?}");
+    assert_eq!(lines[0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(lines[1]["done"], true);
+
+    // A conversation carrying the call and its result.
+    let script = Script::saying(&["Sunny."], FinishReason::Stop);
+    let messages = json!([
+        {"role": "user", "content": "Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+    ]);
+    let request = post("/api/chat", &json!({"model": MODEL, "messages": messages, "tools": tools, "stream": false}));
+    assert_eq!(json_of(route(&request, &script))["message"]["content"], "Sunny.");
+    let Prompt::Chat(sent) = script.started().prompt else { panic!("a chat") };
+    assert_eq!(sent[3].content, r#"{"tool_result":{"name":"get_weather","content":"sunny"}}"#);
 }

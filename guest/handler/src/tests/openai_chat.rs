@@ -85,9 +85,11 @@ fn missing_model_is_400() {
 fn bad_messages_are_400_naming_the_element() {
     let bad_role = json!({"model": MODEL, "messages": [
         {"role": "user", "content": "Hi"},
-        {"role": "tool", "content": "42"},
+        {"role": "function", "content": "42"},
     ]});
     assert_eq!(param_error(chat(bad_role))["param"], "messages[1].role");
+    let no_call_id = json!({"model": MODEL, "messages": [{"role": "tool", "content": "42"}]});
+    assert_eq!(param_error(chat(no_call_id))["param"], "messages[0].tool_call_id");
 
     let bad_content = json!({"model": MODEL, "messages": [{"role": "user", "content": 5}]});
     assert_eq!(param_error(chat(bad_content))["param"], "messages[0].content");
@@ -159,11 +161,22 @@ fn logit_bias_is_validated_then_refused_unless_empty() {
 fn fields_the_engine_cannot_honour_are_400_naming_them_never_ignored() {
     let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
     let cases = [
-        (json!({"tools": tool}), "tools"),
-        (json!({"tools": tool, "tool_choice": "required"}), "tool_choice"),
-        (json!({"tools": tool, "tool_choice": {"type": "function", "function": {"name": "f"}}}), "tool_choice"),
-        (json!({"tools": tool, "tool_choice": "auto"}), "tools"),
+        (
+            json!({"tools": tool, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "tool_choice.function.name",
+        ),
+        (json!({"tools": tool, "tool_choice": "always"}), "tool_choice"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
+        (json!({"tools": [{"type": "function", "function": {"name": "two words"}}]}), "tools[0].function.name"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}),
+            "tools[0].function.parameters",
+        ),
+        (json!({"tools": [tool[0], tool[0]]}), "tools[1]"),
+        (json!({"tools": tool, "response_format": {"type": "json_object"}}), "tools"),
         (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"function_call": {"name": "f"}}), "function_call"),
         (json!({"top_logprobs": 3}), "top_logprobs"),
         (json!({"logprobs": true, "top_logprobs": 21}), "top_logprobs"),
         (json!({"audio": {"voice": "alloy"}}), "audio"),

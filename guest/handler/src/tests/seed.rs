@@ -118,7 +118,8 @@ fn chat_queue_submit_takes_a_named_model_and_priority() {
 fn chat_queue_submit_validates_like_chat_completions() {
     for (extra, param) in [
         (json!({"messages": []}), "messages"),
-        (json!({"messages": [{"role": "tool", "content": "x"}]}), "messages[0].role"),
+        (json!({"messages": [{"role": "robot", "content": "x"}]}), "messages[0].role"),
+        (json!({"tools": [{"type": "function", "function": {"name": "f"}}]}), "tools"),
         (json!({"max_tokens": -1}), "max_tokens"),
         (json!({"temperature": 3}), "temperature"),
         (json!({"top_p": 0}), "top_p"),
