@@ -292,6 +292,10 @@ pub struct BenchArgs {
     /// (as `tern serve --prefill-chunk`).
     #[arg(long, default_value_t = 16)]
     pub prefill_chunk: usize,
+    /// Time what constrained generation adds per token (the allowed-token
+    /// sets of a JSON Schema, new and cached) against a decode step.
+    #[arg(long)]
+    pub grammar: bool,
     /// Print one JSON line on stdout (the human-readable report goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -314,6 +318,7 @@ impl BenchArgs {
             concurrency: self.concurrency,
             ttft_behind: self.ttft_behind,
             prefill_chunk: self.prefill_chunk,
+            grammar: self.grammar,
             json: self.json,
         }
     }

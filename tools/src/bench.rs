@@ -2,7 +2,9 @@
 //! bandwidth measured in the same run, (`kernels`) the ternary products
 //! alone on 2B-4T's matrix shapes, or (`concurrency`) the engine serving
 //! many streams at once against one stream, and time to first token behind
-//! a long prompt against idle.
+//! a long prompt against idle, or (`grammar`) what constrained generation
+//! adds to a decode step: the allowed-token sets of a JSON Schema over the
+//! model's vocabulary, computed and cached, against the step itself.
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,8 @@ pub struct Options {
     pub ttft_behind: Option<usize>,
     /// With `concurrency`: most prompt tokens of one sequence per step.
     pub prefill_chunk: usize,
+    /// Time the allowed-token sets of a JSON Schema against a decode step.
+    pub grammar: bool,
     /// Print one JSON line on stdout (the human-readable report goes to stderr).
     pub json: bool,
 }
@@ -50,6 +54,8 @@ pub fn run(args: Options) -> anyhow::Result<()> {
     let threads = args.threads;
     let report = if args.kernels {
         kernels(&args, threads)
+    } else if args.grammar {
+        grammar(&args, threads)?
     } else if !args.concurrency.is_empty() {
         serving(&args, threads)?
     } else {
@@ -371,4 +377,81 @@ fn ttft_behind(
     Ok(json!({ "long_prompt_tokens": long, "probe_tokens": PROBE_TOKENS,
         "idle_p50_ms": idle50 * 1e3, "idle_p99_ms": idle99 * 1e3, "behind_p50_ms": b50 * 1e3,
         "behind_p99_ms": b99 * 1e3, "probes_behind": behind.len(), "p99_ratio": b99 / idle99 }))
+}
+
+/// A schema of the kind clients send: nested objects, an array, an enum,
+/// bounded numbers, free strings.
+const GRAMMAR_SCHEMA: &str = r#"{"type": "object", "properties": {
+    "name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "tags": {"type": "array", "items": {"type": "string"}},
+    "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+                "required": ["city", "zip"]},
+    "kind": {"enum": ["cat", "dog", "human"]}},
+    "required": ["name", "age", "tags", "address", "kind"], "additionalProperties": false}"#;
+/// A text the schema accepts, walked token by token.
+const GRAMMAR_SAMPLE: &str = r#"{"name": "Ophelia of Denmark", "age": 23, "tags": ["drowned", "flowers", "song"], "address": {"city": "Elsinore", "zip": "DK-3000"}, "kind": "human"}"#;
+
+fn grammar(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
+    use std::sync::Arc;
+    use tern_engine::grammar::{Automaton, Constraint, TokenTrie};
+    use tern_engine::tokenizer::Tokenizer;
+
+    let path = args.engine.models.first().context("no model file given")?;
+    let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
+    let model = Model::load(&file, &LoadOptions { q8_0_head: args.engine.q8_0_head, kv_memory: 0 })
+        .with_context(|| format!("loading {}", path.display()))?;
+    let run = measure::time_model(&model, 16, args.decode_tokens.min(32), 0, 1, |_, _| {});
+    let step_ms = 1e3 / run.decode_tok_s;
+    say!(args, "decode step      {step_ms:8.2} ms  ({threads} threads, vocabulary {})", tokenizer.vocab_size());
+
+    let started = Instant::now();
+    let trie = Arc::new(TokenTrie::new(&tokenizer));
+    let trie_ms = started.elapsed().as_secs_f64() * 1e3;
+    say!(args, "vocabulary trie  {trie_ms:8.2} ms  (once per model)");
+
+    let grammar = Constraint::JsonSchema(GRAMMAR_SCHEMA.into()).grammar().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let automaton = Automaton::new(grammar, trie).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ids = tokenizer.encode_text(GRAMMAR_SAMPLE);
+    // Pass 0 meets every state for the first time (a new schema); pass 1
+    // finds every token set cached (the steady state).
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        let mut state = automaton.start();
+        let mut times = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let started = Instant::now();
+            let mask = automaton.mask(state);
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(mask.allows(id), "the sample's token {id} is refused");
+            state = automaton.advance(state, tokenizer.token_bytes_ref(id)).context("the sample leaves the grammar")?;
+        }
+        anyhow::ensure!(automaton.accepts(state), "the sample is not complete");
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        let max = times.iter().copied().fold(0.0, f64::max);
+        passes.push((mean, max));
+    }
+    let (new_mean, new_max) = passes[0];
+    let (cached_mean, _) = passes[1];
+    say!(
+        args,
+        "new schema       {new_mean:8.3} ms per token (max {new_max:.2} ms): {:.1}% of a decode step  ({} tokens, {} states)",
+        new_mean / step_ms * 100.0,
+        ids.len(),
+        automaton.states()
+    );
+    say!(args, "cached           {:8.4} ms per token: {:.3}% of a decode step", cached_mean, cached_mean / step_ms * 100.0);
+    Ok(json!({
+        "model": path.display().to_string(),
+        "threads": threads,
+        "vocab": tokenizer.vocab_size(),
+        "decode_step_ms": step_ms,
+        "trie_ms": trie_ms,
+        "sample_tokens": ids.len(),
+        "new_schema_ms_per_token": new_mean,
+        "new_schema_max_ms": new_max,
+        "cached_ms_per_token": cached_mean,
+        "new_fraction_of_step": new_mean / step_ms,
+        "cached_fraction_of_step": cached_mean / step_ms,
+    }))
 }
