@@ -100,7 +100,7 @@ def test_bad_tools_are_400_naming_the_field(oai, model_id):
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0].function.name"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"x": {"type": "string", "pattern": "a+"}}}}}],
+            "type": "object", "properties": {"x": {"type": "array", "uniqueItems": True}}}}}],
           "tool_choice": "required"}, None),
         ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
@@ -111,7 +111,7 @@ def test_bad_tools_are_400_naming_the_field(oai, model_id):
         if param:
             assert refused.value.param == param, refused.value.body
         else:
-            assert "pattern" in refused.value.body["message"]
+            assert "uniqueItems" in refused.value.body["message"]
     bad_args = hi + [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                                            "function": {"name": "get_time", "arguments": "{oops"}}]}]
     with pytest.raises(openai.BadRequestError) as refused:

@@ -440,7 +440,12 @@ fn grammar(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> 
         ids.len(),
         automaton.states()
     );
-    say!(args, "cached           {:8.4} ms per token: {:.3}% of a decode step", cached_mean, cached_mean / step_ms * 100.0);
+    say!(
+        args,
+        "cached           {:8.4} ms per token: {:.3}% of a decode step",
+        cached_mean,
+        cached_mean / step_ms * 100.0
+    );
     Ok(json!({
         "model": path.display().to_string(),
         "threads": threads,

@@ -11,6 +11,7 @@
 
 pub mod automaton;
 pub mod gbnf;
+mod regex;
 pub mod schema;
 mod utf8;
 

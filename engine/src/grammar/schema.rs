@@ -5,8 +5,9 @@
 //! always, optional ones when the model writes them. Properties the schema
 //! does not name are written only when it names none (`{"type": "object"}`,
 //! or `additionalProperties` alone), so that every output validates whatever
-//! `additionalProperties` says. Keywords that constrain values in ways a
-//! grammar cannot express here (`pattern`, `multipleOf`, `uniqueItems`,
+//! `additionalProperties` says. A string's `pattern` becomes grammar too
+//! (see [`super::regex`]). Keywords that constrain values in ways a
+//! grammar cannot express here (`multipleOf`, `uniqueItems`,
 //! `not`, …) are refused by name rather than ignored; annotations (`title`,
 //! `description`, `default`, …) are ignored. Numbers have at most 16
 //! integer and 16 fraction digits and strings no control characters, all
@@ -25,7 +26,6 @@ const REFUSED: &[&str] = &[
     "if",
     "then",
     "else",
-    "pattern",
     "patternProperties",
     "propertyNames",
     "dependentRequired",
@@ -349,6 +349,15 @@ impl Writer<'_> {
             Some("time") => self.prim("time"),
             Some("date-time") => format!("{} \"T\" {}", self.prim("date"), self.prim("time")),
             Some("uuid") => self.prim("uuid"),
+            _ if m.contains_key("pattern") => {
+                if m.contains_key("minLength") || m.contains_key("maxLength") {
+                    return Err(refuse("`pattern` together with `minLength` or `maxLength` is not supported"));
+                }
+                let pattern =
+                    m.get("pattern").and_then(Value::as_str).ok_or_else(|| refuse("`pattern` must be a string"))?;
+                let ch = self.prim("char");
+                super::regex::to_gbnf(pattern, &ch)?
+            }
             _ => {
                 let count = |k: &str| -> Result<Option<u32>, GrammarError> {
                     m.get(k)

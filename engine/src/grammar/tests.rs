@@ -302,7 +302,9 @@ fn bytes_of(id: u32) -> Vec<u8> {
 #[test]
 fn schema_keywords_that_cannot_be_kept_are_refused_by_name() {
     for (s, word) in [
-        (json!({"type": "string", "pattern": "^a+$"}), "pattern"),
+        (json!({"type": "string", "pattern": "^(a)\\1$"}), "backreferences"),
+        (json!({"type": "string", "pattern": "(?=a)"}), "lookaround"),
+        (json!({"type": "string", "pattern": "a+", "maxLength": 3}), "pattern"),
         (json!({"type": "array", "uniqueItems": true}), "uniqueItems"),
         (json!({"not": {"type": "string"}}), "not"),
         (json!({"type": "integer", "multipleOf": 3}), "multipleOf"),
@@ -352,4 +354,32 @@ fn json_or_text_takes_a_valid_object_or_prose_that_does_not_open_one() {
     }
     let s = a.advance(a.start(), br#"{"name": "f"}"#).unwrap();
     assert!(!a.can_continue(s), "a complete call ends the answer");
+}
+
+/// A string's `pattern` keeps the string's value (decoded) in the
+/// pattern's language, quotes and backslashes written as JSON escapes.
+#[test]
+fn patterns_hold_for_the_decoded_string() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (r"^[A-Z]{2}-\d{3,4}$", &["AB-123", "ZZ-0000"], &["ab-123", "AB-12", "AB-12345", "xAB-123"]),
+        (r"^(cat|dog)s?$", &["cat", "dogs"], &["cats!", "bird"]),
+        (r"^\w+@\w+\.(com|org)$", &["a@b.com", "x_1@y.org"], &["a@b.net", "@b.com"]),
+        (r#"^say "hi"\\$"#, &["say \"hi\"\\"], &["say hi"]),
+        (r"^[^a-z]*$", &["ABC 123", "", "\n\t\"\u{1}"], &["abc"]),
+        (r"^.{2}$", &["é€", "ab"], &["abc", "\n\n"]),
+        (r"b+", &["abbbc", "b"], &["ac"]),
+        (r"^x(?:yz)*$", &["x", "xyzyz"], &["xy"]),
+    ];
+    for &(pattern, good, bad) in cases {
+        let schema = json!({"type": "string", "pattern": pattern});
+        let a = automaton(&schema::to_gbnf(&schema).unwrap_or_else(|e| panic!("{pattern}: {e}")));
+        for value in good {
+            let text = serde_json::to_string(value).unwrap();
+            assert!(matches(&a, &text), "{pattern} should take {text}");
+        }
+        for value in bad {
+            let text = serde_json::to_string(value).unwrap();
+            assert!(!matches(&a, &text), "{pattern} should refuse {text}");
+        }
+    }
 }
