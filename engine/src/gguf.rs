@@ -361,6 +361,36 @@ impl GgufFile {
         }
     }
 
+    /// Adds a tensor to a file built in memory ([`GgufFile::from_metadata`]):
+    /// `dims` with `ne0` first, `data` in `ggml_type`'s layout.
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        ggml_type: GgmlType,
+        dims: Vec<u64>,
+        data: &[u8],
+    ) -> Result<(), GgufError> {
+        let Bytes::Owned(bytes) = &mut self.bytes else {
+            return Err(GgufError::Invalid("tensors are only added to a file built in memory".into()));
+        };
+        let n: u64 = dims.iter().product();
+        if ggml_type.size_of(n) != Some(data.len() as u64) {
+            return Err(GgufError::Invalid(format!(
+                "tensor `{name}`: {} bytes do not hold {n} {}",
+                data.len(),
+                ggml_type.name()
+            )));
+        }
+        let offset = (bytes.len() as u64).next_multiple_of(self.alignment);
+        bytes.resize(offset as usize, 0);
+        bytes.extend_from_slice(data);
+        let info = TensorInfo { name: name.to_string(), dims, ggml_type, offset, size: data.len() as u64 };
+        if self.tensors.insert(name.to_string(), info).is_some() {
+            return Err(GgufError::Invalid(format!("duplicate tensor `{name}`")));
+        }
+        Ok(())
+    }
+
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }

@@ -39,6 +39,7 @@ mod error;
 pub mod gguf;
 pub mod grammar;
 mod handle;
+pub mod hf;
 pub mod jobs;
 pub mod kv;
 mod loaded;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use crate::gguf::GgufFile;
 use crate::grammar::{Automaton, Constraint, GrammarError, TokenTrie};
+use crate::hf;
 use crate::model::{LoadOptions, Model};
 use crate::tokenizer::Tokenizer;
 
@@ -39,14 +40,21 @@ pub struct LoadedModel {
 const KEPT_AUTOMATA: usize = 32;
 
 impl LoadedModel {
-    /// Loads a GGUF file (and optionally a separate tokenizer.json). Its id
-    /// is `general.name`, else the file stem.
+    /// Loads a GGUF file or a Hugging Face checkpoint folder ([`hf`]), and
+    /// optionally a separate tokenizer.json. Its id is `general.name` (a
+    /// folder's name), else the file stem.
     pub fn load(path: &Path, tokenizer: Option<&Path>, options: &LoadOptions) -> Result<Self, String> {
-        let file = GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (file, own_tokenizer) = if hf::is_checkpoint(path) {
+            let (file, t) = hf::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            (file, Some(t))
+        } else {
+            (GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?, None)
+        };
         let model = Model::load(&file, options).map_err(|e| format!("{}: {e}", path.display()))?;
-        let tokenizer = match tokenizer {
-            Some(t) => Tokenizer::from_json_file(t),
-            None => Tokenizer::from_gguf(&file),
+        let tokenizer = match (tokenizer, own_tokenizer) {
+            (Some(t), _) => Tokenizer::from_json_file(t),
+            (None, Some(t)) => Ok(t),
+            (None, None) => Tokenizer::from_gguf(&file),
         }
         .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
         let id = file
