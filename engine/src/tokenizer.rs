@@ -32,10 +32,12 @@ use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::NormalizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::gguf::{GgufError, GgufFile, Value};
@@ -63,6 +65,7 @@ const END_TOKEN_NAMES: &[&str] = &[
 ];
 
 /// GGUF `tokenizer.ggml.token_type` values.
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 const TOKEN_TYPE_BYTE: i64 = 6;
@@ -160,13 +163,14 @@ struct Parts {
 }
 
 impl Tokenizer {
-    /// Build from GGUF `tokenizer.ggml.*` metadata. Only byte-level BPE
-    /// (`tokenizer.ggml.model = "gpt2"`) is supported.
+    /// Build from GGUF `tokenizer.ggml.*` metadata: byte-level BPE
+    /// (`tokenizer.ggml.model = "gpt2"`) or SentencePiece BPE (`"llama"`,
+    /// with `tokenizer.ggml.scores`).
     pub fn from_gguf(g: &GgufFile) -> Result<Self, TokenizerError> {
         let model = g.str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(TokenizerError::Unsupported(format!(
-                "tokenizer.ggml.model `{model}` (only byte-level BPE, `gpt2`, is supported)"
+                "tokenizer.ggml.model `{model}` (byte-level BPE, `gpt2`, and SentencePiece, `llama`, are supported)"
             )));
         }
         let tokens = g
@@ -220,6 +224,9 @@ impl Tokenizer {
             }
         };
 
+        if model == "llama" {
+            return Self::sentencepiece_from_gguf(g, tokens, types);
+        }
         let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let (pattern, ignore_merges) = match pre {
             "default" | "gpt2" | "gpt-2" => (None, false),
@@ -245,6 +252,78 @@ impl Tokenizer {
         inner.with_pre_tokenizer(Some(byte_level_pre_tokenizer(pattern)?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
+        Self::finish_gguf(g, inner, tokens, &types, PieceEncoding::ByteLevel)
+    }
+
+    /// SentencePiece BPE from GGUF: merges are rebuilt from the scores (a
+    /// pair merges at the rank of the token it makes, higher scores first,
+    /// as SentencePiece picks them), text gets `▁` for spaces and a leading
+    /// `▁` (`tokenizer.ggml.add_space_prefix`, default true), and characters
+    /// outside the vocabulary fall back to `<0xXX>` byte tokens.
+    fn sentencepiece_from_gguf(g: &GgufFile, tokens: Vec<String>, types: Vec<i64>) -> Result<Self, TokenizerError> {
+        let scores: Vec<f32> = match g.get("tokenizer.ggml.scores") {
+            None => (0..tokens.len()).map(|i| -(i as f32)).collect(),
+            Some(v) => {
+                let arr = v
+                    .as_array()
+                    .ok_or_else(|| TokenizerError::Invalid("tokenizer.ggml.scores is not an array".into()))?;
+                if arr.len() != tokens.len() {
+                    return Err(TokenizerError::Invalid(format!(
+                        "tokenizer.ggml.scores has {} entries for {} tokens",
+                        arr.len(),
+                        tokens.len()
+                    )));
+                }
+                arr.iter().map(|s| s.as_f32().unwrap_or(0.0)).collect()
+            }
+        };
+        let mut vocab = Vocab::with_capacity(tokens.len());
+        for (id, text) in tokens.iter().enumerate() {
+            vocab.entry(text.clone()).or_insert(id as u32);
+        }
+        // Every split of a normal token into two tokens is a merge, ranked by
+        // the token's score (ties: vocabulary order).
+        let mut merges: Vec<(f32, usize, String, String)> = Vec::new();
+        for (id, text) in tokens.iter().enumerate() {
+            if types[id] != 1 {
+                continue;
+            }
+            for (at, _) in text.char_indices().skip(1) {
+                let (l, r) = text.split_at(at);
+                if vocab.contains_key(l) && vocab.contains_key(r) {
+                    merges.push((scores[id], id, l.to_string(), r.to_string()));
+                }
+            }
+        }
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let merges = merges.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+        let unk = tokens.iter().zip(&types).find(|(_, &t)| t == TOKEN_TYPE_UNKNOWN).map(|(t, _)| t.clone());
+        let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+        if let Some(unk) = unk {
+            builder = builder.unk_token(unk);
+        }
+        let bpe = builder.build().map_err(|e| TokenizerError::Invalid(format!("SentencePiece vocabulary: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let space_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(true);
+        let mut steps: Vec<NormalizerWrapper> = Vec::new();
+        if space_prefix {
+            steps.push(Prepend::new("\u{2581}".into()).into());
+        }
+        let replace = Replace::new(" ", "\u{2581}").map_err(|e| TokenizerError::Invalid(e.to_string()))?;
+        steps.push(replace.into());
+        inner.with_normalizer(Some(NormalizerSequence::new(steps)));
+        Self::finish_gguf(g, inner, tokens, &types, PieceEncoding::Metaspace)
+    }
+
+    /// What both GGUF tokenizers share: special tokens, ids, the chat template.
+    fn finish_gguf(
+        g: &GgufFile,
+        mut inner: tokenizers::Tokenizer,
+        tokens: Vec<String>,
+        types: &[i64],
+        encoding: PieceEncoding,
+    ) -> Result<Self, TokenizerError> {
+        let n = tokens.len();
         let control: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
         let literal: Vec<bool> =
             types.iter().map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED).collect();
@@ -288,7 +367,7 @@ impl Tokenizer {
         };
         let byte_token = tokens
             .iter()
-            .zip(&types)
+            .zip(types)
             .map(|(text, &t)| t == TOKEN_TYPE_BYTE && parse_byte_token(text).is_some())
             .collect();
 
@@ -299,7 +378,7 @@ impl Tokenizer {
             literal,
             control,
             byte_token,
-            encoding: PieceEncoding::ByteLevel,
+            encoding,
             bos,
             eos,
             eot,
