@@ -159,3 +159,26 @@ def test_n_choices_share_the_prompts_kv_blocks(server, client, model_id):
     assert prefix_hits(server) - before >= 2, "choices 1 and 2 took the prompt blocks choice 0 computed"
     text = client.completions.create(model=model_id, prompt="The king", max_tokens=4, n=2, temperature=1.0)
     assert [c.index for c in text.choices] == [0, 1]
+
+
+def test_n_choices_streamed_match_the_same_choices_whole(client, model_id):
+    ask = dict(model=model_id, messages=[{"role": "user", "content": "Speak of the queen."}], max_tokens=12,
+               temperature=1.0, seed=11, n=3)
+    whole = client.chat.completions.create(**ask)
+    texts, finishes, usage = ["", "", ""], [None] * 3, None
+    for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **ask):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            finishes[c.index] = c.finish_reason or finishes[c.index]
+        usage = chunk.usage or usage
+    assert texts == [c.message.content for c in whole.choices], "choice i samples with seed + i either way"
+    assert finishes == [c.finish_reason for c in whole.choices]
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    streamed = client.completions.create(model=model_id, prompt="The king", max_tokens=5, n=2, seed=2,
+                                         temperature=1.0, stream=True)
+    parts = ["", ""]
+    for chunk in streamed:
+        for c in chunk.choices:
+            parts[c.index] += c.text
+    again = client.completions.create(model=model_id, prompt="The king", max_tokens=5, n=2, seed=2, temperature=1.0)
+    assert parts == [c.text for c in again.choices]

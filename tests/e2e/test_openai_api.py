@@ -65,11 +65,10 @@ def test_streamed_completion_has_text_finish_reason_and_usage(client, model_id):
         assert text
 
 
-def test_completion_refuses_more_than_eight_or_streamed_choices(client, model_id):
-    for extra in [{"n": 9}, {"n": 2, "stream": True}]:
-        with pytest.raises(openai.BadRequestError) as info:
-            client.completions.create(model=model_id, prompt="Hi", max_tokens=4, **extra)
-        assert info.value.body["param"] == "n"
+def test_completion_refuses_more_than_eight_choices(client, model_id):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model_id, prompt="Hi", max_tokens=4, n=9)
+    assert info.value.body["param"] == "n"
 
 
 def test_embeddings_in_the_clients_default_base64(client, model_id):

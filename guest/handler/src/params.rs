@@ -184,9 +184,6 @@ pub fn parse_sampling(
     // llama.cpp's and vLLM's extension: run to `max_tokens` past the end of text.
     let ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     let stream = f.boolean("stream")?.unwrap_or(false);
-    if stream && n > 1 {
-        return Err(ApiError::param("n", "Several choices are answered whole: stream one choice per request."));
-    }
     let include_usage = match f.get("stream_options") {
         None => false,
         Some(Value::Object(options)) => {

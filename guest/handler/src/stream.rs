@@ -164,3 +164,80 @@ impl<F: Framing> Iterator for Frames<F> {
         }
     }
 }
+
+/// What ends an [`Interleaved`] stream once every choice has finished: the
+/// frames made from all their ends (a usage total, `[DONE]`).
+pub type Ending = Box<dyn FnOnce(&[Finished]) -> Vec<Vec<u8>>>;
+
+/// Several generations of one request (`n` choices) written into one
+/// stream, an event of each in turn as the client reads them: they run in
+/// the same engine steps, so each has about one token per turn. Each has
+/// its own framing (which numbers its frames); the `ending` follows the
+/// last. A failure ends the stream with that choice's error frame and drops
+/// the others (cancelling them).
+pub struct Interleaved<F> {
+    choices: Vec<(Option<Box<dyn GenerationStream>>, F)>,
+    ends: Vec<Option<Finished>>,
+    turn: usize,
+    opened: bool,
+    queued: VecDeque<Vec<u8>>,
+    ending: Option<Ending>,
+}
+
+impl<F: Framing> Interleaved<F> {
+    pub fn new(choices: Vec<(Box<dyn GenerationStream>, F)>, ending: Ending) -> Self {
+        let ends = choices.iter().map(|_| None).collect();
+        let choices = choices.into_iter().map(|(g, f)| (Some(g), f)).collect();
+        Interleaved { choices, ends, turn: 0, opened: false, queued: VecDeque::new(), ending: Some(ending) }
+    }
+}
+
+impl<F: Framing> Iterator for Interleaved<F> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if !self.opened {
+            self.opened = true;
+            let openings: Vec<Vec<u8>> = self.choices.iter_mut().filter_map(|(_, f)| f.opening()).collect();
+            self.queued.extend(openings);
+        }
+        loop {
+            if let Some(frame) = self.queued.pop_front() {
+                return Some(frame);
+            }
+            let n = self.choices.len();
+            let Some(i) = (0..n).map(|k| (self.turn + k) % n).find(|&i| self.choices[i].0.is_some()) else {
+                let ends: Vec<Finished> = self.ends.iter_mut().filter_map(Option::take).collect();
+                let ending = self.ending.take()?;
+                self.queued.extend(ending(&ends));
+                continue;
+            };
+            self.turn = (i + 1) % n;
+            let (generation, framing) = &mut self.choices[i];
+            let event = generation.as_mut().map(|g| g.next_event())?;
+            match event {
+                Ok(Event::Pending) => {}
+                Ok(Event::Logprobs(tokens)) => framing.logprobs(tokens),
+                Ok(Event::Text(text)) => {
+                    if !text.is_empty() {
+                        let frame = framing.text(&text);
+                        if !frame.is_empty() {
+                            return Some(frame);
+                        }
+                    }
+                }
+                Ok(Event::Finished(finished)) => {
+                    *generation = None;
+                    self.queued.extend(framing.finished(&finished));
+                    self.ends[i] = Some(finished);
+                }
+                Err(error) => {
+                    let frame = framing.failed(error);
+                    self.choices.clear();
+                    self.ending = None;
+                    return Some(frame);
+                }
+            }
+        }
+    }
+}

@@ -27,14 +27,16 @@
 use serde_json::{json, Map, Value};
 
 use crate::cache;
-use crate::engine_client::{EngineClient, Error, Finished, ModelInfo, Priority, Prompt, TokenLogprob, Usage};
+use crate::engine_client::{
+    EngineClient, Error, Finished, GenerationStream, ModelInfo, Priority, Prompt, TokenLogprob, Usage,
+};
 use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 use crate::params::{
     parse_chat_fields, parse_prompt, parse_sampling, token_ids, ChatRequest, OPENAI_COMPLETIONS_DEFAULTS,
 };
-use crate::stream::{collect_all, start_choices, Frames, Framing, Whole};
+use crate::stream::{collect_all, start_choices, Ending, Frames, Framing, Interleaved, Whole};
 use crate::tools::{call_id, Held, StreamedCall, ToolCall, Tools};
 use crate::wire::{completion_id, finish_reason, sse_data, timings_json, unix_seconds, usage_json};
 
@@ -85,6 +87,25 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
     let map = json::parse_object(&req.body)?;
     let chat = parse_chat_fields(&map, Priority::Interactive)?;
     let use_cache = Fields::new(&map).boolean("use_cache")?;
+    if chat.n > 1 && chat.stream {
+        let engine_error = |e| ApiError::engine(e, CHAT_PROMPT_PARAM);
+        let prompt = Prompt::Chat(chat.messages);
+        let generations = start_choices(engine, &chat.model, &prompt, &chat.params, chat.n).map_err(engine_error)?;
+        let (id, created) = (completion_id("chatcmpl"), unix_seconds());
+        return Ok(streamed_choices(generations, |index| CompletionChunks {
+            id: id.clone(),
+            model: chat.model.clone(),
+            created,
+            include_usage: chat.include_usage,
+            kind: ChunkKind::Chat,
+            cached: None,
+            logprobs: chat.params.logprobs.map(|_| Vec::new()),
+            text_offset: 0,
+            call: chat.tools.clone().map(StreamedCall::new),
+            index,
+            trailer: false,
+        }));
+    }
     if chat.n > 1 {
         return chat_choices(chat, engine);
     }
@@ -106,6 +127,8 @@ pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiErr
             logprobs: chat.params.logprobs.map(|_| Vec::new()),
             text_offset: 0,
             call: chat.tools.map(StreamedCall::new),
+            index: 0,
+            trailer: true,
         };
         return Ok(cache::event_stream(Frames::new(generation, chunks), pending, header));
     }
@@ -164,10 +187,35 @@ fn tool_call_json(call: &ToolCall) -> Value {
 /// The usage of several choices of one prompt: the prompt (and its times)
 /// counted once, the generated tokens summed.
 fn choices_usage(wholes: &[Whole]) -> Usage {
-    let mut usage = wholes[0].finished.usage;
-    usage.completion_tokens = wholes.iter().map(|w| w.finished.usage.completion_tokens).sum();
-    usage.generation_ms = wholes.iter().map(|w| w.finished.usage.generation_ms).fold(0.0, f64::max);
+    total_usage(&wholes.iter().map(|w| w.finished.clone()).collect::<Vec<_>>())
+}
+
+/// [`choices_usage`] of the choices' ends.
+fn total_usage(ends: &[Finished]) -> Usage {
+    let mut usage = ends[0].usage;
+    usage.completion_tokens = ends.iter().map(|f| f.usage.completion_tokens).sum();
+    usage.generation_ms = ends.iter().map(|f| f.usage.generation_ms).fold(0.0, f64::max);
     usage
+}
+
+/// `n` choices of one prompt in one stream: each choice's chunks carry its
+/// `index`; the usage chunk (when asked for) and `[DONE]` follow the last.
+fn streamed_choices(generations: Vec<Box<dyn GenerationStream>>, make: impl Fn(u32) -> CompletionChunks) -> Response {
+    let last = make(0);
+    let choices = generations.into_iter().enumerate().map(|(i, g)| (g, make(i as u32))).collect();
+    let ending: Ending = Box::new(move |ends: &[Finished]| {
+        let mut frames = Vec::with_capacity(2);
+        if last.include_usage && !ends.is_empty() {
+            let usage = total_usage(ends);
+            let mut chunk = last.envelope(json!([]));
+            chunk.insert("usage".into(), usage_json(&usage));
+            chunk.insert("timings".into(), timings_json(&usage));
+            frames.push(sse_data(chunk));
+        }
+        frames.push(b"data: [DONE]\n\n".to_vec());
+        frames
+    });
+    Response::event_stream(Interleaved::new(choices, ending))
 }
 
 // Text completions
@@ -192,6 +240,24 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
         Prompt::Text(text) => Some(text.clone()),
         Prompt::Chat(_) => None,
     };
+    if sampling.stream && sampling.n > 1 {
+        let generations = start_choices(engine, &model, &prompt, &sampling.params, sampling.n).map_err(engine_error)?;
+        let (id, created) = (completion_id("cmpl"), unix_seconds());
+        let text_offset = echoed.as_deref().map_or(0, |e| e.chars().count());
+        return Ok(streamed_choices(generations, |index| CompletionChunks {
+            id: id.clone(),
+            model: model.clone(),
+            created,
+            include_usage: sampling.include_usage,
+            kind: ChunkKind::Text { echo: echoed.clone() },
+            cached: None,
+            logprobs: sampling.params.logprobs.map(|_| Vec::new()),
+            text_offset,
+            call: None,
+            index,
+            trailer: false,
+        }));
+    }
     if sampling.stream {
         let generation = engine.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
         let text_offset = echoed.as_deref().map_or(0, |e| e.chars().count());
@@ -205,6 +271,8 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
             logprobs: sampling.params.logprobs.map(|_| Vec::new()),
             text_offset,
             call: None,
+            index: 0,
+            trailer: true,
         };
         return Ok(Response::event_stream(Frames::new(generation, chunks)));
     }
@@ -361,6 +429,11 @@ struct CompletionChunks {
     text_offset: usize,
     /// Tools the answer may call (chat).
     call: Option<StreamedCall>,
+    /// The choice's number (`n` > 1).
+    index: u32,
+    /// Whether its end also writes the usage chunk and `[DONE]` (false for
+    /// one of several choices, whose stream ends once all have).
+    trailer: bool,
 }
 
 impl CompletionChunks {
@@ -387,14 +460,14 @@ impl CompletionChunks {
         };
         let choice = match self.kind {
             ChunkKind::Chat => json!({
-                "index": 0,
+                "index": self.index,
                 "delta": text.map_or_else(|| json!({}), |t| json!({"content": t})),
                 "logprobs": logprobs,
                 "finish_reason": finish,
             }),
             ChunkKind::Text { .. } => json!({
                 "text": text.unwrap_or(""),
-                "index": 0,
+                "index": self.index,
                 "logprobs": logprobs,
                 "finish_reason": finish,
             }),
@@ -434,7 +507,7 @@ impl Framing for CompletionChunks {
     fn opening(&mut self) -> Option<Vec<u8>> {
         match &self.kind {
             ChunkKind::Chat => Some(sse_data(self.choice_chunk(json!({
-                "index": 0,
+                "index": self.index,
                 "delta": {"role": "assistant", "content": ""},
                 "logprobs": null,
                 "finish_reason": null,
@@ -442,8 +515,9 @@ impl Framing for CompletionChunks {
             ChunkKind::Text { echo: Some(prompt) } if !prompt.is_empty() => {
                 let prompt = prompt.clone();
                 // The echoed prompt is not generated: it has no log-probabilities.
-                let chunk =
-                    self.choice_chunk(json!({"text": prompt, "index": 0, "logprobs": null, "finish_reason": null}));
+                let chunk = self.choice_chunk(
+                    json!({"text": prompt, "index": self.index, "logprobs": null, "finish_reason": null}),
+                );
                 Some(sse_data(chunk))
             }
             ChunkKind::Text { .. } => None,
@@ -476,7 +550,7 @@ impl Framing for CompletionChunks {
                 let mut delta = tool_call_json(&call);
                 delta["index"] = Value::from(0);
                 let chunk = self.choice_chunk(json!({
-                    "index": 0, "delta": {"tool_calls": [delta]}, "logprobs": null, "finish_reason": null,
+                    "index": self.index, "delta": {"tool_calls": [delta]}, "logprobs": null, "finish_reason": null,
                 }));
                 frames.push(sse_data(chunk));
                 reason = "tool_calls";
@@ -484,6 +558,10 @@ impl Framing for CompletionChunks {
             Held::Text(text) => frames.push(sse_data(self.chunk(Some(&text), None))),
         }
         let mut last = self.chunk(None, Some(reason));
+        if !self.trailer {
+            frames.push(sse_data(last));
+            return frames;
+        }
         let timings = timings_json(&finished.usage);
         if self.include_usage {
             let mut usage = self.envelope(json!([]));

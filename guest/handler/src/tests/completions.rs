@@ -112,7 +112,6 @@ fn completion_refuses_bad_prompts() {
 fn completion_refuses_what_the_engine_cannot_do() {
     let cases = [
         (json!({"n": 9}), "n"),
-        (json!({"n": 2, "stream": true}), "n"),
         (json!({"best_of": 3}), "best_of"),
         (json!({"suffix": "the end"}), "suffix"),
         (json!({"logprobs": 6}), "logprobs"),

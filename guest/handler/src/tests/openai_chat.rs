@@ -625,8 +625,35 @@ fn n_choices_start_after_the_first_has_read_its_prompt_and_count_the_prompt_once
     let usage = &answer["usage"];
     assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(7), Some(6)));
 
-    let error = param_error(chat(hello(json!({"n": 2, "stream": true}))));
-    assert_eq!(error["param"], "n");
     assert_eq!(param_error(chat(hello(json!({"n": 9}))))["param"], "n");
     assert_eq!(param_error(post("/api/chat-queue", &hello(json!({"n": 2}))))["param"], "n");
+}
+
+#[test]
+fn n_choices_stream_interleaved_each_with_its_index_and_one_usage_at_the_end() {
+    let script = Script::saying(&["Hi", "!"], FinishReason::Stop);
+    let body = hello(json!({"n": 3, "stream": true, "stream_options": {"include_usage": true}}));
+    let frames = frames(route(&chat(body), &script));
+    assert_eq!(frames.last().unwrap(), "data: [DONE]\n\n");
+    let chunks: Vec<Value> = frames[..frames.len() - 1].iter().map(|f| frame_json(f)).collect();
+    let mut texts = vec![String::new(); 3];
+    let mut finishes = [0; 3];
+    for c in &chunks[..chunks.len() - 1] {
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        texts[i] += choice["delta"]["content"].as_str().unwrap_or("");
+        finishes[i] += usize::from(choice["finish_reason"] == "stop");
+    }
+    assert_eq!(texts, ["Hi!", "Hi!", "Hi!"]);
+    assert_eq!(finishes, [1, 1, 1]);
+    // Text of the choices is interleaved, not one choice after another.
+    let order: Vec<u64> = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["content"] == "!")
+        .map(|c| c["choices"][0]["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order.len(), 3);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(chunks.last().unwrap()["choices"], json!([]));
+    assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(7), Some(6)));
 }
