@@ -187,7 +187,7 @@ fn tool_call_json(call: &ToolCall) -> Value {
 /// The usage of several choices of one prompt: the prompt (and its times)
 /// counted once, the generated tokens summed.
 fn choices_usage(wholes: &[Whole]) -> Usage {
-    total_usage(&wholes.iter().map(|w| w.finished.clone()).collect::<Vec<_>>())
+    total_usage(&wholes.iter().map(|w| w.finished).collect::<Vec<_>>())
 }
 
 /// [`choices_usage`] of the choices' ends.
