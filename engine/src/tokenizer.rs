@@ -1044,8 +1044,12 @@ mod tests {
     #[test]
     fn tokenizer_rejects_unsupported_or_malformed_vocabularies() {
         let mut m = test_metadata("gpt2");
-        m.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        m.insert("tokenizer.ggml.model".into(), Value::String("bert".into()));
         assert!(matches!(Tokenizer::from_gguf(&GgufFile::from_metadata(m)), Err(TokenizerError::Unsupported(_))));
+        let mut m = test_metadata("gpt2");
+        m.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        m.insert("tokenizer.ggml.scores".into(), Value::Array(vec![Value::F32(0.0)]));
+        assert!(matches!(Tokenizer::from_gguf(&GgufFile::from_metadata(m)), Err(TokenizerError::Invalid(_))));
 
         let mut m = test_metadata("gpt2");
         m.insert("tokenizer.ggml.token_type".into(), Value::Array(vec![Value::I32(1)]));

@@ -109,3 +109,13 @@ fn a_bad_grammar_or_schema_is_an_invalid_request() {
         }
     }
 }
+
+#[test]
+fn a_complete_text_ends_rather_than_start_what_its_budget_cannot_finish() {
+    let e = engine();
+    let grammar = "root ::= \"a\" | \"a\" \"b\"{20}";
+    for seed in 0..6 {
+        let (text, reason) = generate(&e, Constraint::Gbnf(grammar.into()), 1.5, seed, 3).unwrap();
+        assert_eq!((text.as_str(), reason), ("a", FinishReason::Stop), "seed {seed}");
+    }
+}

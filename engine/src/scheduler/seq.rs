@@ -86,8 +86,9 @@ impl Guide {
     }
 
     /// `token`, unless it leaves fewer than `budget - 1` tokens to finish
-    /// the text: then the next byte of the shortest finish (one byte per
-    /// token, so a text that could finish in its budget always does).
+    /// the text: then the end, if the text is complete, else the next byte
+    /// of the shortest finish (one byte per token, so a text that could
+    /// finish in its budget always does).
     fn within_budget(&self, token: u32, budget: usize, tokenizer: &crate::tokenizer::Tokenizer) -> u32 {
         if tokenizer.is_end(token) {
             return token;
@@ -95,6 +96,8 @@ impl Guide {
         let a = &self.automaton;
         match a.advance(self.state, tokenizer.token_bytes_ref(token)) {
             Some(after) if (a.bytes_to_finish(after) as usize) < budget => token,
+            // Complete already: end here rather than start what cannot finish.
+            _ if a.accepts(self.state) => tokenizer.end_ids().first().copied().unwrap_or(token),
             _ => a.finishing_token(self.state).unwrap_or(token),
         }
     }
