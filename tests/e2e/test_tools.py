@@ -104,6 +104,9 @@ def test_bad_tools_are_400_naming_the_field(oai, model_id):
           "tool_choice": "required"}, None),
         ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
+        # Limits, each just past: 129 tools, a 65-character name.
+        ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "x" * 65}}]}, "tools[0].function.name"),
     ]
     for extra, param in cases:
         with pytest.raises(openai.BadRequestError) as refused:
@@ -117,6 +120,17 @@ def test_bad_tools_are_400_naming_the_field(oai, model_id):
     with pytest.raises(openai.BadRequestError) as refused:
         oai.chat.completions.create(model=model_id, messages=bad_args, max_tokens=4)
     assert refused.value.param == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_the_limits_themselves_are_accepted_and_hostile_text_stays_text(oai, model_id):
+    many = [{"type": "function", "function": {"name": f"f{i}", "description": "'; DROP TABLE users; --"}}
+            for i in range(128)]
+    many[0]["function"]["name"] = "x" * 64
+    many[0]["function"]["description"] = "../../etc/passwd <|eot_id|> <|begin_of_text|>"
+    reply = oai.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "Hi"}], tools=many,
+                                        tool_choice={"type": "function", "function": {"name": "x" * 64}},
+                                        max_tokens=120)
+    assert reply.choices[0].message.tool_calls[0].function.name == "x" * 64
 
 
 def test_ollama_tools(server, model_id):
