@@ -74,6 +74,15 @@ macro_rules! say {
     };
 }
 
+/// A GGUF file, or a Hugging Face checkpoint folder with its tokenizer.
+fn open(path: &std::path::Path) -> anyhow::Result<(GgufFile, Option<tern_engine::tokenizer::Tokenizer>)> {
+    if tern_engine::hf::is_checkpoint(path) {
+        let (file, tokenizer) = tern_engine::hf::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok((file, Some(tokenizer)));
+    }
+    Ok((GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?, None))
+}
+
 fn bandwidth(args: &Options, threads: usize) -> f64 {
     let gbs = measure::read_bandwidth_gbs(args.bandwidth_mib << 20, 5);
     say!(args, "read bandwidth   {gbs:7.2} GB/s  ({threads} threads, {} MiB, best of 5)", args.bandwidth_mib);
@@ -84,7 +93,7 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
     let path = args.engine.models.first().context("no model file given")?;
     let q8_0_head = args.engine.q8_0_head;
     let started = Instant::now();
-    let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (file, _) = open(path)?;
     let model = Model::load(&file, &LoadOptions { q8_0_head, kv_memory: 0 })
         .with_context(|| format!("loading {}", path.display()))?;
     let c = model.config();
@@ -397,8 +406,11 @@ fn grammar(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> 
     use tern_engine::tokenizer::Tokenizer;
 
     let path = args.engine.models.first().context("no model file given")?;
-    let file = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let tokenizer = Tokenizer::from_gguf(&file).context("reading the tokenizer")?;
+    let (file, tokenizer) = open(path)?;
+    let tokenizer = match tokenizer {
+        Some(t) => t,
+        None => Tokenizer::from_gguf(&file).context("reading the tokenizer")?,
+    };
     let model = Model::load(&file, &LoadOptions { q8_0_head: args.engine.q8_0_head, kv_memory: 0 })
         .with_context(|| format!("loading {}", path.display()))?;
     let run = measure::time_model(&model, 16, args.decode_tokens.min(32), 0, 1, |_, _| {});
