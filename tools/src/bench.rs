@@ -163,6 +163,16 @@ const OUT_OF_CACHE_BYTES: usize = 512 << 20;
 fn kernels(args: &Options, threads: usize) -> serde_json::Value {
     let bw = bandwidth(args, threads);
     let isa = measure::ternary_isa();
+    // The ceiling of the products below: int8 multiply-adds from registers.
+    let limit = measure::int8_madd_limit(threads, Duration::from_secs(1));
+    match limit {
+        Some((name, gmacs)) => {
+            say!(args, "int8 limit       {gmacs:7.1} GMAC/s  ({name}, register-only loop, {threads} threads)")
+        }
+        None => say!(args, "int8 limit       not measured (no AVX2 or NEON dot product on this CPU)"),
+    }
+    let of_limit =
+        |gmacs: f64| limit.map_or(String::new(), |(_, l)| format!(", {:.0}% of the int8 limit", gmacs / l * 100.0));
     let mut results = Vec::new();
     for (rows, cols) in SHAPES {
         let mats = measure::random_matrices(rows, cols, OUT_OF_CACHE_BYTES, 1);
@@ -184,15 +194,17 @@ fn kernels(args: &Options, threads: usize) -> serde_json::Value {
         );
         say!(
             args,
-            "gemm {cols:>5}→{rows:<5} {:7.1} µs  {:6.1} GMAC/s  n={tokens}: {speedup:.2}× per-token GEMV from cache",
+            "gemm {cols:>5}→{rows:<5} {:7.1} µs  {:6.1} GMAC/s  n={tokens}: {speedup:.2}× per-token GEMV from cache{}",
             gemm.seconds * 1e6,
-            gemm.gmacs()
+            gemm.gmacs(),
+            of_limit(gemm.gmacs())
         );
         results.push(json!({
             "rows": rows, "cols": cols,
             "gemv_us": gemv.seconds * 1e6, "gemv_gbs": gemv.weight_gbs(), "gemv_bandwidth_fraction": fraction,
             "gemm_tokens": tokens, "gemm_us": gemm.seconds * 1e6, "gemm_gmacs": gemm.gmacs(),
             "gemm_vs_gemv_per_token": speedup,
+            "gemm_int8_limit_fraction": limit.map(|(_, l)| gemm.gmacs() / l),
         }));
         drop(mats);
     }
@@ -242,7 +254,8 @@ fn kernels(args: &Options, threads: usize) -> serde_json::Value {
             "speedup_vs_reference": base / run.seconds }));
     }
     json!({ "threads": threads, "ternary_isa": isa, "read_bandwidth_gbs": bw, "products": results, "heads": heads,
-        "attention": attention, "variants": variants })
+        "attention": attention, "variants": variants,
+        "int8_limit": limit.map(|(name, gmacs)| json!({"instruction": name, "gmacs": gmacs})) })
 }
 
 /// Short prompts timed for first-token latency.

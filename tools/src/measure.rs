@@ -288,3 +288,90 @@ pub fn time_attention(rows: usize, positions: usize, min_time: Duration) -> (f64
     black_box(&out);
     (together, one_by_one)
 }
+
+/// A limit loop: the instruction's name, and the loop run for some
+/// iterations, returning the multiply-adds it did.
+type MaddLoop = (&'static str, fn(u64) -> u64);
+
+/// Independent dependency chains in the limit loops: enough to cover the
+/// multiply-add's latency at its throughput on current cores.
+const MADD_CHAINS: usize = 12;
+
+/// The widest int8 multiply-add this CPU has (AVX2 `vpmaddubsw`, NEON
+/// `sdot`), issued in a loop that touches no memory on `threads` threads at
+/// once: its name and billions of int8 multiply-adds per second in all.
+/// `None` on a CPU with neither.
+pub fn int8_madd_limit(threads: usize, min_time: Duration) -> Option<(&'static str, f64)> {
+    let (name, run) = madd_loop()?;
+    // Iterations that take about `min_time` on one thread.
+    let mut iters = 1u64 << 16;
+    loop {
+        let started = Instant::now();
+        std::hint::black_box(run(iters));
+        let elapsed = started.elapsed();
+        if elapsed >= min_time / 4 {
+            iters = (iters as f64 * min_time.as_secs_f64() / elapsed.as_secs_f64()) as u64;
+            break;
+        }
+        iters *= 4;
+    }
+    let started = Instant::now();
+    let macs: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(move || run(iters))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    Some((name, macs as f64 / started.elapsed().as_secs_f64() / 1e9))
+}
+
+/// The limit loop this CPU can run.
+fn madd_loop() -> Option<MaddLoop> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected.
+        return Some(("AVX2 vpmaddubsw", |n| unsafe { maddubs_chains(n) }));
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        // SAFETY: the dot-product extension was detected.
+        return Some(("NEON sdot", |n| unsafe { sdot_chains(n) }));
+    }
+    None
+}
+
+/// `iters` rounds of one `vpmaddubsw` (32 u8 x i8 products) on each chain,
+/// each result feeding the chain's next; returns the multiply-adds done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn maddubs_chains(iters: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let b = _mm256_set1_epi8(1);
+    let mut x = [_mm256_set1_epi8(1); MADD_CHAINS];
+    for _ in 0..iters {
+        for v in x.iter_mut() {
+            *v = _mm256_maddubs_epi16(*v, b);
+        }
+    }
+    std::hint::black_box(x);
+    iters * MADD_CHAINS as u64 * 32
+}
+
+/// `iters` rounds of one `sdot` (16 i8 x i8 products) on each chain;
+/// returns the multiply-adds done.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "dotprod")]
+unsafe fn sdot_chains(iters: u64) -> u64 {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+    let (a, b) = (vdupq_n_s8(1), vdupq_n_s8(1));
+    let mut acc = [vdupq_n_s32(0); MADD_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            // SAFETY: SDOT reads and writes only the registers named.
+            asm!("sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b", acc = inout(vreg) *v, a = in(vreg) a, b = in(vreg) b,
+                 options(pure, nomem, nostack, preserves_flags));
+        }
+    }
+    std::hint::black_box(acc);
+    iters * MADD_CHAINS as u64 * 16
+}
+
