@@ -374,4 +374,3 @@ unsafe fn sdot_chains(iters: u64) -> u64 {
     std::hint::black_box(acc);
     iters * MADD_CHAINS as u64 * 16
 }
-
