@@ -14,7 +14,7 @@
 //! valid JSON; a bounded `number` is written as an integer unless its lower
 //! bound is at least 0.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -80,14 +80,14 @@ pub fn to_gbnf(schema: &Value) -> Result<String, GrammarError> {
     let mut w = Writer {
         root: schema,
         rules: Vec::new(),
-        names: HashMap::new(),
+        names: HashSet::new(),
         refs: HashMap::new(),
         prims: Vec::new(),
         depth: 0,
     };
-    w.names.insert("root".into(), ());
+    w.names.insert("root".into());
     for (name, _, _) in PRIMITIVES {
-        w.names.insert((*name).into(), ());
+        w.names.insert((*name).into());
     }
     let root = w.expr(schema, "root")?;
     let mut out = format!("root ::= {root}\n");
@@ -139,7 +139,7 @@ fn alternatives(alts: Vec<String>) -> String {
 struct Writer<'a> {
     root: &'a Value,
     rules: Vec<(String, String)>,
-    names: HashMap<String, ()>,
+    names: HashSet<String>,
     /// Rule of each `$ref` followed so far.
     refs: HashMap<String, String>,
     prims: Vec<&'static str>,
@@ -156,11 +156,11 @@ impl Writer<'_> {
         }
         let mut name = base.clone();
         let mut n = 1;
-        while self.names.contains_key(&name) {
+        while self.names.contains(&name) {
             n += 1;
             name = format!("{base}-{n}");
         }
-        self.names.insert(name.clone(), ());
+        self.names.insert(name.clone());
         name
     }
 
@@ -359,19 +359,7 @@ impl Writer<'_> {
                 super::regex::to_gbnf(pattern, &ch)?
             }
             _ => {
-                let count = |k: &str| -> Result<Option<u32>, GrammarError> {
-                    m.get(k)
-                        .map(|v| {
-                            v.as_u64()
-                                .and_then(|n| u32::try_from(n).ok())
-                                .ok_or_else(|| refuse(format!("`{k}` must be a count")))
-                        })
-                        .transpose()
-                };
-                let (min, max) = (count("minLength")?.unwrap_or(0), count("maxLength")?);
-                if max.is_some_and(|max| max < min) {
-                    return Err(refuse("`maxLength` is below `minLength`"));
-                }
+                let (min, max) = counts(m, "minLength", "maxLength")?;
                 let ch = self.prim("char");
                 match (min, max) {
                     (0, None) => format!("{ch}*"),
@@ -484,7 +472,7 @@ impl Writer<'_> {
                     let skip = if i + 1 < n { name(i + 1, e) } else { "\"\"".into() };
                     format!("{sep}{pair} {after} | {skip}")
                 };
-                self.names.insert(name(i, e), ());
+                self.names.insert(name(i, e));
                 self.rules.push((name(i, e), body));
             }
         }
@@ -494,19 +482,7 @@ impl Writer<'_> {
 
     fn array(&mut self, m: &Map<String, Value>, hint: &str) -> Result<String, GrammarError> {
         let ws = self.prim("ws");
-        let count = |k: &str| -> Result<Option<u32>, GrammarError> {
-            m.get(k)
-                .map(|v| {
-                    v.as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| refuse(format!("`{k}` must be a count")))
-                })
-                .transpose()
-        };
-        let (min, max) = (count("minItems")?.unwrap_or(0), count("maxItems")?);
-        if max.is_some_and(|max| max < min) {
-            return Err(refuse("`maxItems` is below `minItems`"));
-        }
+        let (min, max) = counts(m, "minItems", "maxItems")?;
         // Tuples: `prefixItems`, or draft 7's `items` list with `additionalItems`.
         let (prefix, rest) = match (m.get("prefixItems"), m.get("items")) {
             (Some(Value::Array(p)), items) => (p.clone(), items.cloned().unwrap_or(Value::Bool(true))),
@@ -556,6 +532,23 @@ impl Writer<'_> {
         };
         Ok(self.rule(hint, body))
     }
+}
+
+/// A lower and an optional upper count (`minItems`/`maxItems`,
+/// `minLength`/`maxLength`), the lower 0 when absent.
+fn counts(m: &Map<String, Value>, lo: &str, hi: &str) -> Result<(u32, Option<u32>), GrammarError> {
+    let count = |k: &str| -> Result<Option<u32>, GrammarError> {
+        m.get(k)
+            .map(|v| {
+                v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| refuse(format!("`{k}` must be a count")))
+            })
+            .transpose()
+    };
+    let (min, max) = (count(lo)?.unwrap_or(0), count(hi)?);
+    if max.is_some_and(|max| max < min) {
+        return Err(refuse(format!("`{hi}` is below `{lo}`")));
+    }
+    Ok((min, max))
 }
 
 /// The lower and upper bounds of a number, each with whether it is exclusive.
