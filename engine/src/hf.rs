@@ -57,7 +57,11 @@ pub fn load(dir: &Path) -> Result<(GgufFile, Tokenizer), String> {
     }
     let mut seen = 0;
     for shard in &shards {
-        let bytes = std::fs::read(shard).map_err(|e| format!("{}: {e}", shard.display()))?;
+        let io = |e: std::io::Error| format!("{}: {e}", shard.display());
+        // Mapped, not read: the tensors are copied once, into the GGUF form.
+        // SAFETY: read-only; a checkpoint rewritten while it loads is outside
+        // what the server supports, as for GGUF files.
+        let bytes = unsafe { memmap2::Mmap::map(&std::fs::File::open(shard).map_err(io)?) }.map_err(io)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", shard.display()))?;
         for (hf_name, view) in st.tensors() {
             // Scales travel with their matrix; rotary tables are recomputed.
@@ -151,16 +155,10 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 /// The single number a scale tensor holds.
 fn scalar(view: &safetensors::tensor::TensorView<'_>) -> Option<f32> {
-    if view.shape().iter().product::<usize>() != 1 {
-        return None;
+    match floats(view.dtype(), view.data())?[..] {
+        [v] => Some(v),
+        _ => None,
     }
-    let d = view.data();
-    Some(match view.dtype() {
-        Dtype::F32 => f32::from_le_bytes(d.get(..4)?.try_into().ok()?),
-        Dtype::F16 => f16::from_le_bytes([d[0], d[1]]).to_f32(),
-        Dtype::BF16 => f32::from_bits(u32::from(u16::from_le_bytes([d[0], d[1]])) << 16),
-        _ => return None,
-    })
 }
 
 /// Adds one tensor: vectors as F32, matrices in their own float type, and

@@ -97,7 +97,7 @@ impl Guide {
         match a.advance(self.state, tokenizer.token_bytes_ref(token)) {
             Some(after) if (a.bytes_to_finish(after) as usize) < budget => token,
             // Complete already: end here rather than start what cannot finish.
-            _ if a.accepts(self.state) => tokenizer.end_ids().first().copied().unwrap_or(token),
+            _ if a.accepts(self.state) => tokenizer.eos().or(tokenizer.eot()).unwrap_or(token),
             _ => a.finishing_token(self.state).unwrap_or(token),
         }
     }
