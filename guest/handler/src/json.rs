@@ -56,6 +56,21 @@ impl<'a> Fields<'a> {
         format!("{}{name}", self.prefix)
     }
 
+    /// The object in field `name`, if present and not null, its fields
+    /// named from their path.
+    pub fn object(&self, name: &str) -> Result<Option<Fields<'a>>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Fields::nested(map, &self.name(name)))),
+            Some(other) => Err(self.wrong_type(name, "an object", other)),
+        }
+    }
+
+    /// [`Fields::object`], required.
+    pub fn required_object(&self, name: &str) -> Result<Fields<'a>, ApiError> {
+        self.object(name)?.ok_or_else(|| self.missing(name))
+    }
+
     /// The value of `name`, with null treated as absent.
     pub fn get(&self, name: &str) -> Option<&'a Value> {
         self.map.get(name).filter(|v| !v.is_null())

@@ -313,8 +313,7 @@ pub fn check_logit_bias(f: &Fields<'_>) -> Result<(), ApiError> {
 /// `grammar` (GBNF). At most one of them may ask for something.
 pub fn parse_constraint(f: &Fields<'_>) -> Result<Option<Constraint>, ApiError> {
     let mut found: Vec<(&str, Constraint)> = Vec::new();
-    if let Some(map) = optional_object(f, "response_format")? {
-        let format = Fields::nested(map, "response_format");
+    if let Some(format) = f.object("response_format")? {
         if let Some(c) = format_constraint(&format, "json_schema")? {
             found.push(("response_format", c));
         }
@@ -347,13 +346,12 @@ pub fn format_constraint(format: &Fields<'_>, nested: &str) -> Result<Option<Con
         "text" => Ok(None),
         "json_object" => Ok(Some(Constraint::JsonObject)),
         "json_schema" => {
-            let holder_map;
+            let holder_fields;
             let holder = if nested.is_empty() {
                 format
             } else {
-                let map = optional_object(format, nested)?.ok_or_else(|| format.missing(nested))?;
-                holder_map = Fields::nested(map, &format.name(nested));
-                &holder_map
+                holder_fields = format.required_object(nested)?;
+                &holder_fields
             };
             holder.string("name")?;
             holder.boolean("strict")?;
@@ -376,15 +374,6 @@ pub fn schema_constraint(f: &Fields<'_>, name: &str, schema: &Value) -> Result<C
     match schema {
         Value::Object(_) | Value::Bool(true) => Ok(Constraint::JsonSchema(schema.to_string())),
         other => Err(f.wrong_type(name, "a JSON Schema object", other)),
-    }
-}
-
-/// Field `name` as an object, if present and not null.
-fn optional_object<'a>(f: &Fields<'a>, name: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
-    match f.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(map)) => Ok(Some(map)),
-        Some(other) => Err(f.wrong_type(name, "an object", other)),
     }
 }
 
@@ -554,11 +543,7 @@ pub fn parse_message(f: &Fields<'_>) -> Result<Message, ApiError> {
         (_, None) => Vec::new(),
         ("assistant", Some(Value::Array(list))) if list.is_empty() => Vec::new(),
         ("assistant", Some(Value::Array(_))) => parse_objects(f, "tool_calls", "call", |c| {
-            let function = match c.get("function") {
-                Some(Value::Object(map)) => Fields::nested(map, &c.name("function")),
-                None => return Err(c.missing("function")),
-                Some(other) => return Err(c.wrong_type("function", "an object", other)),
-            };
+            let function = c.required_object("function")?;
             let name = function.required_string("name")?;
             let arguments = function.required_string("arguments")?;
             let arguments: Value = serde_json::from_str(arguments).map_err(|e| {

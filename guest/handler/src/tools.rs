@@ -83,12 +83,7 @@ pub fn parse_tools(f: &Fields<'_>) -> Result<Vec<Tool>, ApiError> {
                 ))
             }
         }
-        let function = match t.get("function") {
-            Some(Value::Object(map)) => map,
-            None => return Err(t.missing("function")),
-            Some(other) => return Err(t.wrong_type("function", "an object", other)),
-        };
-        let fun = Fields::nested(function, &t.name("function"));
+        let fun = t.required_object("function")?;
         let name = fun.required_string("name")?;
         check_name(&fun, name)?;
         fun.boolean("strict")?;
@@ -146,12 +141,7 @@ pub fn parse_choice(f: &Fields<'_>, tools: Vec<Tool>) -> Result<Option<Tools>, A
                     return Err(ApiError::param("tool_choice.type", format!("Invalid 'tool_choice.type': '{other}'.")))
                 }
             }
-            let function = match c.get("function") {
-                Some(Value::Object(map)) => map,
-                None => return Err(c.missing("function")),
-                Some(other) => return Err(c.wrong_type("function", "an object", other)),
-            };
-            let name = Fields::nested(function, "tool_choice.function").required_string("name")?;
+            let name = c.required_object("function")?.required_string("name")?;
             if !tools.iter().any(|t| t.name == name) {
                 return Err(ApiError::param(
                     "tool_choice.function.name",

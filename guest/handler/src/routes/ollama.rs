@@ -283,11 +283,7 @@ fn message(f: &Fields<'_>, i: usize, value: &Value) -> Result<Message, ApiError>
             return Err(ApiError::param(m.name("tool_calls"), "Only assistant messages carry 'tool_calls'."))
         }
         Some(_) => parse_objects(&m, "tool_calls", "call", |c| {
-            let function = match c.get("function") {
-                Some(Value::Object(map)) => Fields::nested(map, &c.name("function")),
-                None => return Err(c.missing("function")),
-                Some(other) => return Err(c.wrong_type("function", "an object", other)),
-            };
+            let function = c.required_object("function")?;
             let name = function.required_string("name")?;
             let arguments = function.get("arguments").cloned().unwrap_or_else(|| json!({}));
             Ok(tools::call_text(name, &arguments))

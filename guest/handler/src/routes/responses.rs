@@ -114,16 +114,11 @@ fn parse_input(f: &Fields<'_>) -> Result<Vec<Message>, ApiError> {
 /// `text.format`: `{"type": "text" | "json_object" | "json_schema", ...}`,
 /// a schema beside the type.
 fn text_format(f: &Fields<'_>) -> Result<Option<Constraint>, ApiError> {
-    let text = match f.get("text") {
-        None => return Ok(None),
-        Some(Value::Object(text)) => Fields::nested(text, "text"),
-        Some(other) => return Err(f.wrong_type("text", "an object", other)),
-    };
+    let Some(text) = f.object("text")? else { return Ok(None) };
     text.string("verbosity")?;
-    match text.get("format") {
+    match text.object("format")? {
         None => Ok(None),
-        Some(Value::Object(format)) => format_constraint(&Fields::nested(format, "text.format"), ""),
-        Some(other) => Err(text.wrong_type("format", "an object", other)),
+        Some(format) => format_constraint(&format, ""),
     }
 }
 
