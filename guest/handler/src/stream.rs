@@ -107,75 +107,19 @@ pub trait Framing {
     fn failed(&mut self, error: Error) -> Vec<u8>;
 }
 
-/// A generation's frames, produced as the client reads them and ending after
-/// the last one. Owns the generation: dropping this cancels it, and it is
-/// released as soon as it finishes, before the last frames go out.
-pub struct Frames<F> {
-    generation: Option<Box<dyn GenerationStream>>,
-    framing: F,
-    opened: bool,
-    /// Frames decided but not yet handed out (the tail after the finish).
-    queued: VecDeque<Vec<u8>>,
-}
-
-impl<F: Framing> Frames<F> {
-    /// The frames of `generation` in `framing`.
-    pub fn new(generation: Box<dyn GenerationStream>, framing: F) -> Self {
-        Frames { generation: Some(generation), framing, opened: false, queued: VecDeque::new() }
-    }
-}
-
-impl<F: Framing> Iterator for Frames<F> {
-    type Item = Vec<u8>;
-
-    fn next(&mut self) -> Option<Vec<u8>> {
-        if let Some(frame) = self.queued.pop_front() {
-            return Some(frame);
-        }
-        if !self.opened {
-            self.opened = true;
-            if let Some(opening) = self.framing.opening() {
-                return Some(opening);
-            }
-        }
-        loop {
-            let event = self.generation.as_mut()?.next_event();
-            match event {
-                Ok(Event::Text(text)) if text.is_empty() => {}
-                Ok(Event::Pending) => {}
-                Ok(Event::Logprobs(tokens)) => self.framing.logprobs(tokens),
-                Ok(Event::Text(text)) => {
-                    // A framing that holds text back sends nothing yet.
-                    let frame = self.framing.text(&text);
-                    if !frame.is_empty() {
-                        return Some(frame);
-                    }
-                }
-                Ok(Event::Finished(finished)) => {
-                    self.generation = None;
-                    self.queued.extend(self.framing.finished(&finished));
-                    return self.queued.pop_front();
-                }
-                Err(error) => {
-                    self.generation = None;
-                    return Some(self.framing.failed(error));
-                }
-            }
-        }
-    }
-}
-
-/// What ends an [`Interleaved`] stream once every choice has finished: the
+/// What ends a stream of several choices once every one has finished: the
 /// frames made from all their ends (a usage total, `[DONE]`).
 pub type Ending = Box<dyn FnOnce(&[Finished]) -> Vec<Vec<u8>>>;
 
-/// Several generations of one request (`n` choices) written into one
-/// stream, an event of each in turn as the client reads them: they run in
-/// the same engine steps, so each has about one token per turn. Each has
-/// its own framing (which numbers its frames); the `ending` follows the
-/// last. A failure ends the stream with that choice's error frame and drops
-/// the others (cancelling them).
-pub struct Interleaved<F> {
+/// A generation's frames, or those of several generations of one request
+/// (`n` choices) written into one stream, an event of each in turn; they
+/// run in the same engine steps, so each has about one token per turn.
+/// Produced as the client reads them. Owns the generations: dropping this
+/// cancels them, and each is released as soon as it finishes, before its
+/// last frames go out. Each choice has its own framing (which numbers its
+/// frames); the `ending` follows the last. A failure ends the stream with
+/// that choice's error frame and drops the others (cancelling them).
+pub struct Frames<F> {
     choices: Vec<(Option<Box<dyn GenerationStream>>, F)>,
     ends: Vec<Option<Finished>>,
     turn: usize,
@@ -184,15 +128,21 @@ pub struct Interleaved<F> {
     ending: Option<Ending>,
 }
 
-impl<F: Framing> Interleaved<F> {
-    pub fn new(choices: Vec<(Box<dyn GenerationStream>, F)>, ending: Ending) -> Self {
+impl<F: Framing> Frames<F> {
+    /// The frames of `generation` in `framing`.
+    pub fn new(generation: Box<dyn GenerationStream>, framing: F) -> Self {
+        Self::interleaved(vec![(generation, framing)], Box::new(|_| Vec::new()))
+    }
+
+    /// The frames of several choices, then the `ending`.
+    pub fn interleaved(choices: Vec<(Box<dyn GenerationStream>, F)>, ending: Ending) -> Self {
         let ends = choices.iter().map(|_| None).collect();
         let choices = choices.into_iter().map(|(g, f)| (Some(g), f)).collect();
-        Interleaved { choices, ends, turn: 0, opened: false, queued: VecDeque::new(), ending: Some(ending) }
+        Frames { choices, ends, turn: 0, opened: false, queued: VecDeque::new(), ending: Some(ending) }
     }
 }
 
-impl<F: Framing> Iterator for Interleaved<F> {
+impl<F: Framing> Iterator for Frames<F> {
     type Item = Vec<u8>;
 
     fn next(&mut self) -> Option<Vec<u8>> {
@@ -218,12 +168,12 @@ impl<F: Framing> Iterator for Interleaved<F> {
             match event {
                 Ok(Event::Pending) => {}
                 Ok(Event::Logprobs(tokens)) => framing.logprobs(tokens),
+                Ok(Event::Text(text)) if text.is_empty() => {}
                 Ok(Event::Text(text)) => {
-                    if !text.is_empty() {
-                        let frame = framing.text(&text);
-                        if !frame.is_empty() {
-                            return Some(frame);
-                        }
+                    // A framing that holds text back sends nothing yet.
+                    let frame = framing.text(&text);
+                    if !frame.is_empty() {
+                        return Some(frame);
                     }
                 }
                 Ok(Event::Finished(finished)) => {

@@ -34,9 +34,9 @@ use crate::error::{error_body, ApiError};
 use crate::http::{Request, Response};
 use crate::json::{self, Fields};
 use crate::params::{
-    parse_chat_fields, parse_prompt, parse_sampling, token_ids, ChatRequest, OPENAI_COMPLETIONS_DEFAULTS,
+    parse_chat_fields, parse_prompt, parse_sampling, token_ids, ChatRequest, Sampling, OPENAI_COMPLETIONS_DEFAULTS,
 };
-use crate::stream::{collect_all, start_choices, Ending, Frames, Framing, Interleaved, Whole};
+use crate::stream::{collect_all, start_choices, Ending, Frames, Framing, Whole};
 use crate::tools::{call_id, Held, StreamedCall, ToolCall, Tools};
 use crate::wire::{completion_id, finish_reason, sse_data, timings_json, unix_seconds, usage_json};
 
@@ -85,51 +85,26 @@ fn model_json(info: &ModelInfo) -> Value {
 /// answer.
 pub fn chat(req: &Request, engine: &dyn EngineClient) -> Result<Response, ApiError> {
     let map = json::parse_object(&req.body)?;
-    let chat = parse_chat_fields(&map, Priority::Interactive)?;
+    let mut chat = parse_chat_fields(&map, Priority::Interactive)?;
     let use_cache = Fields::new(&map).boolean("use_cache")?;
     if chat.n > 1 && chat.stream {
         let engine_error = |e| ApiError::engine(e, CHAT_PROMPT_PARAM);
-        let prompt = Prompt::Chat(chat.messages);
+        let prompt = Prompt::Chat(std::mem::take(&mut chat.messages));
         let generations = start_choices(engine, &chat.model, &prompt, &chat.params, chat.n).map_err(engine_error)?;
-        let (id, created) = (completion_id("chatcmpl"), unix_seconds());
-        return Ok(streamed_choices(generations, |index| CompletionChunks {
-            id: id.clone(),
-            model: chat.model.clone(),
-            created,
-            include_usage: chat.include_usage,
-            kind: ChunkKind::Chat,
-            cached: None,
-            logprobs: chat.params.logprobs.map(|_| Vec::new()),
-            text_offset: 0,
-            call: chat.tools.clone().map(StreamedCall::new),
-            index,
-            trailer: false,
-        }));
+        return Ok(streamed_choices(generations, || CompletionChunks::chat(&chat, None)));
     }
     if chat.n > 1 {
         return chat_choices(chat, engine);
     }
     let lookup = cache::look_up(req, engine, &chat.model, &chat.messages, &chat.params, use_cache)?;
     let (header, cached) = (lookup.header(), lookup.cached());
-    let prompt = Prompt::Chat(chat.messages);
+    let prompt = Prompt::Chat(std::mem::take(&mut chat.messages));
     let (generation, pending) = lookup
         .generation(engine, || engine.generate(&chat.model, &prompt, &chat.params))
         .map_err(|e| ApiError::engine(e, CHAT_PROMPT_PARAM))?;
 
     if chat.stream {
-        let chunks = CompletionChunks {
-            id: completion_id("chatcmpl"),
-            model: chat.model,
-            created: unix_seconds(),
-            include_usage: chat.include_usage,
-            kind: ChunkKind::Chat,
-            cached,
-            logprobs: chat.params.logprobs.map(|_| Vec::new()),
-            text_offset: 0,
-            call: chat.tools.map(StreamedCall::new),
-            index: 0,
-            trailer: true,
-        };
+        let chunks = CompletionChunks::chat(&chat, cached);
         return Ok(cache::event_stream(Frames::new(generation, chunks), pending, header));
     }
 
@@ -198,11 +173,25 @@ fn total_usage(ends: &[Finished]) -> Usage {
     usage
 }
 
-/// `n` choices of one prompt in one stream: each choice's chunks carry its
+/// `n` choices of one prompt in one stream: each choice's chunks (as
+/// `make` makes a single answer's) carry the first's id and their own
 /// `index`; the usage chunk (when asked for) and `[DONE]` follow the last.
-fn streamed_choices(generations: Vec<Box<dyn GenerationStream>>, make: impl Fn(u32) -> CompletionChunks) -> Response {
-    let last = make(0);
-    let choices = generations.into_iter().enumerate().map(|(i, g)| (g, make(i as u32))).collect();
+fn streamed_choices(generations: Vec<Box<dyn GenerationStream>>, make: impl Fn() -> CompletionChunks) -> Response {
+    let last = make();
+    let choices = generations
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let chunks = CompletionChunks {
+                id: last.id.clone(),
+                created: last.created,
+                index: i as u32,
+                trailer: false,
+                ..make()
+            };
+            (g, chunks)
+        })
+        .collect();
     let ending: Ending = Box::new(move |ends: &[Finished]| {
         let mut frames = Vec::with_capacity(2);
         if last.include_usage && !ends.is_empty() {
@@ -215,7 +204,7 @@ fn streamed_choices(generations: Vec<Box<dyn GenerationStream>>, make: impl Fn(u
         frames.push(b"data: [DONE]\n\n".to_vec());
         frames
     });
-    Response::event_stream(Interleaved::new(choices, ending))
+    Response::event_stream(Frames::interleaved(choices, ending))
 }
 
 // Text completions
@@ -242,38 +231,11 @@ pub fn completions(req: &Request, engine: &dyn EngineClient) -> Result<Response,
     };
     if sampling.stream && sampling.n > 1 {
         let generations = start_choices(engine, &model, &prompt, &sampling.params, sampling.n).map_err(engine_error)?;
-        let (id, created) = (completion_id("cmpl"), unix_seconds());
-        let text_offset = echoed.as_deref().map_or(0, |e| e.chars().count());
-        return Ok(streamed_choices(generations, |index| CompletionChunks {
-            id: id.clone(),
-            model: model.clone(),
-            created,
-            include_usage: sampling.include_usage,
-            kind: ChunkKind::Text { echo: echoed.clone() },
-            cached: None,
-            logprobs: sampling.params.logprobs.map(|_| Vec::new()),
-            text_offset,
-            call: None,
-            index,
-            trailer: false,
-        }));
+        return Ok(streamed_choices(generations, || CompletionChunks::text(&model, &sampling, echoed.clone())));
     }
     if sampling.stream {
         let generation = engine.generate(&model, &prompt, &sampling.params).map_err(engine_error)?;
-        let text_offset = echoed.as_deref().map_or(0, |e| e.chars().count());
-        let chunks = CompletionChunks {
-            id: completion_id("cmpl"),
-            model,
-            created: unix_seconds(),
-            include_usage: sampling.include_usage,
-            kind: ChunkKind::Text { echo: echoed },
-            cached: None,
-            logprobs: sampling.params.logprobs.map(|_| Vec::new()),
-            text_offset,
-            call: None,
-            index: 0,
-            trailer: true,
-        };
+        let chunks = CompletionChunks::text(&model, &sampling, echoed);
         return Ok(Response::event_stream(Frames::new(generation, chunks)));
     }
 
@@ -437,6 +399,40 @@ struct CompletionChunks {
 }
 
 impl CompletionChunks {
+    /// A chat answer's chunks (one choice, ending the stream).
+    fn chat(chat: &ChatRequest, cached: Option<bool>) -> Self {
+        CompletionChunks {
+            id: completion_id("chatcmpl"),
+            model: chat.model.clone(),
+            created: unix_seconds(),
+            include_usage: chat.include_usage,
+            kind: ChunkKind::Chat,
+            cached,
+            logprobs: chat.params.logprobs.map(|_| Vec::new()),
+            text_offset: 0,
+            call: chat.tools.clone().map(StreamedCall::new),
+            index: 0,
+            trailer: true,
+        }
+    }
+
+    /// A text completion's chunks, after the `echoed` prompt if any.
+    fn text(model: &str, sampling: &Sampling, echoed: Option<String>) -> Self {
+        CompletionChunks {
+            id: completion_id("cmpl"),
+            model: model.to_string(),
+            created: unix_seconds(),
+            include_usage: sampling.include_usage,
+            text_offset: echoed.as_deref().map_or(0, |e| e.chars().count()),
+            kind: ChunkKind::Text { echo: echoed },
+            cached: None,
+            logprobs: sampling.params.logprobs.map(|_| Vec::new()),
+            call: None,
+            index: 0,
+            trailer: true,
+        }
+    }
+
     /// Field holding the prompt, named by context-overflow errors.
     fn prompt_param(&self) -> &'static str {
         match self.kind {
