@@ -93,6 +93,18 @@ pub fn is_open(method: &http::Method, path: &str) -> bool {
         || path.starts_with("/static/")
 }
 
+/// The app layer's routes (Open WebUI's API): accounts authenticate them,
+/// with a sign-in token or a user's own key, so the server's API keys are
+/// not asked for; the handler refuses them without an account.
+pub fn is_account_route(path: &str) -> bool {
+    path.starts_with("/api/v1/") || matches!(path, "/api/config" | "/api/models")
+}
+
+/// The routes that take files (`--max-upload-mib`, not `--max-body-kib`).
+pub fn is_upload_route(path: &str) -> bool {
+    matches!(path, "/api/v1/files/" | "/api/v1/files" | "/api/v1/audio/transcriptions")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

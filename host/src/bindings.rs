@@ -4,7 +4,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "tern:llm/handler",
-    imports: { default: trappable },
+    imports: {
+        default: trappable,
+        // Statements run off the async threads (SQLite) or over the network
+        // (PostgreSQL): the guest's call awaits them.
+        "spin:sqlite/sqlite": async | trappable,
+        "spin:postgres/postgres": async | trappable,
+    },
     exports: { default: async },
     require_store_data_send: true,
     with: {
@@ -12,7 +18,12 @@ wasmtime::component::bindgen!({
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "tern:llm/inference.generation": crate::resources::GenerationResource,
         "wasi:keyvalue/store.bucket": crate::resources::BucketHandle,
+        "spin:sqlite/sqlite.connection": crate::database::sqlite::Connection,
+        "spin:postgres/postgres.connection": crate::database::postgres::Connection,
     },
 });
 
+pub use spin::postgres::postgres as spin_postgres;
+pub use spin::sqlite::sqlite as spin_sqlite;
 pub use tern::llm::{inference, store_usage};
+pub use wasi::config::store as config_store;

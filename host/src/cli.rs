@@ -185,6 +185,43 @@ pub struct ServeArgs {
     /// File of admin keys, one per line (`#` comments).
     #[arg(long, env = "TERN_ADMIN_KEY_FILE", help_heading = "auth")]
     pub admin_key_file: Vec<PathBuf>,
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+/// The app layer: accounts, chats and files.
+#[derive(Args, Clone)]
+pub struct AppArgs {
+    /// Folder of the SQLite database (`tern.db`) and the generated sign-in
+    /// secret (`jwt-secret`); created when missing.
+    #[arg(long, env = "TERN_DATA_DIR", help_heading = "app")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite: `postgres://user:password@host/db` or
+    /// `postgres://user@/db?host=/socket/dir`.
+    #[arg(long, env = "TERN_DATABASE_URL", help_heading = "app")]
+    pub database_url: Option<String>,
+    /// Connections to PostgreSQL held at once.
+    #[arg(long, env = "TERN_DATABASE_CONNECTIONS", default_value_t = 16, help_heading = "app")]
+    pub database_connections: usize,
+    /// Secret that signs sign-in tokens (HS256); without one, a random
+    /// secret is generated once and kept in the data folder. Replicas
+    /// sharing a database must share it.
+    #[arg(long, env = "TERN_JWT_SECRET", help_heading = "app")]
+    pub jwt_secret: Option<String>,
+    /// Hours a sign-in token stays valid.
+    #[arg(long, env = "TERN_SESSION_HOURS", default_value_t = 168, help_heading = "app")]
+    pub session_hours: u64,
+    /// Largest file `POST /api/v1/files/` accepts, in MiB (413 beyond).
+    #[arg(long, env = "TERN_MAX_UPLOAD_MIB", default_value_t = 25, help_heading = "app")]
+    pub max_upload_mib: u64,
+    /// OpenAI-compatible server that answers `/api/v1/images/generations`
+    /// and `/api/v1/audio/*` (e.g. `https://api.openai.com/v1`); without
+    /// one those routes answer 503.
+    #[arg(long, env = "TERN_MEDIA_UPSTREAM", help_heading = "app")]
+    pub media_upstream: Option<String>,
+    /// Bearer key sent to `--media-upstream`.
+    #[arg(long, env = "TERN_MEDIA_UPSTREAM_KEY", help_heading = "app")]
+    pub media_upstream_key: Option<String>,
 }
 
 #[derive(Args)]

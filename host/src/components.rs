@@ -159,7 +159,8 @@ fn log_loaded(loaded: &Loaded, what: &str) {
         ms = loaded.load_ms, from_cache = loaded.from_cache, "{what}");
 }
 
-/// A linker with WASI, wasi:http (incoming only) and the host's interfaces.
+/// A linker with WASI, wasi:http, Spin's SQL interfaces, wasi:config and
+/// the host's own interfaces.
 fn host_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::<HostState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -168,6 +169,9 @@ fn host_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> {
     crate::bindings::store_usage::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::wasi::keyvalue::store::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::wasi::keyvalue::atomics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::bindings::spin_sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::bindings::spin_postgres::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::bindings::config_store::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 

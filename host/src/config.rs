@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_FILE: &str = "tern.toml";
 
 /// Flags whose values are never printed.
-const SECRETS: [&str; 2] = ["api-key", "admin-key"];
+const SECRETS: [&str; 5] = ["api-key", "admin-key", "jwt-secret", "database-url", "media-upstream-key"];
 
 /// Parses `argv` with the file's settings added; returns the matches and the
 /// ids of the arguments that came from the file.

@@ -12,12 +12,14 @@
 //! variables feed them (`config`).
 
 mod admin;
+mod app;
 mod auth;
 mod bindings;
 mod cli;
 mod components;
 mod compress;
 mod config;
+mod database;
 mod generate;
 mod inference;
 mod keyvalue;

@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tern_engine::{Engine, EngineError};
 
-use crate::cli::{apply_threads, engine_config, ServeArgs};
+use crate::app::App;
+use crate::cli::{apply_threads, engine_config, AppArgs, ServeArgs};
+use crate::database::{self, Database};
+use crate::state::Shared;
 use crate::{auth, components, kv_store, metrics, server};
 
 /// The handler component built from guest/handler by build.rs.
@@ -71,9 +74,19 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         max_body_bytes: args.max_body_kib << 10,
         max_connections: args.max_connections,
         max_component_bytes: args.max_component_mib << 20,
+        max_upload_bytes: args.app.max_upload_mib << 20,
         compress: args.compress,
     };
-    let store = Arc::new(kv_store::KvStore::new(args.cache_mib << 20));
+    // A guest that computes yields at every epoch tick, but tokio wakes a
+    // yielding task again without looking for I/O; look for it every few
+    // polls so new connections are accepted while guests are busy.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .global_queue_interval(EVENT_INTERVAL)
+        .build()?;
+    let app = Arc::new(runtime.block_on(open_app(&args.app))?);
+    let shared = Shared { kv: Arc::new(kv_store::KvStore::new(args.cache_mib << 20)), app };
     let metrics = Arc::new(metrics::HostMetrics::default());
     let wasm_engine = server::instances::wasm_engine(&settings)?;
     let (wasm, source) = match &args.component {
@@ -86,16 +99,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         Arc::new(components::Components::new(wasm_engine.clone(), cache_dir, &wasm, &source, metrics.clone())?);
     server::instances::start_epoch_ticker(&wasm_engine);
     let server =
-        Arc::new(server::Server::new(components.clone(), engine.clone(), store, settings, keys, admin_keys, metrics));
-
-    // A guest that computes yields at every epoch tick, but tokio wakes a
-    // yielding task again without looking for I/O; look for it every few
-    // polls so new connections are accepted while guests are busy.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .event_interval(EVENT_INTERVAL)
-        .global_queue_interval(EVENT_INTERVAL)
-        .build()?;
+        Arc::new(server::Server::new(components.clone(), engine.clone(), shared, settings, keys, admin_keys, metrics));
     runtime.block_on(async move {
         let listener = server::connection::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, model = %model.display(), api_keys = server_keys,
@@ -123,6 +127,33 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The database (migrated) and the settings components read through
+/// `wasi:config`.
+async fn open_app(args: &AppArgs) -> anyhow::Result<App> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(database::default_data_dir);
+    let db = Database::open(&data_dir, args.database_url.as_deref(), args.database_connections).await?;
+    let mut config = vec![
+        ("database".to_string(), db.kind().to_string()),
+        ("jwt_secret".to_string(), database::signing_secret(args.jwt_secret.as_deref(), &data_dir)?),
+        ("session_seconds".to_string(), (args.session_hours * 3600).to_string()),
+        ("max_upload_bytes".to_string(), (args.max_upload_mib << 20).to_string()),
+    ];
+    if let Some(url) = &args.database_url {
+        config.push(("database_url".to_string(), url.clone()));
+    }
+    let media_upstream = match &args.media_upstream {
+        Some(url) => {
+            config.push(("media_upstream".to_string(), url.trim_end_matches('/').to_string()));
+            Some(App::upstream_origin(url)?)
+        }
+        None => None,
+    };
+    if let Some(key) = &args.media_upstream_key {
+        config.push(("media_upstream_key".to_string(), key.clone()));
+    }
+    Ok(App { database: Some(db), config, media_upstream })
 }
 
 /// Waits for SIGTERM or SIGINT and names it.

@@ -1,29 +1,36 @@
 //! Per-request store data: WASI and wasi:http contexts, the resource table,
-//! memory limits, the request's deadline, and handles to the shared engine
-//! and key-value store.
+//! memory limits, the request's deadline, and handles to the shared engine,
+//! key-value store and app layer.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tern_engine::Engine;
 use wasmtime::component::ResourceTable;
 use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{
-    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::app::{App, Outgoing};
 use crate::kv_store::KvStore;
+
+/// State every request shares: the key-value store and the app layer.
+#[derive(Clone)]
+pub struct Shared {
+    pub kv: Arc<KvStore>,
+    pub app: Arc<App>,
+}
 
 pub struct HostState {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
-    pub hooks: NoOutgoingRequests,
+    pub hooks: Outgoing,
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub engine: Engine,
     /// The `wasi:keyvalue` buckets every request shares.
     pub store: Arc<KvStore>,
+    /// The app layer's database, settings and upstream.
+    pub app: Arc<App>,
     /// When the current request must be done; past it the guest traps at
     /// its next epoch tick.
     pub deadline: Instant,
@@ -42,22 +49,5 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
-    }
-}
-
-type SendFuture = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
-
-/// The handler world imports no outgoing HTTP; should a component reach for
-/// it anyway, the request is denied rather than sent.
-pub struct NoOutgoingRequests;
-
-impl WasiHttpHooks for NoOutgoingRequests {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _fut: SendFuture,
-    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, SendFuture), HttpError>> + Send> {
-        Box::new(async { Err(HttpError::HttpRequestDenied) })
     }
 }

@@ -1,10 +1,13 @@
 """Starts a real `tern serve` for the end-to-end tests and talks to it over HTTP."""
 
+import glob
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -66,6 +69,10 @@ class Server:
         # TERN_COMPONENT serves a handler built apart from the binary.
         component = os.environ.get("TERN_COMPONENT")
         extra = ["--component", component] if component and "--component" not in args else []
+        # Each server keeps its app data (accounts, chats) apart from the
+        # others' and from the user's own data folder.
+        if "--data-dir" not in args:
+            extra += ["--data-dir", str(self.log_path.with_suffix(".data"))]
         self.proc = subprocess.Popen(
             [str(tern_binary()), "serve", "--addr", f"127.0.0.1:{self.port}", *extra, *args],
             stdout=self.log,
@@ -127,3 +134,70 @@ def server(tmp_path_factory):
 def model_id(server):
     _, _, body = server.json("GET", "/v1/models")
     return body["data"][0]["id"]
+
+
+def postgres_bin():
+    """The folder of Debian's PostgreSQL server programs, if installed."""
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(folder, "initdb")):
+            return folder
+    initdb = shutil.which("initdb")
+    return os.path.dirname(initdb) if initdb else None
+
+
+class Postgres:
+    """A PostgreSQL cluster of its own, listening only on a Unix socket in a
+    private folder. `initdb` refuses to run as root, so under root the
+    cluster belongs to `nobody`."""
+
+    def __init__(self):
+        self.bin = postgres_bin()
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix="tern-pg-"))
+        self.root.chmod(0o755)
+        self.data, self.socket = self.root / "data", self.root / "sock"
+        self.socket.mkdir()
+        as_owner = []
+        if os.geteuid() == 0:
+            os.chown(self.root, 65534, 65534)
+            os.chown(self.socket, 65534, 65534)
+            as_owner = ["runuser", "-u", "nobody", "--"]
+        self.as_owner = as_owner
+        self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "tern", "--no-sync", "-E", "UTF8")
+        options = f"-k {self.socket} -c listen_addresses= -c max_connections=200"
+        self.run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+        self.databases = 0
+
+    def run(self, program, *args):
+        return subprocess.run(
+            [*self.as_owner, os.path.join(self.bin, program), *args], check=True, capture_output=True, text=True
+        )
+
+    def sql(self, database, statement):
+        """Runs one statement with psql; returns its output."""
+        return self.run("psql", "-h", str(self.socket), "-U", "tern", "-d", database, "-tAc", statement).stdout
+
+    def new_database(self):
+        """A fresh database's URL."""
+        self.databases += 1
+        name = f"tern{self.databases}"
+        self.sql("postgres", f"CREATE DATABASE {name}")
+        return f"postgres://tern@/{name}?host={self.socket}"
+
+    def stop(self):
+        subprocess.run(
+            [*self.as_owner, os.path.join(self.bin, "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL from Debian's packages (`.ci/run` installs it)."""
+    if postgres_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (Debian package postgresql)")
+        pytest.skip("PostgreSQL is not installed (Debian package postgresql)")
+    pg = Postgres()
+    yield pg
+    pg.stop()

@@ -9,7 +9,7 @@ use crate::bindings::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use crate::bindings::wasi::io::streams::{OutputStream, StreamError};
-use crate::body_limit::{append_body_chunk, check_declared_length};
+use crate::body_limit::{append_body_chunk, body_limit, check_declared_length};
 use crate::error::ApiError;
 use crate::host::HostEngine;
 use crate::http::{Body, Request, Response};
@@ -59,12 +59,19 @@ fn read_request(request: &IncomingRequest) -> Result<Request, ApiError> {
         .map(|(name, value)| (name.to_ascii_lowercase(), String::from_utf8_lossy(&value).into_owned()))
         .collect();
 
-    check_declared_length(req.header("content-length"))?;
+    let max_upload = crate::app_host::setting("max_upload_bytes").and_then(|s| s.parse().ok());
+    let limit = body_limit(&req.path, max_upload);
+    check_declared_length(req.header("content-length"), limit)?;
+    // A declared length is allocated once: growing by doubling would hold
+    // two copies of a large upload at the peak.
+    if let Some(len) = req.header("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+        req.body.reserve_exact(len);
+    }
     let body = request.consume().map_err(|()| ApiError::UnreadableBody)?;
     let stream = body.stream().map_err(|()| ApiError::UnreadableBody)?;
     loop {
         match stream.blocking_read(READ_CHUNK_BYTES) {
-            Ok(chunk) => append_body_chunk(&mut req.body, &chunk)?,
+            Ok(chunk) => append_body_chunk(&mut req.body, &chunk, limit)?,
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(_)) => return Err(ApiError::UnreadableBody),
         }

@@ -27,8 +27,12 @@
 //! ```
 
 // Natively nothing invokes the generated `export!` macro.
+mod app;
 #[cfg_attr(not(target_arch = "wasm32"), allow(unused_imports))]
 mod bindings;
+// The app layer's database, settings and upstream over the host's imports.
+#[cfg(target_arch = "wasm32")]
+mod app_host;
 mod body_limit;
 mod cache;
 mod cors;
@@ -54,7 +58,7 @@ mod tests;
 mod tools;
 mod wire;
 
-pub use body_limit::{append_body_chunk, check_declared_length};
+pub use body_limit::{append_body_chunk, body_limit, check_declared_length};
 pub use cors::CorsPolicy;
 pub use engine_client::{
     BucketUsage, ContextOverflow, Embedding, EngineClient, EngineStatus, Error, Event, FinishReason, Finished,

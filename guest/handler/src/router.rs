@@ -55,6 +55,12 @@ fn stamp(response: Response) -> Response {
 /// Routes by path, answers `OPTIONS` for every route, then checks the method.
 fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Result<Response, ApiError> {
     let path = req.path.as_str();
+    if crate::app::claims(path) {
+        if req.method == "OPTIONS" {
+            return cors.preflight(req, "GET, POST, DELETE");
+        }
+        return Ok(crate::app::dispatch(req, engine).expect("an app path"));
+    }
     let (allow, handler): (&'static str, Handler) = match path {
         "/" => ("GET, HEAD", Handler::Root),
         "/health" => ("GET", Handler::Health),

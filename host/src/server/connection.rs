@@ -82,7 +82,7 @@ async fn connection<R: Respond>(
     }
     metrics.connections.fetch_add(1, Ordering::Relaxed);
     let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let state = Arc::new(ConnState::new(local));
+    let state = Arc::new(ConnState::new(local, peer));
     let io = TokioIo::new(Tracked { inner: stream, state: state.clone() });
     let conn_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -136,6 +136,8 @@ async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 pub struct ConnState {
     /// The address the client connected to.
     pub local: SocketAddr,
+    /// The address the client connected from.
+    pub peer: SocketAddr,
     /// Requests of this connection being answered.
     pub in_flight: AtomicU32,
     /// Milliseconds since the process started, at the last read or write.
@@ -143,8 +145,8 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new(local: SocketAddr) -> Self {
-        Self { local, in_flight: AtomicU32::new(0), last_active_ms: AtomicU64::new(0) }
+    pub fn new(local: SocketAddr, peer: SocketAddr) -> Self {
+        Self { local, peer, in_flight: AtomicU32::new(0), last_active_ms: AtomicU64::new(0) }
     }
 
     pub fn touch(&self) {

@@ -30,14 +30,14 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
+use crate::app::Outgoing;
 use crate::bindings::Handler;
 use crate::components::{Components, Loaded, Reusable};
-use crate::kv_store::KvStore;
 use crate::metrics::HostMetrics;
 use crate::responses::Response;
 use crate::server::settings::Settings;
 use crate::server::track::Track;
-use crate::state::{HostState, NoOutgoingRequests};
+use crate::state::{HostState, Shared};
 
 /// Instances beyond `--max-instances` kept for health probes.
 pub const PROBE_SLOTS: u32 = 4;
@@ -96,7 +96,7 @@ impl std::error::Error for Busy {}
 pub struct Instances {
     components: Arc<Components>,
     engine: Engine,
-    kv: Arc<KvStore>,
+    shared: Shared,
     settings: Settings,
     metrics: Arc<HostMetrics>,
     /// One permit per `--max-instances` slot.
@@ -109,24 +109,25 @@ impl Instances {
     pub fn new(
         components: Arc<Components>,
         engine: Engine,
-        kv: Arc<KvStore>,
+        shared: Shared,
         settings: Settings,
         metrics: Arc<HostMetrics>,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(settings.max_instances as usize));
         let probe_slots = Arc::new(Semaphore::new(PROBE_SLOTS as usize));
-        Self { components, engine, kv, settings, metrics, slots, probe_slots }
+        Self { components, engine, shared, settings, metrics, slots, probe_slots }
     }
 
     fn new_store(&self) -> Store<HostState> {
         let state = HostState {
             wasi: WasiCtx::builder().inherit_stderr().envs(&self.settings.guest_env).build(),
             http: WasiHttpCtx::new(),
-            hooks: NoOutgoingRequests,
+            hooks: Outgoing { app: self.shared.app.clone() },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new().memory_size(self.settings.memory_bytes).instances(8).build(),
             engine: self.engine.clone(),
-            store: self.kv.clone(),
+            store: self.shared.kv.clone(),
+            app: self.shared.app.clone(),
             deadline: Instant::now() + self.settings.request_timeout,
             timed_out: false,
             tokens: 0,

@@ -37,9 +37,9 @@ use tokio::net::TcpListener;
 use crate::admin::AdminPolicy;
 use crate::auth::{self, Keys};
 use crate::components::Components;
-use crate::kv_store::KvStore;
 use crate::metrics::HostMetrics;
 use crate::responses::{error_response, text_response, unauthorized, Response};
+use crate::state::Shared;
 use connection::{ConnState, Respond};
 use instances::{Busy, Instances};
 pub use settings::Settings;
@@ -65,14 +65,14 @@ impl Server {
     pub fn new(
         components: Arc<Components>,
         engine: Engine,
-        kv: Arc<KvStore>,
+        shared: Shared,
         settings: Settings,
         keys: Keys,
         admin_keys: Keys,
         metrics: Arc<HostMetrics>,
     ) -> Self {
         let instances =
-            Arc::new(Instances::new(components.clone(), engine.clone(), kv, settings.clone(), metrics.clone()));
+            Arc::new(Instances::new(components.clone(), engine.clone(), shared, settings.clone(), metrics.clone()));
         Self {
             components,
             engine,
@@ -182,19 +182,27 @@ impl Server {
         }
         let user = self.keys.identify(req.headers());
         let admin = self.admin_keys.identify(req.headers());
-        if !auth::is_open(&method, &path) && !self.keys.is_empty() && user.is_none() && admin.is_none() {
+        let gated = !auth::is_open(&method, &path) && !auth::is_account_route(&path);
+        if gated && !self.keys.is_empty() && user.is_none() && admin.is_none() {
             return unauthorized();
         }
         if method == http::Method::GET && path == "/metrics/host" {
             return text_response(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render());
         }
-        let limit = self.settings.max_body_bytes;
+        let limit = if auth::is_upload_route(&path) {
+            self.settings.max_body_bytes.max(self.settings.max_upload_bytes + UPLOAD_FRAMING)
+        } else {
+            self.settings.max_body_bytes
+        };
         if declared_length(&req).is_some_and(|n| n > limit) {
             return body::too_large(limit);
         }
         let headers = req.headers_mut();
         headers.remove(IDENTITY_HEADER);
         headers.remove(ROLE_HEADER);
+        if let Ok(peer) = http::HeaderValue::from_str(&conn.peer.ip().to_string()) {
+            headers.insert(PEER_HEADER, peer);
+        }
         if let Some(who) = user.or(admin.clone()).and_then(|w| http::HeaderValue::from_str(&w).ok()) {
             headers.insert(IDENTITY_HEADER, who);
         }
@@ -239,6 +247,10 @@ impl Server {
 const IDENTITY_HEADER: &str = "x-tern-identity";
 /// The header telling the handler the caller holds an admin key.
 const ROLE_HEADER: &str = "x-tern-role";
+/// The header naming the client's address to the handler (sign-in limits).
+const PEER_HEADER: &str = "x-tern-peer";
+/// Room for a multipart upload's boundaries and part headers beyond the file.
+const UPLOAD_FRAMING: u64 = 64 << 10;
 
 /// Makes sure `req` names the host it is for (RFC 9112 section 3.2): one
 /// `Host` header of visible ASCII. A request without one is 400 on HTTP/1.1;

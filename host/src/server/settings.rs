@@ -32,6 +32,9 @@ pub struct Settings {
     pub max_connections: usize,
     /// Largest component `POST /admin/component` accepts.
     pub max_component_bytes: usize,
+    /// Largest file the app layer's upload route takes (its body may be
+    /// this plus the multipart framing).
+    pub max_upload_bytes: u64,
     /// Gzip whole textual responses for clients that accept it.
     pub compress: bool,
 }

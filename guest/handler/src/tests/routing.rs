@@ -185,16 +185,16 @@ fn every_error_has_the_four_openai_keys() {
 
 #[test]
 fn body_over_one_mib_is_413() {
-    assert!(body_limit::check_declared_length(Some("1048576")).is_ok());
-    assert!(body_limit::check_declared_length(Some("not a number")).is_ok());
-    assert!(matches!(body_limit::check_declared_length(Some("1048577")), Err(ApiError::BodyTooLarge)));
+    assert!(body_limit::check_declared_length(Some("1048576"), MAX_BODY_BYTES).is_ok());
+    assert!(body_limit::check_declared_length(Some("not a number"), MAX_BODY_BYTES).is_ok());
+    assert!(matches!(body_limit::check_declared_length(Some("1048577"), MAX_BODY_BYTES), Err(ApiError::BodyTooLarge)));
 
     let mut body = Vec::new();
     let chunk = vec![b' '; 64 * 1024];
     for _ in 0..MAX_BODY_BYTES / chunk.len() {
-        body_limit::append_body_chunk(&mut body, &chunk).expect("within the limit");
+        body_limit::append_body_chunk(&mut body, &chunk, MAX_BODY_BYTES).expect("within the limit");
     }
-    let err = body_limit::append_body_chunk(&mut body, b"x").expect_err("one byte over");
+    let err = body_limit::append_body_chunk(&mut body, b"x", MAX_BODY_BYTES).expect_err("one byte over");
     let error = assert_openai_error(refuse(&err), 413);
     assert_eq!(error["code"], "request_too_large");
 }
