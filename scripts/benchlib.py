@@ -26,10 +26,10 @@ def synth(out, *args):
 
 
 @contextlib.contextmanager
-def serving(model):
-    """`tern serve --model MODEL` on a free port, once healthy; yields the port."""
+def serving(model, *args):
+    """`tern serve --model MODEL [ARGS]` on a free port, once healthy; yields the port."""
     port = free_port()
-    server = subprocess.Popen([str(TERN), "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model)], cwd=ROOT,
+    server = subprocess.Popen([str(TERN), "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model), *args], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(3000):

@@ -11,6 +11,7 @@ import hmac
 import http.cookiejar
 import http.server
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -612,8 +613,47 @@ def test_media_without_an_upstream_is_503(tmp_path):
             assert "onboarding" not in http.get("/api/config").json()
             r = http.post("/api/v1/images/generations", json={"prompt": "x"}, headers=auth(admin["token"]))
             assert r.status_code == 503 and "--media-upstream" in r.json()["detail"]
+            # A file at the default limit (25 MiB) fits a handler instance's
+            # default memory (64 MiB) on the way in and out.
+            data = os.urandom(25 << 20)
+            headers = auth(admin["token"])
+            r = http.post("/api/v1/files/", files={"file": ("big.bin", data)}, headers=headers, timeout=120)
+            assert r.status_code == 200, r.text
+            assert http.get(f"/api/v1/files/{r.json()['id']}/content", headers=headers, timeout=120).content == data
+            r = http.post("/api/v1/files/", files={"file": ("big.bin", data + b"x")}, headers=headers, timeout=120)
+            assert r.status_code == 413
     finally:
         server.stop()
+
+
+def test_signin_failures_are_rate_limited_per_address(tmp_path):
+    """50 failures from one address, each for a different account, close
+    sign-in from that address (even for a right password) but not sign-up."""
+    server = Server([*model_args(), "--jwt-secret", SECRET], tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=server.base, timeout=60) as http:
+            http.post("/api/v1/auths/signup", json={"name": "A", "email": "a@example.com", "password": "right"})
+            for i in range(50):
+                r = http.post("/api/v1/auths/signin", json={"email": f"guess{i}@example.com", "password": "x"})
+                assert r.status_code == 400, (i, r.text)
+            r = http.post("/api/v1/auths/signin", json={"email": "a@example.com", "password": "right"})
+            assert r.status_code == 429 and "Too many failed sign-ins" in r.json()["detail"]
+    finally:
+        server.stop()
+
+
+def test_password_and_name_limits(app, accounts):
+    long_password = "p" * 257
+    r = app.http.post("/api/v1/auths/signup", json={"name": "N", "email": "long@example.com", "password": long_password})
+    assert r.status_code == 400 and "256 bytes" in r.json()["detail"]
+    assert app.http.post(
+        "/api/v1/auths/signup", json={"name": "N", "email": "long@example.com", "password": "p" * 256}
+    ).status_code == 200
+    r = app.http.post("/api/v1/auths/signup", json={"name": "n" * 201, "email": "n@example.com", "password": "p"})
+    assert r.status_code == 400
+    assert app.http.post(
+        "/api/v1/auths/signup", json={"name": "n" * 200, "email": "n@example.com", "password": "p"}
+    ).status_code == 200
 
 
 # --- durability and schema ----------------------------------------------------------

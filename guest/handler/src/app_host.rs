@@ -48,13 +48,13 @@ impl Platform for HostPlatform {
 
 struct SqliteDb(sqlite::Connection);
 
-fn sqlite_values(params: &[Val]) -> Vec<sqlite::Value> {
+fn sqlite_values(params: Vec<Val>) -> Vec<sqlite::Value> {
     params
-        .iter()
+        .into_iter()
         .map(|v| match v {
-            Val::Int(i) => sqlite::Value::Integer(*i),
-            Val::Text(t) => sqlite::Value::Text(t.clone()),
-            Val::Blob(b) => sqlite::Value::Blob(b.clone()),
+            Val::Int(i) => sqlite::Value::Integer(i),
+            Val::Text(t) => sqlite::Value::Text(t),
+            Val::Blob(b) => sqlite::Value::Blob(b),
             Val::Null => sqlite::Value::Null,
         })
         .collect()
@@ -65,7 +65,7 @@ impl Db for SqliteDb {
         Dialect::Sqlite
     }
 
-    fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, AppError> {
+    fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, AppError> {
         let result = self
             .0
             .execute(&db::sqlite_placeholders(sql), &sqlite_values(params))
@@ -91,7 +91,7 @@ impl Db for SqliteDb {
             .collect())
     }
 
-    fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, AppError> {
+    fn execute(&self, sql: &str, params: Vec<Val>) -> Result<u64, AppError> {
         self.query(sql, params)?;
         Ok(self.0.changes())
     }
@@ -99,13 +99,13 @@ impl Db for SqliteDb {
 
 struct PostgresDb(pg::Connection);
 
-fn pg_values(params: &[Val]) -> Vec<pg::ParameterValue> {
+fn pg_values(params: Vec<Val>) -> Vec<pg::ParameterValue> {
     params
-        .iter()
+        .into_iter()
         .map(|v| match v {
-            Val::Int(i) => pg::ParameterValue::Int64(*i),
-            Val::Text(t) => pg::ParameterValue::Str(t.clone()),
-            Val::Blob(b) => pg::ParameterValue::Binary(b.clone()),
+            Val::Int(i) => pg::ParameterValue::Int64(i),
+            Val::Text(t) => pg::ParameterValue::Str(t),
+            Val::Blob(b) => pg::ParameterValue::Binary(b),
             Val::Null => pg::ParameterValue::DbNull,
         })
         .collect()
@@ -120,7 +120,7 @@ impl Db for PostgresDb {
         Dialect::Postgres
     }
 
-    fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, AppError> {
+    fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, AppError> {
         let set = self.0.query(sql, &pg_values(params)).map_err(pg_error)?;
         let columns = Rc::new(set.columns.into_iter().map(|c| c.name).collect::<Vec<_>>());
         Ok(set
@@ -148,7 +148,7 @@ impl Db for PostgresDb {
             .collect())
     }
 
-    fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, AppError> {
+    fn execute(&self, sql: &str, params: Vec<Val>) -> Result<u64, AppError> {
         self.0.execute(sql, &pg_values(params)).map_err(pg_error)
     }
 }

@@ -60,7 +60,7 @@ pub fn current(ctx: &Ctx<'_>) -> Result<User, AppError> {
     if token.starts_with("sk-") {
         let row = ctx
             .db
-            .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE api_key = $1"), &[key_digest(&token).into()])?
+            .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE api_key = $1"), vec![key_digest(&token).into()])?
             .ok_or_else(|| AppError::unauthorized(messages::INVALID_TOKEN))?;
         return Ok(user_of(row, false));
     }
@@ -69,7 +69,7 @@ pub fn current(ctx: &Ctx<'_>) -> Result<User, AppError> {
     let id = claims.get("id").and_then(Value::as_str).unwrap_or_default();
     let row = ctx
         .db
-        .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[id.into()])?
+        .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), vec![id.into()])?
         .ok_or_else(|| AppError::unauthorized(messages::INVALID_TOKEN))?;
     if claims.get("session_stamp").and_then(Value::as_str) != Some(row.text("session_stamp").as_str()) {
         return Err(AppError::unauthorized(messages::INVALID_TOKEN));
@@ -297,7 +297,7 @@ pub fn admin_config(db: &dyn Db) -> Result<Map<String, Value>, AppError> {
         Value::Object(m) => m,
         _ => unreachable!(),
     };
-    if let Some(row) = db.row("SELECT value FROM app_config WHERE key = $1", &["admin".into()])? {
+    if let Some(row) = db.row("SELECT value FROM app_config WHERE key = $1", vec!["admin".into()])? {
         if let Value::Object(stored) = row.json("value", Value::Null) {
             config.extend(stored);
         }
@@ -383,11 +383,11 @@ fn signup(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let id = uuid();
     let t = now();
     let created = ctx.db.transaction(|db| {
-        let users = db.count("SELECT COUNT(*) FROM users", &[])?;
+        let users = db.count("SELECT COUNT(*) FROM users", vec![])?;
         if users > 0 && !config_flag(&config, "ENABLE_SIGNUP") {
             return Err(AppError::forbidden());
         }
-        if db.row("SELECT id FROM users WHERE email = $1", &[email.clone().into()])?.is_some() {
+        if db.row("SELECT id FROM users WHERE email = $1", vec![email.clone().into()])?.is_some() {
             return Err(AppError::bad_request(messages::EMAIL_TAKEN));
         }
         // The first account administers the server.
@@ -395,7 +395,7 @@ fn signup(ctx: &Ctx<'_>) -> Result<Response, AppError> {
         db.execute(
             "INSERT INTO users (id, email, name, role, profile_image_url, password, session_stamp, \
              last_active_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8)",
-            &[
+            vec![
                 id.clone().into(),
                 email.clone().into(),
                 name.into(),
@@ -406,7 +406,7 @@ fn signup(ctx: &Ctx<'_>) -> Result<Response, AppError> {
                 t.into(),
             ],
         )?;
-        db.row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[id.clone().into()])
+        db.row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), vec![id.clone().into()])
     })?;
     let row = created.ok_or_else(|| AppError::new(500, "The account was not created."))?;
     session_response(ctx, &row, 200)
@@ -448,7 +448,7 @@ fn signin(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     {
         return Err(AppError::new(429, messages::RATE_LIMITED));
     }
-    let row = ctx.db.row(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"), &[email.clone().into()])?;
+    let row = ctx.db.row(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = $1"), vec![email.clone().into()])?;
     let matched = match &row {
         Some(row) if password.len() <= MAX_PASSWORD_BYTES => verify_password(password, &row.text("password")),
         // An unknown email costs one hash too, so a miss takes as long as a
@@ -463,7 +463,7 @@ fn signin(ctx: &Ctx<'_>) -> Result<Response, AppError> {
         count_failure(ctx, "address", &address);
         return Err(AppError::bad_request(messages::INVALID_CRED));
     };
-    ctx.db.execute("UPDATE users SET last_active_at = $1 WHERE id = $2", &[now().into(), row.text("id").into()])?;
+    ctx.db.execute("UPDATE users SET last_active_at = $1 WHERE id = $2", vec![now().into(), row.text("id").into()])?;
     session_response(ctx, &row, 200)
 }
 
@@ -492,7 +492,7 @@ pub fn set_password(db: &dyn Db, id: &str, password: &str) -> Result<(), AppErro
     check_password(password)?;
     db.execute(
         "UPDATE users SET password = $1, session_stamp = $2, updated_at = $3 WHERE id = $4",
-        &[hash_password(password)?.into(), uuid().into(), now().into(), id.into()],
+        vec![hash_password(password)?.into(), uuid().into(), now().into(), id.into()],
     )?;
     Ok(())
 }
@@ -505,7 +505,7 @@ fn update_profile(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let image = f.string("profile_image_url")?.unwrap_or("/user.png");
     ctx.db.execute(
         "UPDATE users SET name = $1, profile_image_url = $2, updated_at = $3 WHERE id = $4",
-        &[name.clone().into(), image.into(), now().into(), user.id.clone().into()],
+        vec![name.clone().into(), image.into(), now().into(), user.id.clone().into()],
     )?;
     ok(json!({"id": user.id, "name": name, "role": user.role, "email": user.email, "profile_image_url": image}))
 }
@@ -527,13 +527,13 @@ fn add_user(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let id = uuid();
     let t = now();
     ctx.db.transaction(|db| {
-        if db.row("SELECT id FROM users WHERE email = $1", &[email.clone().into()])?.is_some() {
+        if db.row("SELECT id FROM users WHERE email = $1", vec![email.clone().into()])?.is_some() {
             return Err(AppError::bad_request(messages::EMAIL_TAKEN));
         }
         db.execute(
             "INSERT INTO users (id, email, name, role, profile_image_url, password, session_stamp, \
              last_active_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8)",
-            &[
+            vec![
                 id.clone().into(),
                 email.clone().into(),
                 name.clone().into(),
@@ -555,7 +555,7 @@ fn admin_details(ctx: &Ctx<'_>) -> Result<Response, AppError> {
         return Err(AppError::bad_request(messages::ACTION_PROHIBITED));
     }
     let first =
-        ctx.db.row("SELECT name, email FROM users WHERE role = 'admin' ORDER BY created_at, id LIMIT 1", &[])?;
+        ctx.db.row("SELECT name, email FROM users WHERE role = 'admin' ORDER BY created_at, id LIMIT 1", vec![])?;
     let first = first.ok_or_else(AppError::not_found)?;
     ok(json!({"name": first.text("name"), "email": first.text("email")}))
 }
@@ -577,8 +577,8 @@ fn set_admin_config(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     }
     let text = Value::Object(config.clone()).to_string();
     ctx.db.transaction(|db| {
-        db.execute("DELETE FROM app_config WHERE key = $1", &["admin".into()])?;
-        db.execute("INSERT INTO app_config (key, value) VALUES ($1, $2)", &["admin".into(), text.into()])
+        db.execute("DELETE FROM app_config WHERE key = $1", vec!["admin".into()])?;
+        db.execute("INSERT INTO app_config (key, value) VALUES ($1, $2)", vec!["admin".into(), text.into()])
     })?;
     ok(Value::Object(config))
 }
@@ -597,7 +597,7 @@ fn create_key(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let key = format!("sk-{}", random_hex(16));
     ctx.db.execute(
         "UPDATE users SET api_key = $1, updated_at = $2 WHERE id = $3",
-        &[key_digest(&key).into(), now().into(), user.id.into()],
+        vec![key_digest(&key).into(), now().into(), user.id.into()],
     )?;
     ok(json!({"api_key": key}))
 }
@@ -615,14 +615,16 @@ fn show_key(ctx: &Ctx<'_>) -> Result<Response, AppError> {
 
 fn delete_key(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let user = verified(ctx)?;
-    ctx.db
-        .execute("UPDATE users SET api_key = NULL, updated_at = $1 WHERE id = $2", &[now().into(), user.id.into()])?;
+    ctx.db.execute(
+        "UPDATE users SET api_key = NULL, updated_at = $1 WHERE id = $2",
+        vec![now().into(), user.id.into()],
+    )?;
     ok(json!(true))
 }
 
 /// Whether any account exists (the frontend's onboarding).
 pub fn any_user(db: &dyn Db) -> Result<bool, AppError> {
-    Ok(db.row("SELECT id FROM users LIMIT 1", &[])?.is_some())
+    Ok(db.row("SELECT id FROM users LIMIT 1", vec![])?.is_some())
 }
 
 /// Values for a user row's JSON column update.

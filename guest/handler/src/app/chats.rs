@@ -46,12 +46,12 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
         ("GET", "all/archived") => full_list(ctx, &user.id, "archived = 1"),
         ("GET", "all/tags") => all_tags(ctx, &user),
         ("GET", "all/db") => {
-            let rows = ctx.db.query(&format!("SELECT {COLUMNS} FROM chats ORDER BY updated_at DESC, id"), &[])?;
+            let rows = ctx.db.query(&format!("SELECT {COLUMNS} FROM chats ORDER BY updated_at DESC, id"), vec![])?;
             ok(Value::Array(rows.iter().map(chat_json).collect()))
         }
         ("POST", "archive/all") => {
             let sql = "UPDATE chats SET archived = 1, folder_id = NULL, updated_at = $1 WHERE user_id = $2";
-            ctx.db.execute(sql, &[now().into(), user.id.clone().into()])?;
+            ctx.db.execute(sql, vec![now().into(), user.id.clone().into()])?;
             ok(json!(true))
         }
         ("POST", "tags") => by_tag(ctx, &user),
@@ -60,7 +60,7 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
             let owner = &rest["list/user/".len()..];
             let rows = ctx.db.query(
                 &format!("SELECT {COLUMNS} FROM chats WHERE user_id = $1 ORDER BY updated_at DESC, id"),
-                &[owner.into()],
+                vec![owner.into()],
             )?;
             ok(Value::Array(rows.iter().map(title_json).collect()))
         }
@@ -132,7 +132,7 @@ fn own(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Row, AppError> {
     ctx.db
         .row(
             &format!("SELECT {COLUMNS} FROM chats WHERE id = $1 AND user_id = $2"),
-            &[id.into(), user.id.clone().into()],
+            vec![id.into(), user.id.clone().into()],
         )?
         .ok_or_else(AppError::not_found)
 }
@@ -171,14 +171,14 @@ fn list(ctx: &Ctx<'_>, user: &User, filter: &str, search: Option<String>) -> Res
         params.push((PAGE_SIZE as i64).into());
         params.push((((page - 1) * PAGE_SIZE) as i64).into());
     }
-    let rows = ctx.db.query(&sql, &params)?;
+    let rows = ctx.db.query(&sql, params)?;
     ok(Value::Array(rows.iter().map(title_json).collect()))
 }
 
 fn full_list(ctx: &Ctx<'_>, owner: &str, filter: &str) -> Result<Response, AppError> {
     let rows = ctx.db.query(
         &format!("SELECT {COLUMNS} FROM chats WHERE user_id = $1 AND {filter} ORDER BY updated_at DESC, id"),
-        &[owner.into()],
+        vec![owner.into()],
     )?;
     ok(Value::Array(rows.iter().map(chat_json).collect()))
 }
@@ -189,7 +189,7 @@ fn create(ctx: &Ctx<'_>, user: &User) -> Result<Response, AppError> {
     let t = now();
     ctx.db.execute(
         "INSERT INTO chats (id, user_id, title, chat, meta, created_at, updated_at) VALUES ($1, $2, $3, $4, '{}', $5, $5)",
-        &[id.clone().into(), user.id.clone().into(), title_of(&chat).into(), Value::Object(chat).to_string().into(), t.into()],
+        vec![id.clone().into(), user.id.clone().into(), title_of(&chat).into(), Value::Object(chat).to_string().into(), t.into()],
     )?;
     ok(chat_json(&own(ctx, user, &id)?))
 }
@@ -224,13 +224,13 @@ fn update(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     let touches_messages = incoming.contains_key("history") || incoming.contains_key("messages");
     ctx.db.transaction(|db| {
         let sql = format!("SELECT chat, updated_at FROM chats WHERE id = $1 AND user_id = $2{}", db.for_update());
-        let row = db.row(&sql, &[id.into(), user.id.clone().into()])?.ok_or_else(AppError::not_found)?;
+        let row = db.row(&sql, vec![id.into(), user.id.clone().into()])?.ok_or_else(AppError::not_found)?;
         let stored = row.json("chat", json!({})).as_object().cloned().unwrap_or_default();
         let merged = merge(stored, incoming);
         let updated_at = if touches_messages { now() } else { row.int("updated_at") };
         db.execute(
             "UPDATE chats SET chat = $1, title = $2, updated_at = $3 WHERE id = $4 AND user_id = $5",
-            &[
+            vec![
                 Value::Object(merged.clone()).to_string().into(),
                 title_of(&merged).into(),
                 updated_at.into(),
@@ -247,18 +247,18 @@ fn delete(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     ctx.db.transaction(|db| {
         db.execute(
             "DELETE FROM shared_chats WHERE chat_id = $1 AND user_id = $2",
-            &[id.into(), user.id.clone().into()],
+            vec![id.into(), user.id.clone().into()],
         )?;
-        db.execute("DELETE FROM chats WHERE id = $1 AND user_id = $2", &[id.into(), user.id.clone().into()])
+        db.execute("DELETE FROM chats WHERE id = $1 AND user_id = $2", vec![id.into(), user.id.clone().into()])
     })?;
     ok(json!(true))
 }
 
 fn delete_all(ctx: &Ctx<'_>, user: &User) -> Result<Response, AppError> {
     ctx.db.transaction(|db| {
-        db.execute("DELETE FROM shared_chats WHERE user_id = $1", &[user.id.clone().into()])?;
-        db.execute("DELETE FROM chats WHERE user_id = $1", &[user.id.clone().into()])?;
-        db.execute("DELETE FROM tags WHERE user_id = $1", &[user.id.clone().into()])
+        db.execute("DELETE FROM shared_chats WHERE user_id = $1", vec![user.id.clone().into()])?;
+        db.execute("DELETE FROM chats WHERE user_id = $1", vec![user.id.clone().into()])?;
+        db.execute("DELETE FROM tags WHERE user_id = $1", vec![user.id.clone().into()])
     })?;
     ok(json!(true))
 }
@@ -272,7 +272,7 @@ fn toggle(ctx: &Ctx<'_>, user: &User, id: &str, column: &str) -> Result<Response
         }
         _ => "UPDATE chats SET pinned = 1 - pinned, updated_at = $1 WHERE id = $2 AND user_id = $3",
     };
-    ctx.db.execute(sql, &[now().into(), id.into(), user.id.clone().into()])?;
+    ctx.db.execute(sql, vec![now().into(), id.into(), user.id.clone().into()])?;
     ok(chat_json(&own(ctx, user, id)?))
 }
 
@@ -283,11 +283,11 @@ fn share(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     let t = now();
     ctx.db.transaction(|db| {
         let share_id = row.opt_text("share_id").unwrap_or_else(uuid);
-        db.execute("DELETE FROM shared_chats WHERE chat_id = $1", &[id.into()])?;
+        db.execute("DELETE FROM shared_chats WHERE chat_id = $1", vec![id.into()])?;
         db.execute(
             "INSERT INTO shared_chats (id, chat_id, user_id, title, chat, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6)",
-            &[
+            vec![
                 share_id.clone().into(),
                 id.into(),
                 user.id.clone().into(),
@@ -298,7 +298,7 @@ fn share(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
         )?;
         db.execute(
             "UPDATE chats SET share_id = $1 WHERE id = $2 AND user_id = $3",
-            &[share_id.into(), id.into(), user.id.clone().into()],
+            vec![share_id.into(), id.into(), user.id.clone().into()],
         )
     })?;
     ok(chat_json(&own(ctx, user, id)?))
@@ -309,11 +309,11 @@ fn unshare(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     ctx.db.transaction(|db| {
         db.execute(
             "DELETE FROM shared_chats WHERE chat_id = $1 AND user_id = $2",
-            &[id.into(), user.id.clone().into()],
+            vec![id.into(), user.id.clone().into()],
         )?;
         db.execute(
             "UPDATE chats SET share_id = NULL WHERE id = $1 AND user_id = $2",
-            &[id.into(), user.id.clone().into()],
+            vec![id.into(), user.id.clone().into()],
         )
     })?;
     ok(json!(true))
@@ -325,7 +325,7 @@ fn shared(ctx: &Ctx<'_>, share_id: &str) -> Result<Response, AppError> {
         .db
         .row(
             "SELECT id, chat_id, user_id, title, chat, created_at, updated_at FROM shared_chats WHERE id = $1",
-            &[share_id.into()],
+            vec![share_id.into()],
         )?
         .ok_or_else(AppError::not_found)?;
     ok(json!({
@@ -357,7 +357,7 @@ fn clone(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     ctx.db.execute(
         "INSERT INTO chats (id, user_id, title, chat, meta, pinned, folder_id, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-        &[
+        vec![
             new_id.clone().into(),
             user.id.clone().into(),
             title_of(&chat).into(),
@@ -398,7 +398,7 @@ fn tag_models(ctx: &Ctx<'_>, user: &User, ids: &[String]) -> Result<Value, AppEr
     for id in ids {
         if let Some(tag) = ctx
             .db
-            .row("SELECT id, name FROM tags WHERE id = $1 AND user_id = $2", &[id.into(), user.id.clone().into()])?
+            .row("SELECT id, name FROM tags WHERE id = $1 AND user_id = $2", vec![id.into(), user.id.clone().into()])?
         {
             out.push(json!({"id": tag.text("id"), "name": tag.text("name"), "user_id": user.id, "meta": null}));
         }
@@ -416,7 +416,7 @@ fn set_tags(ctx: &Ctx<'_>, user: &User, id: &str, row: &Row, tags: &[String]) ->
     meta.insert("tags".into(), json!(tags));
     ctx.db.execute(
         "UPDATE chats SET meta = $1 WHERE id = $2 AND user_id = $3",
-        &[Value::Object(meta).to_string().into(), id.into(), user.id.clone().into()],
+        vec![Value::Object(meta).to_string().into(), id.into(), user.id.clone().into()],
     )?;
     Ok(())
 }
@@ -428,12 +428,15 @@ fn add_tag(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     let mut tags = tags_of(&row);
     ctx.db.transaction(|db| {
         if db
-            .row("SELECT id FROM tags WHERE id = $1 AND user_id = $2", &[tag.clone().into(), user.id.clone().into()])?
+            .row(
+                "SELECT id FROM tags WHERE id = $1 AND user_id = $2",
+                vec![tag.clone().into(), user.id.clone().into()],
+            )?
             .is_none()
         {
             db.execute(
                 "INSERT INTO tags (id, user_id, name) VALUES ($1, $2, $3)",
-                &[tag.clone().into(), user.id.clone().into(), name.into()],
+                vec![tag.clone().into(), user.id.clone().into(), name.into()],
             )?;
         }
         Ok(())
@@ -454,7 +457,8 @@ fn remove_tag(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError
 }
 
 fn all_tags(ctx: &Ctx<'_>, user: &User) -> Result<Response, AppError> {
-    let rows = ctx.db.query("SELECT id, name FROM tags WHERE user_id = $1 ORDER BY name", &[user.id.clone().into()])?;
+    let rows =
+        ctx.db.query("SELECT id, name FROM tags WHERE user_id = $1 ORDER BY name", vec![user.id.clone().into()])?;
     ok(Value::Array(
         rows.iter()
             .map(|t| json!({"id": t.text("id"), "name": t.text("name"), "user_id": user.id, "meta": null}))
@@ -466,7 +470,7 @@ fn by_tag(ctx: &Ctx<'_>, user: &User) -> Result<Response, AppError> {
     let tag = tag_id(&tag_name(ctx)?);
     let rows = ctx.db.query(
         &format!("SELECT {COLUMNS} FROM chats WHERE user_id = $1 AND archived = 0 ORDER BY updated_at DESC, id"),
-        &[user.id.clone().into()],
+        vec![user.id.clone().into()],
     )?;
     ok(Value::Array(rows.iter().filter(|r| tags_of(r).contains(&tag)).map(title_json).collect()))
 }

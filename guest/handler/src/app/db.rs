@@ -102,10 +102,13 @@ impl Row {
         self.int(column) != 0
     }
 
-    pub fn blob(&self, column: &str) -> Vec<u8> {
-        match self.get(column) {
-            Val::Blob(b) => b.clone(),
-            Val::Text(t) => t.clone().into_bytes(),
+    /// A binary column's bytes, moved out of the row (a file's contents
+    /// are not copied).
+    pub fn take_blob(&mut self, column: &str) -> Vec<u8> {
+        let i = self.columns.iter().position(|c| c == column);
+        match i.and_then(|i| self.values.get_mut(i)).map(|v| std::mem::replace(v, Val::Null)) {
+            Some(Val::Blob(b)) => b,
+            Some(Val::Text(t)) => t.into_bytes(),
             _ => Vec::new(),
         }
     }
@@ -119,20 +122,21 @@ impl Row {
 /// A database connection held for one request.
 pub trait Db {
     fn dialect(&self) -> Dialect;
-    /// Rows of a statement that returns rows.
-    fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, AppError>;
+    /// Rows of a statement that returns rows. Parameters are taken by value
+    /// so a large one (a file's bytes) is moved to the host, not copied.
+    fn query(&self, sql: &str, params: Vec<Val>) -> Result<Vec<Row>, AppError>;
     /// Runs a statement that returns none; the number of rows it changed.
-    fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, AppError>;
+    fn execute(&self, sql: &str, params: Vec<Val>) -> Result<u64, AppError>;
 }
 
 impl dyn Db + '_ {
     /// The first row, if any.
-    pub fn row(&self, sql: &str, params: &[Val]) -> Result<Option<Row>, AppError> {
+    pub fn row(&self, sql: &str, params: Vec<Val>) -> Result<Option<Row>, AppError> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
     /// The one integer a `SELECT COUNT(*)`-like statement returns.
-    pub fn count(&self, sql: &str, params: &[Val]) -> Result<i64, AppError> {
+    pub fn count(&self, sql: &str, params: Vec<Val>) -> Result<i64, AppError> {
         let row = self.row(sql, params)?;
         Ok(row.map_or(0, |r| match r.values.first() {
             Some(Val::Int(i)) => *i,
@@ -149,14 +153,14 @@ impl dyn Db + '_ {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
             Dialect::Postgres => "BEGIN",
         };
-        self.execute(begin, &[])?;
+        self.execute(begin, Vec::new())?;
         match work(self) {
             Ok(value) => {
-                self.execute("COMMIT", &[])?;
+                self.execute("COMMIT", Vec::new())?;
                 Ok(value)
             }
             Err(e) => {
-                let _ = self.execute("ROLLBACK", &[]);
+                let _ = self.execute("ROLLBACK", Vec::new());
                 Err(e)
             }
         }

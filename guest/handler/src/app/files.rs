@@ -30,7 +30,7 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
         ("GET", "") => list(ctx, &user),
         ("DELETE", "all") => {
             admin(ctx)?;
-            ctx.db.execute("DELETE FROM files", &[])?;
+            ctx.db.execute("DELETE FROM files", vec![])?;
             ok(json!({"message": "All files deleted successfully"}))
         }
         (_, "") => Err(method_not_allowed("GET, POST")),
@@ -43,7 +43,7 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
                     own(ctx, &user, id)?;
                     ctx.db.execute(
                         "DELETE FROM files WHERE id = $1 AND user_id = $2",
-                        &[id.into(), user.id.clone().into()],
+                        vec![id.into(), user.id.clone().into()],
                     )?;
                     ok(json!({"message": "File deleted successfully"}))
                 }
@@ -73,7 +73,7 @@ fn own(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Row, AppError> {
     ctx.db
         .row(
             &format!("SELECT {META_COLUMNS} FROM files WHERE id = $1 AND user_id = $2"),
-            &[id.into(), user.id.clone().into()],
+            vec![id.into(), user.id.clone().into()],
         )?
         .ok_or_else(AppError::not_found)
 }
@@ -141,7 +141,7 @@ pub fn store(
     db.execute(
         "INSERT INTO files (id, user_id, filename, hash, content_type, size, data, meta, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-        &[
+        vec![
             id.clone().into(),
             user_id.into(),
             name.into(),
@@ -158,12 +158,12 @@ pub fn store(
 
 fn list(ctx: &Ctx<'_>, user: &User) -> Result<Response, AppError> {
     let page = ctx.page()?.unwrap_or(1);
-    let total = ctx.db.count("SELECT COUNT(*) FROM files WHERE user_id = $1", &[user.id.clone().into()])?;
+    let total = ctx.db.count("SELECT COUNT(*) FROM files WHERE user_id = $1", vec![user.id.clone().into()])?;
     let rows = ctx.db.query(
         &format!(
             "SELECT {META_COLUMNS} FROM files WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2 OFFSET $3"
         ),
-        &[user.id.clone().into(), (PAGE_SIZE as i64).into(), (((page - 1) * PAGE_SIZE) as i64).into()],
+        vec![user.id.clone().into(), (PAGE_SIZE as i64).into(), (((page - 1) * PAGE_SIZE) as i64).into()],
     )?;
     ok(json!({"items": rows.iter().map(file_json).collect::<Vec<_>>(), "total": total}))
 }
@@ -181,11 +181,11 @@ fn rfc5987(name: &str) -> String {
 }
 
 fn content(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
-    let row = ctx
+    let mut row = ctx
         .db
         .row(
             "SELECT filename, content_type, data FROM files WHERE id = $1 AND user_id = $2",
-            &[id.into(), user.id.clone().into()],
+            vec![id.into(), user.id.clone().into()],
         )?
         .ok_or_else(AppError::not_found)?;
     let kind = row.text("content_type");
@@ -199,7 +199,7 @@ fn content(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
         if inline { "inline" } else { "attachment" },
         rfc5987(&row.text("filename"))
     );
-    Ok(Response::text(200, &kind, row.blob("data"))
+    Ok(Response::text(200, &kind, row.take_blob("data"))
         .with_header("content-disposition", &disposition)
         .with_header("x-content-type-options", "nosniff")
         .with_header("content-security-policy", "sandbox"))

@@ -59,23 +59,23 @@ fn list(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let direction = if ctx.req.query_param("direction").as_deref() == Some("asc") { "ASC" } else { "DESC" };
     let filter = "(LOWER(name) LIKE $1 ESCAPE '\\' OR email LIKE $1 ESCAPE '\\')";
     let pattern: Val = like_pattern(&query).into();
-    let total = ctx.db.count(&format!("SELECT COUNT(*) FROM users WHERE {filter}"), std::slice::from_ref(&pattern))?;
+    let total = ctx.db.count(&format!("SELECT COUNT(*) FROM users WHERE {filter}"), vec![pattern.clone()])?;
     let rows = ctx.db.query(
         &format!("SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY {order} {direction}, id LIMIT $2 OFFSET $3"),
-        &[pattern, (PAGE_SIZE as i64).into(), (((page - 1) * PAGE_SIZE) as i64).into()],
+        vec![pattern, (PAGE_SIZE as i64).into(), (((page - 1) * PAGE_SIZE) as i64).into()],
     )?;
     ok(json!({"users": rows.iter().map(user_json).collect::<Vec<_>>(), "total": total}))
 }
 
 fn find(ctx: &Ctx<'_>, id: &str) -> Result<super::Row, AppError> {
     ctx.db
-        .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[id.into()])?
+        .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), vec![id.into()])?
         .ok_or_else(AppError::not_found)
 }
 
 fn primary_admin(ctx: &Ctx<'_>) -> Result<Option<String>, AppError> {
     let sql = "SELECT id FROM users WHERE role = 'admin' ORDER BY created_at, id LIMIT 1";
-    let row = ctx.db.row(sql, &[])?;
+    let row = ctx.db.row(sql, vec![])?;
     Ok(row.map(|r| r.text("id")))
 }
 
@@ -114,13 +114,14 @@ fn update(ctx: &Ctx<'_>, id: &str) -> Result<Response, AppError> {
     let image = f.string("profile_image_url")?.map(String::from).unwrap_or_else(|| target.text("profile_image_url"));
     let password = f.string("password")?.filter(|p| !p.is_empty());
     ctx.db.transaction(|db| {
-        let taken = db.row("SELECT id FROM users WHERE email = $1 AND id <> $2", &[email.clone().into(), id.into()])?;
+        let taken =
+            db.row("SELECT id FROM users WHERE email = $1 AND id <> $2", vec![email.clone().into(), id.into()])?;
         if taken.is_some() {
             return Err(AppError::bad_request(messages::EMAIL_TAKEN));
         }
         db.execute(
             "UPDATE users SET role = $1, name = $2, email = $3, profile_image_url = $4, updated_at = $5 WHERE id = $6",
-            &[role.into(), name.into(), email.into(), image.into(), now().into(), id.into()],
+            vec![role.into(), name.into(), email.into(), image.into(), now().into(), id.into()],
         )?;
         if let Some(password) = password {
             set_password(db, id, password)?;
@@ -138,11 +139,11 @@ fn delete(ctx: &Ctx<'_>, id: &str) -> Result<Response, AppError> {
     find(ctx, id)?;
     ctx.db.transaction(|db| {
         let shared = format!("shared-{id}");
-        db.execute("DELETE FROM shared_chats WHERE user_id = $1", &[id.into()])?;
-        db.execute("DELETE FROM chats WHERE user_id = $1 OR user_id = $2", &[id.into(), shared.into()])?;
-        db.execute("DELETE FROM tags WHERE user_id = $1", &[id.into()])?;
-        db.execute("DELETE FROM files WHERE user_id = $1", &[id.into()])?;
-        db.execute("DELETE FROM users WHERE id = $1", &[id.into()])
+        db.execute("DELETE FROM shared_chats WHERE user_id = $1", vec![id.into()])?;
+        db.execute("DELETE FROM chats WHERE user_id = $1 OR user_id = $2", vec![id.into(), shared.into()])?;
+        db.execute("DELETE FROM tags WHERE user_id = $1", vec![id.into()])?;
+        db.execute("DELETE FROM files WHERE user_id = $1", vec![id.into()])?;
+        db.execute("DELETE FROM users WHERE id = $1", vec![id.into()])
     })?;
     ok(json!(true))
 }
@@ -165,6 +166,6 @@ fn update_own_json(ctx: &Ctx<'_>, column: &str, merge: bool) -> Result<Response,
         "settings" => "UPDATE users SET settings = $1, updated_at = $2 WHERE id = $3",
         _ => "UPDATE users SET info = $1, updated_at = $2 WHERE id = $3",
     };
-    ctx.db.execute(sql, &[auth::json_text(&value), now().into(), user.id.into()])?;
+    ctx.db.execute(sql, vec![auth::json_text(&value), now().into(), user.id.into()])?;
     ok(value)
 }

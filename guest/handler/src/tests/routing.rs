@@ -198,3 +198,16 @@ fn body_over_one_mib_is_413() {
     let error = assert_openai_error(refuse(&err), 413);
     assert_eq!(error["code"], "request_too_large");
 }
+
+#[test]
+fn app_routes_without_a_database_are_503_in_open_webuis_shape() {
+    let script = Script::new(Vec::new());
+    for (method, path) in [("GET", "/api/config"), ("POST", "/api/v1/auths/signin"), ("GET", "/api/v1/chats/")] {
+        let response = route(&Request::new(method, path), &script);
+        assert_eq!(response.status, 503, "{method} {path}");
+        assert_eq!(response.header("cache-control"), Some("no-store"));
+        assert!(json_of(response)["detail"].is_string(), "{method} {path}");
+    }
+    // Ollama's `/api/version` and the model APIs are not the app's.
+    assert_eq!(route(&Request::new("GET", "/api/version"), &script).status, 200);
+}
