@@ -150,13 +150,13 @@ pub fn dispatch(req: &Request, engine: &dyn EngineClient) -> Option<Response> {
     if !claims(&req.path) {
         return None;
     }
-    let Some(platform) = engine.platform() else {
-        return Some(AppError::new(503, "This server has no app database.").response());
+    let answer = match engine.platform() {
+        Some(platform) => platform.database().and_then(|db| {
+            let mut ctx = Ctx { req, engine, platform, db };
+            route(&mut ctx)
+        }),
+        None => Err(AppError::new(503, "This server has no app database.")),
     };
-    let answer = platform.database().and_then(|db| {
-        let mut ctx = Ctx { req, engine, platform, db };
-        route(&mut ctx)
-    });
     let response = answer.unwrap_or_else(|e| e.response());
     Some(response.with_header("cache-control", "no-store"))
 }
