@@ -1,16 +1,14 @@
-//! What the host gives the app layer (accounts, chats, files) besides its
-//! database: settings and secrets through `wasi:config/store`, and the one
-//! upstream that images and audio may be forwarded to. Every other
-//! outgoing request a component makes is refused.
+//! What the host gives the app layer (accounts, chats, files): its
+//! database, the settings and secrets `wasi:config/store` answers
+//! (`config_store.rs`), and the one upstream that images and audio may be
+//! forwarded to. Every other outgoing request a component makes is refused.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::bindings::config_store::{self, Error};
 use crate::database::Database;
-use crate::state::HostState;
 
 /// The app layer's share of a server.
 #[derive(Default)]
@@ -34,16 +32,6 @@ impl App {
             }
             _ => anyhow::bail!("--media-upstream must be an http:// or https:// URL, not {url:?}"),
         }
-    }
-}
-
-impl config_store::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
-        Ok(Ok(self.app.config.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())))
-    }
-
-    fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
-        Ok(Ok(self.app.config.clone()))
     }
 }
 

@@ -19,6 +19,7 @@ mod cli;
 mod components;
 mod compress;
 mod config;
+mod config_store;
 mod database;
 mod generate;
 mod inference;
@@ -29,6 +30,8 @@ mod resources;
 mod responses;
 mod serve;
 mod server;
+mod spin_postgres;
+mod spin_sqlite;
 mod state;
 
 use anyhow::Context as _;

@@ -42,11 +42,6 @@ pub trait EngineClient {
     fn embed(&self, model: &str, inputs: &[String]) -> Result<Vec<Embedding>, Error>;
     /// The host's key-value store (`wasi:keyvalue`), shared by every request.
     fn store(&self) -> &dyn Store;
-    /// The app layer's database, settings and upstream; none where the
-    /// handler runs without them (unit tests).
-    fn platform(&self) -> Option<&dyn crate::app::Platform> {
-        None
-    }
 }
 
 /// Buckets of bytes the host keeps across requests (`wasi:keyvalue/store`

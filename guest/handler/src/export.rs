@@ -3,6 +3,7 @@
 //! ([`HostEngine`]), and writes the [`Response`]. With `host.rs`, the only
 //! code that knows it runs in wasm.
 
+use crate::app_host::HostPlatform;
 use crate::bindings;
 use crate::bindings::exports::wasi::http::incoming_handler::Guest;
 use crate::bindings::wasi::http::types::{
@@ -13,7 +14,7 @@ use crate::body_limit::{append_body_chunk, body_limit, check_declared_length};
 use crate::error::ApiError;
 use crate::host::HostEngine;
 use crate::http::{Body, Request, Response};
-use crate::router::{refuse, route};
+use crate::router::{refuse, route_with_platform};
 
 /// Most bytes one `blocking-write-and-flush` may carry (wasi:io's limit).
 const WRITE_CHUNK_BYTES: usize = 4096;
@@ -25,7 +26,7 @@ struct Handler;
 impl Guest for Handler {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let response = match read_request(&request) {
-            Ok(req) => route(&req, &HostEngine),
+            Ok(req) => route_with_platform(&req, &HostEngine, &HostPlatform),
             Err(err) => refuse(&err),
         };
         drop(request);

@@ -64,10 +64,6 @@ impl EngineClient for HostEngine {
     fn store(&self) -> &dyn Store {
         &HostStore
     }
-
-    fn platform(&self) -> Option<&dyn crate::app::Platform> {
-        Some(&crate::app_host::HostPlatform)
-    }
 }
 
 /// [`Store`] over the host's `wasi:keyvalue` imports. Buckets are opened per

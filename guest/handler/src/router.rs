@@ -3,6 +3,7 @@
 //! `OPTIONS` and `HEAD`, counts error responses, and stamps every response
 //! with the handler's version.
 
+use crate::app::Platform;
 use crate::cache::COUNTERS;
 use crate::cors::CorsPolicy;
 use crate::engine_client::EngineClient;
@@ -24,6 +25,17 @@ pub fn route(req: &Request, engine: &dyn EngineClient) -> Response {
 /// `GET` route (load balancers probe with it): `GET`'s answer without the
 /// body.
 pub fn route_with(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Response {
+    answer(req, engine, None, cors)
+}
+
+/// [`route`] with the app layer's database, settings and upstream (in a
+/// component: the host's imports).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub fn route_with_platform(req: &Request, engine: &dyn EngineClient, platform: &dyn Platform) -> Response {
+    answer(req, engine, Some(platform), &CorsPolicy::from_env())
+}
+
+fn answer(req: &Request, engine: &dyn EngineClient, platform: Option<&dyn Platform>, cors: &CorsPolicy) -> Response {
     let as_get;
     let routed = if req.method == "HEAD" {
         as_get = Request { method: "GET".into(), body: Vec::new(), ..req.clone() };
@@ -31,7 +43,7 @@ pub fn route_with(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -
     } else {
         req
     };
-    let response = match dispatch(routed, engine, cors) {
+    let response = match dispatch(routed, engine, platform, cors) {
         Ok(response) => response,
         Err(err) => error_response(&err),
     };
@@ -53,13 +65,18 @@ fn stamp(response: Response) -> Response {
 }
 
 /// Routes by path, answers `OPTIONS` for every route, then checks the method.
-fn dispatch(req: &Request, engine: &dyn EngineClient, cors: &CorsPolicy) -> Result<Response, ApiError> {
+fn dispatch(
+    req: &Request,
+    engine: &dyn EngineClient,
+    platform: Option<&dyn Platform>,
+    cors: &CorsPolicy,
+) -> Result<Response, ApiError> {
     let path = req.path.as_str();
     if crate::app::claims(path) {
         if req.method == "OPTIONS" {
             return cors.preflight(req, "GET, POST, DELETE");
         }
-        return Ok(crate::app::dispatch(req, engine).expect("an app path"));
+        return Ok(crate::app::dispatch(req, engine, platform).expect("an app path"));
     }
     let (allow, handler): (&'static str, Handler) = match path {
         "/" => ("GET, HEAD", Handler::Root),

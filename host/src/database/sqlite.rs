@@ -1,4 +1,6 @@
-//! `spin:sqlite@3.0.0` over one SQLite file (rusqlite, bundled SQLite).
+//! The SQLite database (rusqlite, bundled SQLite): one file, its idle
+//! connections, its migrations, and the connection a request holds
+//! (`spin:sqlite`'s resource, implemented in `spin_sqlite.rs`).
 //!
 //! The file is in WAL mode with full sync, so every statement that returned
 //! survives a crash of the process or the machine; writers wait for each
@@ -9,12 +11,6 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use rusqlite::types::{Value as SqlValue, ValueRef};
-use wasmtime::component::Resource;
-
-use crate::bindings::spin_sqlite::{self as wit, Error, QueryResult, RowResult, Value};
-use crate::state::HostState;
 
 /// How long a statement waits for another connection's write to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,8 +96,39 @@ fn migrate(conn: &mut rusqlite::Connection) -> anyhow::Result<i64> {
 pub struct Connection {
     conn: Option<rusqlite::Connection>,
     pool: Arc<Pool>,
-    last_insert_rowid: i64,
-    changes: u64,
+    /// What SQLite said after the last statement.
+    pub last_insert_rowid: i64,
+    pub changes: u64,
+}
+
+impl Connection {
+    /// A connection of `pool` (an idle one, or a new one).
+    pub async fn open(pool: Arc<Pool>) -> anyhow::Result<Self> {
+        let taken = {
+            let pool = pool.clone();
+            tokio::task::spawn_blocking(move || pool.take()).await??
+        };
+        Ok(Connection { conn: Some(taken), pool, last_insert_rowid: 0, changes: 0 })
+    }
+
+    /// Runs `work` on a blocking thread with this connection; none if the
+    /// connection is in use or gone.
+    pub async fn run<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Connection) -> T + Send + 'static,
+    ) -> Result<Option<T>, tokio::task::JoinError> {
+        let Some(conn) = self.conn.take() else { return Ok(None) };
+        let (conn, value, rowid, changes) = tokio::task::spawn_blocking(move || {
+            let value = work(&conn);
+            let (rowid, changes) = (conn.last_insert_rowid(), conn.changes());
+            (conn, value, rowid, changes)
+        })
+        .await?;
+        self.conn = Some(conn);
+        self.last_insert_rowid = rowid;
+        self.changes = changes;
+        Ok(Some(value))
+    }
 }
 
 impl Drop for Connection {
@@ -109,103 +136,6 @@ impl Drop for Connection {
         if let Some(conn) = self.conn.take() {
             self.pool.give_back(conn);
         }
-    }
-}
-
-fn io(e: impl std::fmt::Display) -> Error {
-    Error::Io(e.to_string())
-}
-
-/// Runs one statement; `Err` carries the message for the guest.
-fn execute(conn: &rusqlite::Connection, statement: &str, parameters: Vec<Value>) -> rusqlite::Result<QueryResult> {
-    let mut stmt = conn.prepare_cached(statement)?;
-    let params: Vec<SqlValue> = parameters
-        .into_iter()
-        .map(|v| match v {
-            Value::Integer(i) => SqlValue::Integer(i),
-            Value::Real(f) => SqlValue::Real(f),
-            Value::Text(t) => SqlValue::Text(t),
-            Value::Blob(b) => SqlValue::Blob(b),
-            Value::Null => SqlValue::Null,
-        })
-        .collect();
-    let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
-    let width = columns.len();
-    let mut rows = Vec::new();
-    let mut cursor = stmt.query(rusqlite::params_from_iter(params))?;
-    while let Some(row) = cursor.next()? {
-        let mut values = Vec::with_capacity(width);
-        for i in 0..width {
-            values.push(match row.get_ref(i)? {
-                ValueRef::Null => Value::Null,
-                ValueRef::Integer(i) => Value::Integer(i),
-                ValueRef::Real(f) => Value::Real(f),
-                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-            });
-        }
-        rows.push(RowResult { values });
-    }
-    Ok(QueryResult { columns, rows })
-}
-
-impl wit::Host for HostState {}
-
-impl wit::HostConnection for HostState {
-    async fn open(&mut self, database: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
-        let Some(pool) = self.app.database.as_ref().and_then(|d| d.sqlite()).cloned() else {
-            return Ok(Err(Error::NoSuchDatabase));
-        };
-        if database != "default" {
-            return Ok(Err(Error::NoSuchDatabase));
-        }
-        let taken = {
-            let pool = pool.clone();
-            tokio::task::spawn_blocking(move || pool.take()).await?
-        };
-        let conn = match taken {
-            Ok(conn) => conn,
-            Err(e) => return Ok(Err(io(e))),
-        };
-        let handle = Connection { conn: Some(conn), pool, last_insert_rowid: 0, changes: 0 };
-        Ok(Ok(self.table.push(handle)?))
-    }
-
-    async fn execute(
-        &mut self,
-        this: Resource<Connection>,
-        statement: String,
-        parameters: Vec<Value>,
-    ) -> wasmtime::Result<Result<QueryResult, Error>> {
-        let handle = self.table.get_mut(&this)?;
-        let Some(conn) = handle.conn.take() else { return Ok(Err(Error::InvalidConnection)) };
-        let (conn, result, rowid, changes) = tokio::task::spawn_blocking(move || {
-            let result = execute(&conn, &statement, parameters);
-            let (rowid, changes) = (conn.last_insert_rowid(), conn.changes());
-            (conn, result, rowid, changes)
-        })
-        .await?;
-        let handle = self.table.get_mut(&this)?;
-        handle.conn = Some(conn);
-        handle.last_insert_rowid = rowid;
-        handle.changes = changes;
-        Ok(result.map_err(|e| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DiskFull) => Error::DatabaseFull,
-            _ => io(e),
-        }))
-    }
-
-    async fn last_insert_rowid(&mut self, this: Resource<Connection>) -> wasmtime::Result<i64> {
-        Ok(self.table.get(&this)?.last_insert_rowid)
-    }
-
-    async fn changes(&mut self, this: Resource<Connection>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&this)?.changes)
-    }
-
-    async fn drop(&mut self, this: Resource<Connection>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
-        Ok(())
     }
 }
 
@@ -229,23 +159,6 @@ mod tests {
         pool.give_back(conn);
         let err = pool.migrate().await.unwrap_err();
         assert!(format!("{err:#}").contains("newer than this tern"), "{err:#}");
-    }
-
-    #[tokio::test]
-    async fn statements_bind_values_and_return_rows() {
-        let (_dir, pool) = pool();
-        pool.migrate().await.unwrap();
-        let conn = pool.take().unwrap();
-        let text = "x'); DROP TABLE users; --".to_string();
-        let insert = "INSERT INTO app_config (key, value) VALUES (?1, ?2)";
-        let done = execute(&conn, insert, vec![Value::Text("k".into()), Value::Text(text.clone())]).unwrap();
-        assert!(done.columns.is_empty());
-        let got = execute(&conn, "SELECT value, 7 AS n FROM app_config WHERE key = ?1", vec![Value::Text("k".into())])
-            .unwrap();
-        assert_eq!(got.columns, ["value", "n"]);
-        assert!(matches!(&got.rows[0].values[..], [Value::Text(t), Value::Integer(7)] if *t == text));
-        // Only one statement per call: a second one is an error, never run.
-        assert!(execute(&conn, "SELECT 1; DELETE FROM app_config", vec![]).is_err());
     }
 
     #[tokio::test]

@@ -145,8 +145,8 @@ pub fn issue_token(secret: &str, claims: &Value) -> String {
     format!("{input}.{signature}")
 }
 
-/// The claims of a token signed with `secret` (HS256 only) that has not
-/// expired at `now`.
+/// The claims of a token signed with `secret` (HS256 only) whose `exp` is
+/// after `now`.
 pub fn verify_token(secret: &str, token: &str, now: i64) -> Option<Map<String, Value>> {
     let mut parts = token.split('.');
     let (header, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
@@ -161,9 +161,9 @@ pub fn verify_token(secret: &str, token: &str, now: i64) -> Option<Map<String, V
     mac.update(format!("{header}.{payload}").as_bytes());
     mac.verify_slice(&URL_SAFE_NO_PAD.decode(signature).ok()?).ok()?;
     let claims: Map<String, Value> = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    match claims.get("exp").map(Value::as_i64) {
-        Some(Some(exp)) if exp > now => Some(claims),
-        None => Some(claims),
+    // Every token this server signs expires; one without `exp` is not one.
+    match claims.get("exp").and_then(Value::as_i64) {
+        Some(exp) if exp > now => Some(claims),
         _ => None,
     }
 }
@@ -651,6 +651,8 @@ mod tests {
         let none =
             format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(r#"{"id":"u1"}"#));
         assert!(verify_token("secret-one-secret", &none, 0).is_none());
+        let forever = issue_token("secret-one-secret", &json!({"id": "u1"}));
+        assert!(verify_token("secret-one-secret", &forever, 0).is_none());
     }
 
     #[test]

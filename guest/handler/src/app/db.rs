@@ -55,7 +55,9 @@ impl<T: Into<Val>> From<Option<T>> for Val {
     }
 }
 
-/// Which SQL the database speaks, where the two differ.
+/// Which SQL the database speaks, where the two differ (the platform
+/// says; natively there is none).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Dialect {
     Sqlite,
@@ -207,6 +209,47 @@ pub fn like_pattern(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// A database that records the statements it is given.
+    struct Recorder(Dialect, RefCell<Vec<String>>);
+
+    impl Db for Recorder {
+        fn dialect(&self) -> Dialect {
+            self.0
+        }
+
+        fn query(&self, sql: &str, _: Vec<Val>) -> Result<Vec<Row>, AppError> {
+            self.1.borrow_mut().push(sql.to_string());
+            Ok(Vec::new())
+        }
+
+        fn execute(&self, sql: &str, _: Vec<Val>) -> Result<u64, AppError> {
+            self.1.borrow_mut().push(sql.to_string());
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn transactions_hold_the_write_lock_and_end_either_way() {
+        let sqlite = Recorder(Dialect::Sqlite, RefCell::default());
+        let db: &dyn Db = &sqlite;
+        assert_eq!(db.transaction(|t| t.execute("UPDATE a", Vec::new())).unwrap(), 1);
+        let failed = db.transaction(|t| -> Result<(), AppError> {
+            t.execute("UPDATE b", Vec::new())?;
+            Err(AppError::not_found())
+        });
+        assert_eq!(failed.unwrap_err().status, 404);
+        assert_eq!(
+            *sqlite.1.borrow(),
+            ["BEGIN IMMEDIATE", "UPDATE a", "COMMIT", "BEGIN IMMEDIATE", "UPDATE b", "ROLLBACK"]
+        );
+        assert_eq!(db.for_update(), "");
+        let postgres = Recorder(Dialect::Postgres, RefCell::default());
+        let db: &dyn Db = &postgres;
+        db.transaction(|t| t.query(&format!("SELECT 1{}", t.for_update()), Vec::new())).unwrap();
+        assert_eq!(*postgres.1.borrow(), ["BEGIN", "SELECT 1 FOR UPDATE", "COMMIT"]);
+    }
 
     #[test]
     fn placeholders_and_patterns() {

@@ -13,7 +13,9 @@ use super::{method_not_allowed, ok, AppError, Ctx};
 use crate::http::Response;
 use crate::json::Fields;
 
-/// A request for the upstream.
+/// A request for the upstream (read by the platform; natively there is
+/// none).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub struct Outgoing {
     pub method: &'static str,
     /// Full URL.

@@ -5,7 +5,7 @@
 //! How it fits:
 //! 1. [`dispatch`] claims the app's paths before the inference routes; it
 //!    needs a [`Platform`] (database, settings, the media upstream), which
-//!    the engine client offers in a component and not in unit tests.
+//!    the export passes in a component and unit tests do not.
 //! 2. Each request opens one database connection ([`db`]), authenticates
 //!    the caller ([`auth`]: a sign-in token as bearer or cookie, or the
 //!    user's own `sk-` key) and checks their role.
@@ -77,6 +77,7 @@ impl AppError {
     }
 
     /// A database failure; the statement's text is logged, not sent.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     pub fn database(why: impl std::fmt::Display) -> Self {
         eprintln!("app database error: {why}");
         Self::new(503, "The database is unavailable; try again shortly.")
@@ -145,12 +146,13 @@ pub fn claims(path: &str) -> bool {
     path.starts_with("/api/v1/") || matches!(path, "/api/config" | "/api/models")
 }
 
-/// Answers an app path; `None` when `req` is not one.
-pub fn dispatch(req: &Request, engine: &dyn EngineClient) -> Option<Response> {
+/// Answers an app path (`None` when `req` is not one) with the database,
+/// settings and upstream of `platform`; without one, 503.
+pub fn dispatch(req: &Request, engine: &dyn EngineClient, platform: Option<&dyn Platform>) -> Option<Response> {
     if !claims(&req.path) {
         return None;
     }
-    let answer = match engine.platform() {
+    let answer = match platform {
         Some(platform) => platform.database().and_then(|db| {
             let mut ctx = Ctx { req, engine, platform, db };
             route(&mut ctx)
