@@ -180,6 +180,13 @@ def test_signin_cookie_signout_and_failures(app, accounts):
         assert browser.get("/api/v1/auths/").json()["email"] == "alice@example.com"
     out = app.http.post("/api/v1/auths/signout")
     assert out.json() == {"status": True} and "Max-Age=0" in out.headers["set-cookie"]
+    # Signing out ends that session, and only that one.
+    session = r.json()["token"]
+    other = app.http.post("/api/v1/auths/signin", json={"email": "alice@example.com", "password": "pw-" + "x" * 8})
+    assert app.http.post("/api/v1/auths/signout", headers=auth(session)).status_code == 200
+    assert app.http.get("/api/v1/auths/", headers=auth(session)).status_code == 401
+    assert app.http.get("/api/v1/auths/", headers=auth(other.json()["token"])).status_code == 200
+    assert app.http.get("/api/v1/auths/", headers=h(accounts, "alice")).status_code == 200
     bad = app.http.post("/api/v1/auths/signin", json={"email": "alice@example.com", "password": "nope"})
     assert bad.status_code == 400 and "incorrect" in bad.json()["detail"]
     unknown = app.http.post("/api/v1/auths/signin", json={"email": "nobody@example.com", "password": "nope"})

@@ -62,6 +62,10 @@ CREATE TABLE tags (
     name TEXT NOT NULL,
     PRIMARY KEY (id, user_id)
 );
+CREATE TABLE revoked_tokens (
+    jti TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
 CREATE TABLE app_config (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -3,8 +3,9 @@
 //!
 //! - A session is an HS256 JWT `{id, exp, iat, jti, session_stamp}` signed
 //!   with the host's `jwt_secret`, sent as `Authorization: Bearer` or the
-//!   `token` cookie (HttpOnly, SameSite=Lax). A password change gives the
-//!   account a new stamp, which ends its other sessions.
+//!   `token` cookie (HttpOnly, SameSite=Lax). Signing out revokes the
+//!   token (its `jti` is kept until it would have expired); a password
+//!   change gives the account a new stamp, which ends its other sessions.
 //! - A user's own key (`sk-` and 32 hex digits) stands for the user on the
 //!   app routes; only its SHA-256 is stored.
 //! - Passwords are hashed with Argon2id (19 MiB, 2 passes, OWASP's
@@ -72,6 +73,10 @@ pub fn current(ctx: &Ctx<'_>) -> Result<User, AppError> {
         .row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), vec![id.into()])?
         .ok_or_else(|| AppError::unauthorized(messages::INVALID_TOKEN))?;
     if claims.get("session_stamp").and_then(Value::as_str) != Some(row.text("session_stamp").as_str()) {
+        return Err(AppError::unauthorized(messages::INVALID_TOKEN));
+    }
+    let jti = claims.get("jti").and_then(Value::as_str).unwrap_or_default();
+    if ctx.db.row("SELECT jti FROM revoked_tokens WHERE jti = $1", vec![jti.into()])?.is_some() {
         return Err(AppError::unauthorized(messages::INVALID_TOKEN));
     }
     Ok(user_of(row, true))
@@ -315,7 +320,7 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
         ("GET", "") => session_user(ctx),
         ("POST", "signup") => signup(ctx),
         ("POST", "signin") => signin(ctx),
-        ("POST", "signout") => signout(),
+        ("POST", "signout") => signout(ctx),
         ("POST", "update/password") => update_password(ctx),
         ("POST", "update/profile") => update_profile(ctx),
         ("POST", "add") => add_user(ctx),
@@ -467,7 +472,21 @@ fn signin(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     session_response(ctx, &row, 200)
 }
 
-fn signout() -> Result<Response, AppError> {
+/// Ends the session: its token (if it is a valid one) is revoked until it
+/// would have expired, and the cookie is cleared.
+fn signout(ctx: &Ctx<'_>) -> Result<Response, AppError> {
+    let token = credentials(ctx).filter(|t| !t.starts_with("sk-"));
+    if let Some(claims) = token.and_then(|t| verify_token(&secret(ctx).ok()?, &t, now())) {
+        let jti = claims.get("jti").and_then(Value::as_str).unwrap_or_default().to_string();
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or_default();
+        ctx.db.transaction(|db| {
+            db.execute(
+                "DELETE FROM revoked_tokens WHERE expires_at < $1 OR jti = $2",
+                vec![now().into(), jti.clone().into()],
+            )?;
+            db.execute("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2)", vec![jti.into(), exp.into()])
+        })?;
+    }
     Ok(Response::json(200, &json!({"status": true}))
         .with_header("set-cookie", "token=; HttpOnly; Path=/; SameSite=Lax; Max-Age=0"))
 }
