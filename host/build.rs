@@ -1,5 +1,6 @@
-//! Builds the handler component (guest/handler) for wasm32-wasip2 so that
-//! `cargo build` of the host always embeds an up-to-date handler.
+//! Builds the handler component (guest/handler) and the remote adapter
+//! (guest/remote) for wasm32-wasip2 so that `cargo build` of the host
+//! always embeds up-to-date ones.
 //!
 //! 1. A toolchain without the `wasm32-wasip2` target gets it from rustup
 //!    (one warning line says so): `rust-toolchain.toml`'s `targets` is only
@@ -17,14 +18,24 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("host/ sits in the workspace").to_path_buf();
-    for watched in ["guest/handler/src", "guest/handler/Cargo.toml", "wit", "Cargo.toml", "Cargo.lock"] {
+    for watched in [
+        "guest/handler/src",
+        "guest/handler/Cargo.toml",
+        "guest/remote/src",
+        "guest/remote/Cargo.toml",
+        "wit",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=TERN_HANDLER_WASM");
+    println!("cargo:rerun-if-env-changed=TERN_REMOTE_WASM");
 
     // A prebuilt handler may be named instead (e.g. for cross builds).
-    if let Ok(prebuilt) = env::var("TERN_HANDLER_WASM") {
-        println!("cargo:rustc-env=TERN_HANDLER_WASM={prebuilt}");
+    if let (Ok(handler), Ok(remote)) = (env::var("TERN_HANDLER_WASM"), env::var("TERN_REMOTE_WASM")) {
+        println!("cargo:rustc-env=TERN_HANDLER_WASM={handler}");
+        println!("cargo:rustc-env=TERN_REMOTE_WASM={remote}");
         return;
     }
 
@@ -37,7 +48,8 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--package", "tern-handler", "--target", TARGET, "--target-dir"])
+        .args(["build", "--release", "--package", "tern-handler", "--package", "tern-remote", "--target", TARGET])
+        .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
@@ -46,10 +58,13 @@ fn main() {
         .status()
         .expect("running cargo to build the handler component");
     if !status.success() {
-        panic!("building the handler component (guest/handler) for {TARGET} failed");
+        panic!(
+            "building the handler component (guest/handler) and the remote adapter (guest/remote) for {TARGET} failed"
+        );
     }
-    let wasm = target_dir.join(TARGET).join("release/tern_handler.wasm");
-    println!("cargo:rustc-env=TERN_HANDLER_WASM={}", wasm.display());
+    let built = target_dir.join(TARGET).join("release");
+    println!("cargo:rustc-env=TERN_HANDLER_WASM={}", built.join("tern_handler.wasm").display());
+    println!("cargo:rustc-env=TERN_REMOTE_WASM={}", built.join("tern_remote.wasm").display());
 }
 
 /// The target's library folder in the active toolchain, installed with

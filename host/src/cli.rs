@@ -36,6 +36,9 @@ pub enum Command {
     Synth(SynthArgs),
     /// Show the settings `tern serve` would use (flags, TERN_* variables, tern.toml).
     Config(ConfigArgs),
+    /// Compose the handler with the remote adapter into one component for
+    /// stock wasi:http runtimes (`wasmtime serve -Scli`, jco).
+    Compose(crate::compose::ComposeArgs),
 }
 
 #[derive(Args)]

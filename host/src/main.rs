@@ -17,6 +17,7 @@ mod auth;
 mod bindings;
 mod cli;
 mod components;
+mod compose;
 mod compress;
 mod config;
 mod config_store;
@@ -63,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate::generate(args),
         Command::Synth(args) => tern_tools::synth_file::write_file(&args.spec()?, &args.out),
         Command::Bench(args) => tern_tools::bench::run(args.options()),
+        Command::Compose(args) => compose::run(args),
     }
 }
 

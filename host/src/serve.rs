@@ -17,7 +17,7 @@ use crate::state::Shared;
 use crate::{auth, components, kv_store, metrics, server};
 
 /// The handler component built from guest/handler by build.rs.
-static BUILT_HANDLER: &[u8] = include_bytes!(env!("TERN_HANDLER_WASM"));
+pub static BUILT_HANDLER: &[u8] = include_bytes!(env!("TERN_HANDLER_WASM"));
 
 /// Task polls between tokio's checks for I/O and for work from other threads.
 const EVENT_INTERVAL: u32 = 4;

