@@ -199,6 +199,9 @@ def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
         second = client.chat.completions.with_raw_response.create(**ask)
         assert second.headers.get("x-cache") == "hit", (first.headers.get("x-cache"), second.headers.get("x-cache"))
         assert second.parse().choices[0].message.content == direct.choices[0].message.content
+        with pytest.raises(openai.NotFoundError):
+            client.with_options(max_retries=0).chat.completions.create(
+                model="no-such-model", messages=[{"role": "user", "content": "x"}])
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -3,7 +3,7 @@
 //! `tern:llm/store-usage`. With `export.rs`, the only code that knows it
 //! runs in wasm.
 
-use crate::bindings::tern::llm::inference::{self, Generation, Pollable};
+use crate::bindings::tern::llm::inference::{self, Generation};
 use crate::bindings::tern::llm::store_usage;
 use crate::bindings::wasi::keyvalue;
 use crate::engine_client::{
@@ -30,7 +30,7 @@ impl EngineClient for HostEngine {
         params: &SamplingParams,
     ) -> Result<Box<dyn GenerationStream>, Error> {
         let generation = inference::generate(model, prompt, params)?;
-        Ok(Box::new(HostGeneration { ready: generation.subscribe(), generation }))
+        Ok(Box::new(HostGeneration { generation }))
     }
 
     fn submit_job(&self, model: &str, prompt: &Prompt, params: &SamplingParams) -> Result<String, Error> {
@@ -119,19 +119,19 @@ impl Store for HostStore {
     }
 }
 
-/// A host generation read by blocking on its pollable.
+/// A host generation read by blocking on a pollable of it.
 struct HostGeneration {
-    // Declared first so it drops first: a pollable must not outlive the
-    // resource it watches.
-    ready: Pollable,
     generation: Generation,
 }
 
 impl GenerationStream for HostGeneration {
+    /// Each wait takes a fresh pollable: one that stays ready once it has
+    /// fired (an adapter's clock, say) would otherwise turn every later
+    /// wait into a spin. It is dropped before the generation can be.
     fn next_event(&mut self) -> Result<Event, Error> {
         loop {
             match self.generation.next()? {
-                Event::Pending => self.ready.block(),
+                Event::Pending => self.generation.subscribe().block(),
                 event => return Ok(event),
             }
         }
