@@ -132,7 +132,9 @@ def test_errors_keep_their_status(stock, model_id):
 
 
 def test_a_client_that_leaves_cancels_the_upstream(composed, tmp_path):
-    model = synth(tmp_path, "endless")
+    # Four times the bundled model's layers: 480 tokens take about a second,
+    # far longer than the cancellation has to travel.
+    model = synth(tmp_path, "endless", "--layers", "24")
     upstream = Server(["--model", str(model), "--threads", "1"], tmp_path / "upstream.log")
     stock = WasmtimeServe(composed, upstream.base, tmp_path / "wasmtime.log")
     try:
@@ -167,31 +169,43 @@ def jco_cli():
     return jco
 
 
-def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
-    """jco keeps one instance and answers requests one at a time, so the
-    adapter's in-memory store keeps the response cache between requests."""
-    port = free_port()
-    log = open(tmp_path / "jco.log", "w")
-    proc = subprocess.Popen(
-        [str(jco_cli()), "serve", str(composed), "--port", str(port), "--host", "127.0.0.1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TERN_UPSTREAM": server.base},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
+class JcoServe:
+    """`jco serve` running a component, its upstream in the environment."""
+
+    def __init__(self, component, upstream, log_path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(jco_cli()), "serve", str(component), "--port", str(self.port), "--host", "127.0.0.1"],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TERN_UPSTREAM": upstream},
+        )
         deadline = time.time() + 90
         while True:
-            assert proc.poll() is None, (tmp_path / "jco.log").read_text()
+            assert self.proc.poll() is None, pathlib.Path(log_path).read_text()
             try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    break
+                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             assert time.time() < deadline, "jco serve did not start"
             time.sleep(0.2)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
+    """jco keeps one instance and answers requests one at a time, so the
+    adapter's in-memory store keeps the response cache between requests."""
+    jco = JcoServe(composed, server.base, tmp_path / "jco.log")
+    try:
         ask = dict(model=model_id, messages=[{"role": "user", "content": "Speak of the king."}], max_tokens=16,
                    temperature=0)
         direct = openai.OpenAI(base_url=server.base + "/v1", api_key="x").chat.completions.create(**ask)
-        client = openai.OpenAI(base_url=base + "/v1", api_key="x")
+        client = openai.OpenAI(base_url=jco.base + "/v1", api_key="x")
         streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **ask)
                            if c.choices)
         assert streamed == direct.choices[0].message.content
@@ -203,6 +217,4 @@ def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
             client.with_options(max_retries=0).chat.completions.create(
                 model="no-such-model", messages=[{"role": "user", "content": "x"}])
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        jco.stop()
