@@ -185,6 +185,18 @@ fn refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
+/// `statement` prepared on the connection, failures as the guest's error.
+async fn prepare<'a>(
+    connection: &'a mut Connection,
+    statement: &str,
+) -> Result<(&'a tokio_postgres::Client, tokio_postgres::Statement), Error> {
+    match connection.prepared(statement).await {
+        Ok(Some(prepared)) => Ok(prepared),
+        Ok(None) => Err(Error::Other("the connection is closed".into())),
+        Err(e) => Err(query_error(e)),
+    }
+}
+
 impl wit::Host for HostState {}
 
 impl wit::HostConnection for HostState {
@@ -208,11 +220,9 @@ impl wit::HostConnection for HostState {
         statement: String,
         values: Vec<ParameterValue>,
     ) -> wasmtime::Result<Result<RowSet, Error>> {
-        let handle = self.table.get_mut(&this)?;
-        let (client, prepared) = match handle.prepared(&statement).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(Err(Error::Other("the connection is closed".into()))),
-            Err(e) => return Ok(Err(query_error(e))),
+        let (client, prepared) = match prepare(self.table.get_mut(&this)?, &statement).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
         };
         let params = params(values);
         let rows = match client.query(&prepared, &refs(&params)).await {
@@ -246,11 +256,9 @@ impl wit::HostConnection for HostState {
         statement: String,
         values: Vec<ParameterValue>,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let handle = self.table.get_mut(&this)?;
-        let (client, prepared) = match handle.prepared(&statement).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Ok(Err(Error::Other("the connection is closed".into()))),
-            Err(e) => return Ok(Err(query_error(e))),
+        let (client, prepared) = match prepare(self.table.get_mut(&this)?, &statement).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
         };
         let params = params(values);
         Ok(client.execute(&prepared, &refs(&params)).await.map_err(query_error))

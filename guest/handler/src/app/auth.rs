@@ -377,41 +377,17 @@ fn session_user(ctx: &Ctx<'_>) -> Result<Response, AppError> {
 
 fn signup(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let body = ctx.body()?;
-    let f = Fields::new(&body);
-    let name = check_name(f.required_string("name")?)?;
-    let email = normalize_email(f.required_string("email")?)?;
-    let password = f.required_string("password")?;
-    check_password(password)?;
-    let image = f.string("profile_image_url")?.unwrap_or("/user.png").to_string();
-    let hash = hash_password(password)?;
+    let (name, email, image, hash) = new_account(&Fields::new(&body))?;
     let config = admin_config(&*ctx.db)?;
-    let id = uuid();
-    let t = now();
     let created = ctx.db.transaction(|db| {
         let users = db.count("SELECT COUNT(*) FROM users", vec![])?;
         if users > 0 && !config_flag(&config, "ENABLE_SIGNUP") {
             return Err(AppError::forbidden());
         }
-        if db.row("SELECT id FROM users WHERE email = $1", vec![email.clone().into()])?.is_some() {
-            return Err(AppError::bad_request(messages::EMAIL_TAKEN));
-        }
         // The first account administers the server.
         let role = if users == 0 { "admin".to_string() } else { default_role(&config) };
-        db.execute(
-            "INSERT INTO users (id, email, name, role, profile_image_url, password, session_stamp, \
-             last_active_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8)",
-            vec![
-                id.clone().into(),
-                email.clone().into(),
-                name.into(),
-                role.into(),
-                image.into(),
-                hash.into(),
-                uuid().into(),
-                t.into(),
-            ],
-        )?;
-        db.row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), vec![id.clone().into()])
+        let id = insert_user(db, &email, &name, &role, &image, &hash)?;
+        db.row(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), vec![id.into()])
     })?;
     let row = created.ok_or_else(|| AppError::new(500, "The account was not created."))?;
     session_response(ctx, &row, 200)
@@ -533,38 +509,47 @@ fn add_user(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     admin(ctx)?;
     let body = ctx.body()?;
     let f = Fields::new(&body);
-    let name = check_name(f.required_string("name")?)?;
-    let email = normalize_email(f.required_string("email")?)?;
-    let password = f.required_string("password")?;
-    check_password(password)?;
+    let (name, email, image, hash) = new_account(&f)?;
     let role = f.string("role")?.unwrap_or("pending");
     if !ROLES.contains(&role) {
         return Err(AppError::bad_request("'role' must be admin, user or pending."));
     }
-    let image = f.string("profile_image_url")?.unwrap_or("/user.png");
-    let hash = hash_password(password)?;
-    let id = uuid();
-    let t = now();
-    ctx.db.transaction(|db| {
-        if db.row("SELECT id FROM users WHERE email = $1", vec![email.clone().into()])?.is_some() {
-            return Err(AppError::bad_request(messages::EMAIL_TAKEN));
-        }
-        db.execute(
-            "INSERT INTO users (id, email, name, role, profile_image_url, password, session_stamp, \
-             last_active_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8)",
-            vec![
-                id.clone().into(),
-                email.clone().into(),
-                name.clone().into(),
-                role.into(),
-                image.into(),
-                hash.into(),
-                uuid().into(),
-                t.into(),
-            ],
-        )
-    })?;
+    let id = ctx.db.transaction(|db| insert_user(db, &email, &name, role, &image, &hash))?;
     ok(json!({"id": id, "email": email, "name": name, "role": role, "profile_image_url": image}))
+}
+
+/// A new account's name, email, picture and password hash, checked.
+fn new_account(f: &Fields<'_>) -> Result<(String, String, String, String), AppError> {
+    let name = check_name(f.required_string("name")?)?;
+    let email = normalize_email(f.required_string("email")?)?;
+    let password = f.required_string("password")?;
+    check_password(password)?;
+    let image = f.string("profile_image_url")?.unwrap_or("/user.png").to_string();
+    Ok((name, email, image, hash_password(password)?))
+}
+
+/// Stores an account unless its email is taken (run it in a transaction);
+/// returns its id.
+fn insert_user(db: &dyn Db, email: &str, name: &str, role: &str, image: &str, hash: &str) -> Result<String, AppError> {
+    if db.row("SELECT id FROM users WHERE email = $1", vec![email.into()])?.is_some() {
+        return Err(AppError::bad_request(messages::EMAIL_TAKEN));
+    }
+    let id = uuid();
+    db.execute(
+        "INSERT INTO users (id, email, name, role, profile_image_url, password, session_stamp, \
+         last_active_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8)",
+        vec![
+            id.clone().into(),
+            email.into(),
+            name.into(),
+            role.into(),
+            image.into(),
+            hash.into(),
+            uuid().into(),
+            now().into(),
+        ],
+    )?;
+    Ok(id)
 }
 
 fn admin_details(ctx: &Ctx<'_>) -> Result<Response, AppError> {
