@@ -289,7 +289,9 @@ impl Engine {
     pub fn submit_job(&self, req: GenerateRequest) -> Result<String, EngineError> {
         let model = req.model.clone();
         let (slot, seq, prompt_tokens) = self.start_generation(req)?;
-        let id = format!("job-{seq:x}{:04x}", fresh_seed(&self.inner.seed_counter) & 0xffff);
+        // 64 bits beside the sequence number: replicas sharing a job table
+        // (over Redis) must not hand out the same id.
+        let id = format!("job-{seq:x}{:016x}", fresh_seed(&self.inner.seed_counter));
         self.inner.jobs.insert(id.clone(), model, seq, slot, prompt_tokens);
         Ok(id)
     }

@@ -1,7 +1,7 @@
 //! The errors a caller of the engine can act on.
 
 /// Errors a caller can act on; they map one to one onto the WIT `error`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum EngineError {
     #[error("{0}")]
     InvalidRequest(String),

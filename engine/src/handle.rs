@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 use crate::error::EngineError;
 
 /// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// End of turn or a stop string.
     Stop,
@@ -25,7 +25,7 @@ pub enum FinishReason {
 }
 
 /// Counts and times of a generation.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -36,7 +36,7 @@ pub struct Usage {
 }
 
 /// The last event of a generation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Finished {
     pub reason: FinishReason,
     pub usage: Usage,

@@ -14,8 +14,8 @@ use crate::handle::{FinishReason, Finished, GenerationSlot, Usage};
 /// Finished jobs kept at most; the oldest go first.
 const MAX_KEPT_JOBS: usize = 1024;
 
-/// Where a job is.
-#[derive(Debug, Clone, PartialEq)]
+/// Where a job is. Serialisable, so a server's replicas can share it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum JobState {
     Queued { position: u32, estimated_wait: Duration },
     Running,
@@ -24,8 +24,15 @@ pub enum JobState {
     Failed(EngineError),
 }
 
+impl JobState {
+    /// Done, cancelled or failed: it will not change again.
+    pub fn is_ended(&self) -> bool {
+        matches!(self, JobState::Done(_) | JobState::Cancelled | JobState::Failed(_))
+    }
+}
+
 /// A job as [`crate::Engine::job_status`] reports it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobInfo {
     pub id: String,
     pub model: String,

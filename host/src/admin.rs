@@ -4,13 +4,16 @@
 //!   whether its compiled code came from the disk cache, and its world.
 //! - `POST` with the component's bytes as the body compiles and links it off
 //!   the request path and swaps it in; 422 with the reason if it fails (the
-//!   active one keeps serving).
+//!   active one keeps serving). With `--component FILE`, the accepted bytes
+//!   also replace FILE (written beside it, then renamed): every replica that
+//!   watches the same file swaps to them, and a restart keeps them.
 //!
 //! Both need an admin key (`--admin-key`); without one configured the route
 //! answers 403, so a server never takes code from an unauthenticated caller.
 //! A valid API key that is not an admin key is 403 too (the key is good,
 //! its role is not); no key or an unknown one is 401.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +31,8 @@ pub struct AdminPolicy<'a> {
     pub max_bytes: usize,
     /// Time an upload may take to arrive.
     pub body_timeout: Duration,
+    /// The watched `--component` file, if any.
+    pub component_file: Option<&'a Path>,
 }
 
 /// Answers `/admin/component` for callers holding one of the admin keys.
@@ -88,8 +93,23 @@ async fn upload(
     if wasm.is_empty() {
         return error_response(400, "invalid_request_error", "empty_component", "The body must be a component.");
     }
+    let bytes = policy.component_file.map(|_| wasm.clone());
     match components.load(wasm, "upload".into()).await {
-        Ok(loaded) => text_response(200, "application/json", loaded.describe().to_string()),
+        Ok(loaded) => {
+            let mut described = loaded.describe();
+            if let (Some(path), Some(bytes)) = (policy.component_file, bytes) {
+                let written = replace_file(path, &bytes);
+                if let Err(e) = &written {
+                    tracing::error!(path = %path.display(), error = %e,
+                        "the uploaded handler serves here but could not replace the watched file");
+                }
+                described["file"] = serde_json::json!({
+                    "path": path.display().to_string(),
+                    "written": written.is_ok(),
+                });
+            }
+            text_response(200, "application/json", described.to_string())
+        }
         Err(e) => error_response(
             422,
             "invalid_request_error",
@@ -97,4 +117,16 @@ async fn upload(
             &format!("The component was rejected and the active one keeps serving: {e:#}"),
         ),
     }
+}
+
+/// Writes `bytes` beside `path` and renames them over it, so a watcher never
+/// reads half a component.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.{}.part", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }

@@ -4,7 +4,7 @@
 //! forwarded to. Every other outgoing request a component makes is refused.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -13,16 +13,47 @@ use crate::database::Database;
 /// The app layer's share of a server.
 #[derive(Default)]
 pub struct App {
-    /// None only where no server runs (no component asks for it there).
-    pub database: Option<Database>,
-    /// What `wasi:config/store` answers, keys in `snake_case`.
+    /// Set once the database is open and migrated (PostgreSQL may come up
+    /// after tern; until then components find no database).
+    database: OnceLock<Database>,
+    /// What `wasi:config/store` answers, keys in `snake_case`, but for
+    /// `jwt_secret`.
     pub config: Vec<(String, String)>,
+    /// The sign-in signing secret, once known (with PostgreSQL and no
+    /// `--jwt-secret`, it is the one the database keeps for every replica).
+    jwt_secret: OnceLock<String>,
     /// Scheme and authority (`https://api.example.com`) outgoing requests
     /// may go to.
     pub media_upstream: Option<(http::uri::Scheme, http::uri::Authority)>,
 }
 
 impl App {
+    pub fn new(
+        config: Vec<(String, String)>,
+        media_upstream: Option<(http::uri::Scheme, http::uri::Authority)>,
+    ) -> Self {
+        Self { config, media_upstream, ..Self::default() }
+    }
+
+    pub fn database(&self) -> Option<&Database> {
+        self.database.get()
+    }
+
+    /// Makes the opened database and its signing secret available.
+    pub fn connected(&self, database: Database, jwt_secret: String) {
+        let _ = self.jwt_secret.set(jwt_secret);
+        let _ = self.database.set(database);
+    }
+
+    /// What `wasi:config/store` answers, in order.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut all = self.config.clone();
+        if let Some(secret) = self.jwt_secret.get() {
+            all.push(("jwt_secret".to_string(), secret.clone()));
+        }
+        all
+    }
+
     /// The scheme and authority of an upstream URL.
     pub fn upstream_origin(url: &str) -> anyhow::Result<(http::uri::Scheme, http::uri::Authority)> {
         let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("--media-upstream {url:?}: {e}"))?;

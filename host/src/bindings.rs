@@ -10,6 +10,13 @@ wasmtime::component::bindgen!({
         // (PostgreSQL): the guest's call awaits them.
         "spin:sqlite/sqlite": async | trappable,
         "spin:postgres/postgres": async | trappable,
+        // The key-value store and the job table may be on Redis.
+        "wasi:keyvalue/store": async | trappable,
+        "wasi:keyvalue/atomics": async | trappable,
+        "tern:llm/store-usage": async | trappable,
+        "tern:llm/inference.submit-job": async | trappable,
+        "tern:llm/inference.job-status": async | trappable,
+        "tern:llm/inference.cancel-job": async | trappable,
     },
     exports: { default: async },
     require_store_data_send: true,

@@ -134,6 +134,11 @@ pub struct ServeArgs {
     /// Seconds a cached answer stays valid.
     #[arg(long, env = "TERN_CACHE_TTL", default_value_t = 3600, help_heading = "cache")]
     pub cache_ttl: u64,
+    /// Where the `wasi:keyvalue` store lives: `memory` (this server's own,
+    /// `--cache-mib` of it) or a `redis://` URL that replicas share, with
+    /// the response cache, its counters and the job table.
+    #[arg(long, env = "TERN_KEYVALUE", default_value = "memory", help_heading = "cache")]
+    pub keyvalue: String,
     /// Origin allowed to call the API from a browser (CORS); repeat for
     /// several, `*` for any. Default: same-origin only.
     #[arg(long = "cors-origin", env = "TERN_CORS_ORIGIN", value_delimiter = ',', help_heading = "cors")]
@@ -171,6 +176,11 @@ pub struct ServeArgs {
     /// clients that send `Accept-Encoding: gzip`.
     #[arg(long, env = "TERN_COMPRESS", help_heading = "limits")]
     pub compress: bool,
+    /// Load balancer whose `X-Forwarded-For` names the client (an address
+    /// or a network such as `10.0.0.0/8`); repeat for several. Sign-in
+    /// limits count per client address, so behind a balancer set this.
+    #[arg(long = "trusted-proxy", env = "TERN_TRUSTED_PROXY", value_delimiter = ',', help_heading = "limits")]
+    pub trusted_proxies: Vec<String>,
     /// Largest component `POST /admin/component` accepts, in MiB.
     #[arg(long, env = "TERN_MAX_COMPONENT_MIB", default_value_t = 64, help_heading = "limits")]
     pub max_component_mib: usize,

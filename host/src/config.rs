@@ -113,7 +113,9 @@ pub fn render(spec: &Command, matches: &ArgMatches, from_file: &[String]) -> Str
             }
             _ => "default".to_string(),
         };
-        let shown = if SECRETS.contains(&long) && !values.is_empty() {
+        // A store URL is a secret when it carries credentials (`redis://:pw@…`).
+        let secret = SECRETS.contains(&long) || (long == "keyvalue" && values.iter().any(|v| v.contains('@')));
+        let shown = if secret && !values.is_empty() {
             format!("\"***\" # {} key(s)", values.len())
         } else if !arg.get_action().takes_values() {
             (matches.get_flag(id)).to_string()

@@ -1,15 +1,15 @@
 //! The host side of `wasi:config/store`: the app layer's settings and
-//! secrets, fixed at start.
+//! secrets (`App::settings`).
 
 use crate::bindings::config_store::{self, Error};
 use crate::state::HostState;
 
 impl config_store::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, Error>> {
-        Ok(Ok(self.app.config.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())))
+        Ok(Ok(self.app.settings().into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)))
     }
 
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
-        Ok(Ok(self.app.config.clone()))
+        Ok(Ok(self.app.settings()))
     }
 }

@@ -208,21 +208,44 @@ impl Host for HostState {
         }
     }
 
-    fn submit_job(
+    async fn submit_job(
         &mut self,
         model: String,
         prompt: wit::Prompt,
         params: wit::SamplingParams,
     ) -> wasmtime::Result<Result<String, wit::Error>> {
-        Ok(self.engine.submit_job(to_engine_request(model, prompt, params)).map_err(to_wit_error))
+        let id = match self.engine.submit_job(to_engine_request(model, prompt, params)) {
+            Ok(id) => id,
+            Err(e) => return Ok(Err(to_wit_error(e))),
+        };
+        if let Some(jobs) = &self.jobs {
+            jobs.publish(&id).await;
+        }
+        Ok(Ok(id))
     }
 
-    fn job_status(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
-        Ok(self.engine.job_status(&id).map(to_wit_job))
+    /// This engine's job, else (with replicas) the one another runs.
+    async fn job_status(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
+        if let Some(info) = self.engine.job_status(&id) {
+            return Ok(Some(to_wit_job(info)));
+        }
+        Ok(match &self.jobs {
+            Some(jobs) => jobs.status(&id).await.map(to_wit_job),
+            None => None,
+        })
     }
 
-    fn cancel_job(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
-        Ok(self.engine.cancel_job(&id).map(to_wit_job))
+    async fn cancel_job(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
+        if let Some(info) = self.engine.cancel_job(&id) {
+            if let Some(jobs) = &self.jobs {
+                jobs.publish(&id).await;
+            }
+            return Ok(Some(to_wit_job(info)));
+        }
+        Ok(match &self.jobs {
+            Some(jobs) => jobs.cancel(&id).await.map(to_wit_job),
+            None => None,
+        })
     }
 }
 

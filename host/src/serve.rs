@@ -13,8 +13,10 @@ use tern_engine::{Engine, EngineError};
 use crate::app::App;
 use crate::cli::{apply_threads, engine_config, AppArgs, ServeArgs};
 use crate::database::{self, Database};
+use crate::kv::KeyValue;
+use crate::shared_jobs::SharedJobs;
 use crate::state::Shared;
-use crate::{auth, components, kv_store, metrics, server};
+use crate::{auth, components, metrics, server};
 
 /// The handler component built from guest/handler by build.rs.
 pub static BUILT_HANDLER: &[u8] = include_bytes!(env!("TERN_HANDLER_WASM"));
@@ -76,6 +78,8 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         max_component_bytes: args.max_component_mib << 20,
         max_upload_bytes: args.app.max_upload_mib << 20,
         compress: args.compress,
+        component_file: args.component.clone(),
+        trusted_proxies: crate::proxies::TrustedProxies::parse(&args.trusted_proxies)?,
     };
     // A guest that computes yields at every epoch tick, but tokio wakes a
     // yielding task again without looking for I/O; look for it every few
@@ -85,8 +89,15 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         .event_interval(EVENT_INTERVAL)
         .global_queue_interval(EVENT_INTERVAL)
         .build()?;
-    let app = Arc::new(runtime.block_on(open_app(&args.app))?);
-    let shared = Shared { kv: Arc::new(kv_store::KvStore::new(args.cache_mib << 20)), app };
+    let app = runtime.block_on(open_app(&args.app))?;
+    // Redis's connection manager starts its tasks on this runtime.
+    let kv = {
+        let _inside = runtime.enter();
+        KeyValue::open(&args.keyvalue, args.cache_mib << 20, args.cache_ttl)?
+    };
+    let jobs =
+        kv.redis().map(|r| Arc::new(SharedJobs::new(r.clone(), engine.clone(), Duration::from_secs(args.job_ttl))));
+    let shared = Shared { kv, jobs, app };
     let metrics = Arc::new(metrics::HostMetrics::default());
     let wasm_engine = server::instances::wasm_engine(&settings)?;
     let (wasm, source) = match &args.component {
@@ -98,14 +109,28 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     let components =
         Arc::new(components::Components::new(wasm_engine.clone(), cache_dir, &wasm, &source, metrics.clone())?);
     server::instances::start_epoch_ticker(&wasm_engine);
-    let server =
-        Arc::new(server::Server::new(components.clone(), engine.clone(), shared, settings, keys, admin_keys, metrics));
+    let server = Arc::new(server::Server::new(
+        components.clone(),
+        engine.clone(),
+        shared.clone(),
+        settings,
+        keys,
+        admin_keys,
+        metrics,
+    ));
     runtime.block_on(async move {
+        if let Some(redis) = shared.kv.redis().cloned() {
+            tracing::info!("key-value store: Redis (shared by replicas)");
+            tokio::spawn(async move { redis.wait_reachable().await });
+        }
+        if let Some(jobs) = shared.jobs.clone() {
+            tokio::spawn(jobs.mirror());
+        }
         let listener = server::connection::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, model = %model.display(), api_keys = server_keys,
             admin = admin_on, "listening");
         if let Some(path) = args.component.clone() {
-            tokio::spawn(components::watch(components, path, args.max_component_mib << 20));
+            tokio::spawn(components::watch(components.clone(), path, args.max_component_mib << 20));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let serving = tokio::spawn(server.clone().serve(listener, stopped));
@@ -129,14 +154,14 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     })
 }
 
-/// The database (migrated) and the settings components read through
-/// `wasi:config`.
-async fn open_app(args: &AppArgs) -> anyhow::Result<App> {
+/// The settings components read through `wasi:config`, and the database
+/// (migrated): SQLite now, PostgreSQL as soon as it answers (the server
+/// reports not ready until then, so replicas may start before it).
+async fn open_app(args: &AppArgs) -> anyhow::Result<Arc<App>> {
     let data_dir = args.data_dir.clone().unwrap_or_else(database::default_data_dir);
-    let db = Database::open(&data_dir, args.database_url.as_deref(), args.database_connections).await?;
+    let kind = if args.database_url.is_some() { "postgres" } else { "sqlite" };
     let mut config = vec![
-        ("database".to_string(), db.kind().to_string()),
-        ("jwt_secret".to_string(), database::signing_secret(args.jwt_secret.as_deref(), &data_dir)?),
+        ("database".to_string(), kind.to_string()),
         ("session_seconds".to_string(), (args.session_hours * 3600).to_string()),
         ("max_upload_bytes".to_string(), (args.max_upload_mib << 20).to_string()),
     ];
@@ -153,7 +178,84 @@ async fn open_app(args: &AppArgs) -> anyhow::Result<App> {
     if let Some(key) = &args.media_upstream_key {
         config.push(("media_upstream_key".to_string(), key.clone()));
     }
-    Ok(App { database: Some(db), config, media_upstream })
+    let app = Arc::new(App::new(config, media_upstream));
+    match args.database_url.clone() {
+        None => {
+            let db = Database::open_sqlite(&data_dir).await?;
+            app.connected(db, database::signing_secret(args.jwt_secret.as_deref(), &data_dir)?);
+        }
+        Some(url) => {
+            database::check_postgres_url(&url)?;
+            let given = match &args.jwt_secret {
+                Some(secret) => Some(database::signing_secret(Some(secret), &data_dir)?),
+                None => None,
+            };
+            // A secret this folder kept from before is offered as the
+            // shared one, so a server that becomes a replica keeps its
+            // sessions.
+            let fresh = match database::kept_secret(&data_dir)? {
+                Some(kept) => kept,
+                None => database::random_secret()?,
+            };
+            // A first try here: a database this tern cannot use stops
+            // start-up; one that does not answer yet is waited for.
+            match open_postgres(&url, args.database_connections, given.as_deref(), &fresh).await {
+                Ok((db, secret)) => app.connected(db, secret),
+                Err(e) if e.downcast_ref::<database::NewerSchema>().is_some() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"),
+                        "waiting for PostgreSQL (--database-url); not ready until it answers");
+                    tokio::spawn(connect_postgres(app.clone(), url, args.database_connections, given, fresh));
+                }
+            }
+        }
+    }
+    Ok(app)
+}
+
+/// The PostgreSQL database, migrated, and the signing secret: the one
+/// given, else the one the database keeps for every replica.
+async fn open_postgres(
+    url: &str,
+    connections: usize,
+    given: Option<&str>,
+    fresh: &str,
+) -> anyhow::Result<(Database, String)> {
+    let db = Database::open_postgres(url, connections).await?;
+    let secret = match (given, db.postgres()) {
+        (Some(secret), _) => secret.to_string(),
+        (None, Some(pool)) => pool.shared_secret("jwt_secret", fresh).await?,
+        (None, None) => unreachable!("a database URL opens PostgreSQL"),
+    };
+    Ok((db, secret))
+}
+
+/// Retries opening PostgreSQL until it answers, then hands it to the app.
+/// A schema from a newer tern ends the process: waiting will not help.
+async fn connect_postgres(app: Arc<App>, url: String, connections: usize, given: Option<String>, fresh: String) {
+    let mut wait = Duration::from_millis(250);
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        match open_postgres(&url, connections, given.as_deref(), &fresh).await {
+            Ok((db, secret)) => {
+                app.connected(db, secret);
+                return;
+            }
+            Err(e) if e.downcast_ref::<database::NewerSchema>().is_some() => {
+                tracing::error!(error = %format!("{e:#}"), "stopping");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                if error != last_error {
+                    tracing::warn!(error = %error, "PostgreSQL still does not answer");
+                    last_error = error;
+                }
+            }
+        }
+    }
 }
 
 /// Waits for SIGTERM or SIGINT and names it.

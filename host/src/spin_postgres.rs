@@ -201,7 +201,7 @@ impl wit::Host for HostState {}
 
 impl wit::HostConnection for HostState {
     async fn open(&mut self, address: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
-        let Some(pool) = self.app.database.as_ref().and_then(|d| d.postgres()).cloned() else {
+        let Some(pool) = self.app.database().and_then(|d| d.postgres()).cloned() else {
             return Ok(Err(Error::ConnectionFailed("this server has no PostgreSQL database".into())));
         };
         if address != pool.url {

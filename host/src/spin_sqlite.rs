@@ -50,7 +50,7 @@ impl wit::Host for HostState {}
 
 impl wit::HostConnection for HostState {
     async fn open(&mut self, database: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
-        let Some(pool) = self.app.database.as_ref().and_then(|d| d.sqlite()).cloned() else {
+        let Some(pool) = self.app.database().and_then(|d| d.sqlite()).cloned() else {
             return Ok(Err(Error::NoSuchDatabase));
         };
         if database != "default" {

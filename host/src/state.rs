@@ -11,12 +11,15 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::app::{App, Outgoing};
-use crate::kv_store::KvStore;
+use crate::kv::KeyValue;
+use crate::shared_jobs::SharedJobs;
 
-/// State every request shares: the key-value store and the app layer.
+/// State every request shares: the key-value store, the job table other
+/// replicas see (with Redis), and the app layer.
 #[derive(Clone)]
 pub struct Shared {
-    pub kv: Arc<KvStore>,
+    pub kv: KeyValue,
+    pub jobs: Option<Arc<SharedJobs>>,
     pub app: Arc<App>,
 }
 
@@ -28,7 +31,9 @@ pub struct HostState {
     pub limits: StoreLimits,
     pub engine: Engine,
     /// The `wasi:keyvalue` buckets every request shares.
-    pub store: Arc<KvStore>,
+    pub store: KeyValue,
+    /// Jobs as every replica sees them (with `--keyvalue redis://…`).
+    pub jobs: Option<Arc<SharedJobs>>,
     /// The app layer's database, settings and upstream.
     pub app: Arc<App>,
     /// When the current request must be done; past it the guest traps at

@@ -61,10 +61,10 @@ def synth(tmp, name, *args):
 class Server:
     """A running `tern serve` process."""
 
-    def __init__(self, args, log_path, ready_path="/health", env=None):
-        self.port = free_port()
+    def __init__(self, args, log_path, ready_path="/health", env=None, port=None):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "w")
+        self.log = open(log_path, "a")
         self.log_path = pathlib.Path(log_path)
         # TERN_COMPONENT serves a handler built apart from the binary.
         component = os.environ.get("TERN_COMPONENT")
@@ -201,3 +201,99 @@ def postgres():
     pg = Postgres()
     yield pg
     pg.stop()
+
+
+def need(program, package):
+    if shutil.which(program) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} is not installed (Debian package {package})")
+        pytest.skip(f"{program} is not installed (Debian package {package})")
+
+
+class Redis:
+    """A redis-server of its own on a loopback port, keeping nothing on disk."""
+
+    def __init__(self, folder):
+        need("redis-server", "redis-server")
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=open(self.folder / "redis.log", "a"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.cli("PING") == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args):
+        r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
+        return r.stdout.strip()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class HAProxy:
+    """HAProxy in front of the replicas: round-robin, health checks on
+    /ready, and retries on another replica when a connection fails."""
+
+    def __init__(self, folder, ports):
+        need("haproxy", "haproxy")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = folder / "haproxy.cfg"
+        servers = "\n".join(f"    server r{i} 127.0.0.1:{p}" for i, p in enumerate(ports))
+        config.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers))
+        self.proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=open(folder / "haproxy.log", "w"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("HAProxy did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+# The sample configuration the README shows, on test ports.
+HAPROXY_CONFIG = """\
+global
+    maxconn 2000
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 120s
+    timeout server 120s
+    option forwardfor
+    # A request whose connection fails is sent again, to another replica.
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response
+    option http-buffer-request
+
+frontend tern
+    bind 127.0.0.1:{port}
+    default_backend replicas
+
+backend replicas
+    balance roundrobin
+    option httpchk GET /ready
+    default-server check inter 300ms fall 2 rise 2
+{servers}
+"""

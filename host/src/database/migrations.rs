@@ -104,22 +104,49 @@ CREATE TABLE files (
 CREATE INDEX files_by_user ON files (user_id, created_at);
 ";
 
+/// Secrets the host keeps for every replica (the sign-in signing secret).
+const V2_HOST_SECRETS: &str = "
+CREATE TABLE host_secrets (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
 /// Every step, oldest first.
-pub const ALL: &[Migration] =
-    &[Migration { version: 1, sqlite: &[V1_TABLES, V1_FILES_SQLITE], postgres: &[V1_TABLES, V1_FILES_POSTGRES] }];
+pub const ALL: &[Migration] = &[
+    Migration { version: 1, sqlite: &[V1_TABLES, V1_FILES_SQLITE], postgres: &[V1_TABLES, V1_FILES_POSTGRES] },
+    Migration { version: 2, sqlite: &[V2_HOST_SECRETS], postgres: &[V2_HOST_SECRETS] },
+];
 
 /// The schema version this binary writes.
-pub const LATEST_VERSION: i64 = 1;
+pub const LATEST_VERSION: i64 = 2;
 
 /// Refuses a database from a newer tern.
 pub fn check_not_newer(found: i64) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        found <= LATEST_VERSION,
-        "the database's schema is version {found}, newer than this tern's ({LATEST_VERSION}): \
-         it was written by a newer tern; run that one, or point --data-dir/--database-url elsewhere"
-    );
+    if found > LATEST_VERSION {
+        return Err(NewerSchema { found }.into());
+    }
     Ok(())
 }
+
+/// The database was written by a newer tern: waiting will not help.
+#[derive(Debug)]
+pub struct NewerSchema {
+    found: i64,
+}
+
+impl std::fmt::Display for NewerSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the database's schema is version {}, newer than this tern's ({LATEST_VERSION}): \
+             it was written by a newer tern; run that one, or point --data-dir/--database-url elsewhere",
+            self.found
+        )
+    }
+}
+
+impl std::error::Error for NewerSchema {}
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@
 //! connection given back inside a transaction is rolled back first.
 
 mod migrations;
+pub use migrations::NewerSchema;
 pub mod postgres;
 pub mod sqlite;
 
@@ -24,17 +25,21 @@ pub enum Database {
 }
 
 impl Database {
-    /// Opens the configured database and migrates it to this binary's
+    /// Opens `tern.db` in `data_dir` and migrates it to this binary's
     /// schema; a schema newer than the binary's is an error.
-    pub async fn open(data_dir: &Path, url: Option<&str>, connections: usize) -> anyhow::Result<Self> {
-        let database = match url {
-            Some(url) => Database::Postgres(Arc::new(postgres::Pool::new(url, connections)?)),
-            None => {
-                std::fs::create_dir_all(data_dir)
-                    .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
-                Database::Sqlite(Arc::new(sqlite::Pool::new(data_dir.join("tern.db"))))
-            }
-        };
+    pub async fn open_sqlite(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        Self::migrated(Database::Sqlite(Arc::new(sqlite::Pool::new(data_dir.join("tern.db"))))).await
+    }
+
+    /// Opens the PostgreSQL database at `url` with a pool of `connections`
+    /// and migrates it, as `open_sqlite` does.
+    pub async fn open_postgres(url: &str, connections: usize) -> anyhow::Result<Self> {
+        Self::migrated(Database::Postgres(Arc::new(postgres::Pool::new(url, connections)?))).await
+    }
+
+    async fn migrated(database: Self) -> anyhow::Result<Self> {
         let version = match &database {
             Database::Sqlite(pool) => pool.migrate().await,
             Database::Postgres(pool) => pool.migrate().await,
@@ -84,18 +89,35 @@ pub fn signing_secret(given: Option<&str>, data_dir: &Path) -> anyhow::Result<St
         return Ok(secret.to_string());
     }
     let path = data_dir.join("jwt-secret");
-    if let Ok(kept) = std::fs::read_to_string(&path) {
-        let kept = kept.trim();
-        anyhow::ensure!(kept.len() >= 16, "{} holds a secret shorter than 16 characters", path.display());
-        return Ok(kept.to_string());
+    if let Some(kept) = kept_secret(data_dir)? {
+        return Ok(kept);
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data folder {}", data_dir.display()))?;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_secret()?;
     write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a sign-in signing secret");
     Ok(secret)
+}
+
+/// The signing secret kept in the data folder, if there is one.
+pub fn kept_secret(data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let path = data_dir.join("jwt-secret");
+    let Ok(kept) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let kept = kept.trim();
+    anyhow::ensure!(kept.len() >= 16, "{} holds a secret shorter than 16 characters", path.display());
+    Ok(Some(kept.to_string()))
+}
+
+/// 32 random bytes in hex.
+pub fn random_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Refuses a `--database-url` that is not a PostgreSQL URL, at start.
+pub fn check_postgres_url(url: &str) -> anyhow::Result<()> {
+    postgres::Pool::new(url, 1).map(drop)
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {

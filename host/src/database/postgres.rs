@@ -12,6 +12,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 /// How long opening a connection may wait for a free one.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
 
@@ -33,8 +35,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(url: &str, size: usize) -> anyhow::Result<Self> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| anyhow::anyhow!("--database-url is not a PostgreSQL URL: {e}"))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         Ok(Pool {
             url: url.to_string(),
             config,
@@ -101,6 +106,24 @@ impl Pool {
         client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK]).await?;
         self.give_back(session);
         result
+    }
+}
+
+impl Pool {
+    /// The secret kept under `name` for every replica: the one already
+    /// stored, or else `fresh`, stored now (the first replica's wins).
+    pub async fn shared_secret(&self, name: &str, fresh: &str) -> anyhow::Result<String> {
+        let session = self.take().await?;
+        let client = &session.client;
+        client
+            .execute(
+                "INSERT INTO host_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &fresh],
+            )
+            .await?;
+        let value: String = client.query_one("SELECT value FROM host_secrets WHERE name = $1", &[&name]).await?.get(0);
+        self.give_back(session);
+        Ok(value)
     }
 }
 

@@ -127,6 +127,7 @@ impl Instances {
             limits: StoreLimitsBuilder::new().memory_size(self.settings.memory_bytes).instances(8).build(),
             engine: self.engine.clone(),
             store: self.shared.kv.clone(),
+            jobs: self.shared.jobs.clone(),
             app: self.shared.app.clone(),
             deadline: Instant::now() + self.settings.request_timeout,
             timed_out: false,

@@ -50,6 +50,7 @@ use track::{RequestIds, Track};
 pub struct Server {
     components: Arc<Components>,
     engine: Engine,
+    shared: Shared,
     instances: Arc<Instances>,
     settings: Settings,
     keys: Keys,
@@ -71,11 +72,17 @@ impl Server {
         admin_keys: Keys,
         metrics: Arc<HostMetrics>,
     ) -> Self {
-        let instances =
-            Arc::new(Instances::new(components.clone(), engine.clone(), shared, settings.clone(), metrics.clone()));
+        let instances = Arc::new(Instances::new(
+            components.clone(),
+            engine.clone(),
+            shared.clone(),
+            settings.clone(),
+            metrics.clone(),
+        ));
         Self {
             components,
             engine,
+            shared,
             instances,
             settings,
             keys,
@@ -122,10 +129,15 @@ impl Server {
         true
     }
 
-    /// `/ready`: 200 once the model is loaded, 503 while loading or draining.
+    /// `/ready`: 200 once the model is loaded and the configured database
+    /// and Redis have answered; 503 before that and while draining.
     fn ready(&self) -> Response {
         let status = if self.draining.load(Ordering::Acquire) {
             "draining"
+        } else if self.shared.app.database().is_none() {
+            "waiting for the database"
+        } else if !self.shared.kv.ready() {
+            "waiting for redis"
         } else if self.engine.status().ready {
             "ready"
         } else {
@@ -175,6 +187,7 @@ impl Server {
                     api_keys: &self.keys,
                     max_bytes: self.settings.max_component_bytes,
                     body_timeout: self.settings.body_timeout,
+                    component_file: self.settings.component_file.as_deref(),
                 };
                 return crate::admin::component(&self.components, &policy, req).await;
             }
@@ -187,7 +200,16 @@ impl Server {
             return unauthorized();
         }
         if method == http::Method::GET && path == "/metrics/host" {
-            return text_response(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render());
+            let mut text = self.metrics.render();
+            if let Some(redis) = self.shared.kv.redis() {
+                let name = "tern_keyvalue_errors_total";
+                text.push_str(&format!(
+                    "# HELP {name} Redis commands that failed, timed out or were skipped while it was down.\n\
+                     # TYPE {name} counter\n{name} {}\n",
+                    redis.errors()
+                ));
+            }
+            return text_response(200, "text/plain; version=0.0.4; charset=utf-8", text);
         }
         let limit = if auth::is_upload_route(&path) {
             self.settings.max_body_bytes.max(self.settings.max_upload_bytes + UPLOAD_FRAMING)
@@ -200,7 +222,8 @@ impl Server {
         let headers = req.headers_mut();
         headers.remove(IDENTITY_HEADER);
         headers.remove(ROLE_HEADER);
-        if let Ok(peer) = http::HeaderValue::from_str(&conn.peer.ip().to_string()) {
+        let client = self.settings.trusted_proxies.client(conn.peer.ip(), headers);
+        if let Ok(peer) = http::HeaderValue::from_str(&client.to_string()) {
             headers.insert(PEER_HEADER, peer);
         }
         if let Some(who) = user.or(admin.clone()).and_then(|w| http::HeaderValue::from_str(&w).ok()) {

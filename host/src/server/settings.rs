@@ -37,4 +37,9 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     /// Gzip whole textual responses for clients that accept it.
     pub compress: bool,
+    /// The watched `--component` file: an upload is written there too, so
+    /// every replica watching the same file swaps to it.
+    pub component_file: Option<std::path::PathBuf>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: crate::proxies::TrustedProxies,
 }

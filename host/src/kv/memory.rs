@@ -1,9 +1,9 @@
-//! The memory behind the host's `wasi:keyvalue` store: named buckets shared
+//! The in-memory `wasi:keyvalue` store (the default): named buckets shared
 //! by every request's instance, under one byte limit. A write that does not
 //! fit evicts the least recently used entries of its own bucket, so a busy
 //! response cache never pushes out a small bucket of counters. The handler
 //! keeps its response cache here; `tern:llm/store-usage` reports what each
-//! bucket holds (the WIT glue is `keyvalue`).
+//! bucket holds (the WIT glue is `keyvalue.rs`).
 //!
 //! Policy (what to cache, for how long) is the guest's: the store only keeps
 //! bytes and forgets the least recently used ones when full.
