@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::EngineError;
 use crate::handle::{Embedding, EmbeddingSlot, Generation, GenerationSlot, PendingEmbeddings};
-use crate::jobs::{JobInfo, Jobs};
+use crate::jobs::{JobInfo, Jobs, NewJob};
 use crate::kv::KvUsage;
 use crate::loaded::{LoadedModel, ModelInfo};
 use crate::model::LoadOptions;
@@ -286,13 +286,14 @@ impl Engine {
     }
 
     /// Queues a generation the engine holds itself; returns its job id.
-    pub fn submit_job(&self, req: GenerateRequest) -> Result<String, EngineError> {
+    /// `owner` is kept with it for the caller to check (see [`JobInfo`]).
+    pub fn submit_job(&self, req: GenerateRequest, owner: Option<String>) -> Result<String, EngineError> {
         let model = req.model.clone();
         let (slot, seq, prompt_tokens) = self.start_generation(req)?;
         // 64 bits beside the sequence number: replicas sharing a job table
         // (over Redis) must not hand out the same id.
         let id = format!("job-{seq:x}{:016x}", fresh_seed(&self.inner.seed_counter));
-        self.inner.jobs.insert(id.clone(), model, seq, slot, prompt_tokens);
+        self.inner.jobs.insert(id.clone(), NewJob { model, owner, seq, slot, prompt_tokens });
         Ok(id)
     }
 

@@ -41,6 +41,9 @@ pub struct JobInfo {
     pub text: String,
     pub prompt_tokens: u32,
     pub created_at_ms: u64,
+    /// Who submitted it, as the caller named them (opaque to the engine);
+    /// the host answers only them about it.
+    pub owner: Option<String>,
 }
 
 /// Where a waiting sequence stands: its place in the queue and the time
@@ -50,6 +53,7 @@ pub(crate) type Place<'a> = &'a dyn Fn(u64) -> Option<(u32, Duration)>;
 /// A generation the engine holds for a client that comes back by id.
 struct Job {
     model: String,
+    owner: Option<String>,
     /// The scheduler's id of its sequence.
     seq: u64,
     slot: Arc<GenerationSlot>,
@@ -57,6 +61,15 @@ struct Job {
     created: SystemTime,
     /// When it was first seen finished; it expires `ttl` later.
     ended: Option<Instant>,
+}
+
+/// What [`Jobs::insert`] holds.
+pub(crate) struct NewJob {
+    pub model: String,
+    pub owner: Option<String>,
+    pub seq: u64,
+    pub slot: Arc<GenerationSlot>,
+    pub prompt_tokens: u32,
 }
 
 /// The engine's jobs by id.
@@ -71,10 +84,11 @@ impl Jobs {
     }
 
     /// Holds a generation under `id`.
-    pub fn insert(&self, id: String, model: String, seq: u64, slot: Arc<GenerationSlot>, prompt_tokens: u32) {
+    pub fn insert(&self, id: String, job: NewJob) {
+        let NewJob { model, owner, seq, slot, prompt_tokens } = job;
         let mut jobs = self.lock();
         self.expire(&mut jobs);
-        jobs.insert(id, Job { model, seq, slot, prompt_tokens, created: SystemTime::now(), ended: None });
+        jobs.insert(id, Job { model, owner, seq, slot, prompt_tokens, created: SystemTime::now(), ended: None });
     }
 
     /// A job's state and text; `None` if the id is unknown or expired.
@@ -156,5 +170,6 @@ fn describe(id: &str, job: &mut Job, place: Place) -> JobInfo {
         text,
         prompt_tokens: job.prompt_tokens,
         created_at_ms,
+        owner: job.owner.clone(),
     }
 }

@@ -226,7 +226,7 @@ fn interactive_requests_start_before_batch_work_that_queued_first() {
     let e = engine_with(EngineConfig { max_running: 1, ..Default::default() });
     let blocker = e.generate(request("The king", 0)).unwrap();
     eventually(Duration::from_secs(5), "the blocker running", || e.status().running == 1);
-    let batch = e.submit_job(GenerateRequest { priority: Priority::Batch, ..request("To be", 3) }).unwrap();
+    let batch = e.submit_job(GenerateRequest { priority: Priority::Batch, ..request("To be", 3) }, None).unwrap();
     let interactive = e.generate(request("Thou", 3)).unwrap();
     match e.job_status(&batch).unwrap().state {
         JobState::Queued { position, .. } => assert_eq!(position, 1, "the interactive one goes first"),
@@ -243,7 +243,7 @@ fn interactive_requests_start_before_batch_work_that_queued_first() {
 #[test]
 fn a_job_outlives_its_caller_reports_its_result_and_can_be_cancelled() {
     let e = engine_with(EngineConfig::default());
-    let id = e.submit_job(request("My lord", 12)).unwrap();
+    let id = e.submit_job(request("My lord", 12), None).unwrap();
     eventually(Duration::from_secs(10), "the job done", || {
         matches!(e.job_status(&id).unwrap().state, JobState::Done(_))
     });
@@ -256,7 +256,7 @@ fn a_job_outlives_its_caller_reports_its_result_and_can_be_cancelled() {
     let direct = e.generate(request("My lord", 12)).unwrap().collect().unwrap().0;
     assert_eq!(info.text, direct);
 
-    let long = e.submit_job(request("Friends", 0)).unwrap();
+    let long = e.submit_job(request("Friends", 0), None).unwrap();
     let cancelled = e.cancel_job(&long).unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
     eventually(Duration::from_secs(1), "the cancelled job gone from the scheduler", || {

@@ -214,7 +214,7 @@ impl Host for HostState {
         prompt: wit::Prompt,
         params: wit::SamplingParams,
     ) -> wasmtime::Result<Result<String, wit::Error>> {
-        let id = match self.engine.submit_job(to_engine_request(model, prompt, params)) {
+        let id = match self.engine.submit_job(to_engine_request(model, prompt, params), self.caller.clone()) {
             Ok(id) => id,
             Err(e) => return Ok(Err(to_wit_error(e))),
         };
@@ -224,26 +224,30 @@ impl Host for HostState {
         Ok(Ok(id))
     }
 
-    /// This engine's job, else (with replicas) the one another runs.
+    /// The caller's job: on this engine, else (with replicas) on another.
+    /// Another caller's job is unknown to it.
     async fn job_status(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
-        if let Some(info) = self.engine.job_status(&id) {
-            return Ok(Some(to_wit_job(info)));
-        }
-        Ok(match &self.jobs {
-            Some(jobs) => jobs.status(&id).await.map(to_wit_job),
-            None => None,
-        })
+        let info = match (self.engine.job_status(&id), &self.jobs) {
+            (Some(info), _) => Some(info),
+            (None, Some(jobs)) => jobs.status(&id).await,
+            (None, None) => None,
+        };
+        Ok(info.filter(|i| i.owner == self.caller).map(to_wit_job))
     }
 
     async fn cancel_job(&mut self, id: String) -> wasmtime::Result<Option<wit::JobInfo>> {
-        if let Some(info) = self.engine.cancel_job(&id) {
+        if let Some(info) = self.engine.job_status(&id) {
+            if info.owner != self.caller {
+                return Ok(None);
+            }
+            let info = self.engine.cancel_job(&id).unwrap_or(info);
             if let Some(jobs) = &self.jobs {
                 jobs.publish(&id).await;
             }
             return Ok(Some(to_wit_job(info)));
         }
         Ok(match &self.jobs {
-            Some(jobs) => jobs.cancel(&id).await.map(to_wit_job),
+            Some(jobs) => jobs.cancel(&id, self.caller.as_deref()).await.map(to_wit_job),
             None => None,
         })
     }

@@ -67,10 +67,10 @@ impl SharedJobs {
         serde_json::from_str(&json?).ok()
     }
 
-    /// Asks the owner of a job another replica runs to cancel it, and
-    /// waits a short while for the ended record.
-    pub async fn cancel(&self, id: &str) -> Option<JobInfo> {
-        let info = self.status(id).await?;
+    /// Asks the replica running `caller`'s job to cancel it, and waits a
+    /// short while for the ended record. Another caller's job is unknown.
+    pub async fn cancel(&self, id: &str, caller: Option<&str>) -> Option<JobInfo> {
+        let info = self.status(id).await.filter(|i| i.owner.as_deref() == caller)?;
         if info.state.is_ended() {
             return Some(info);
         }

@@ -41,6 +41,9 @@ pub struct HostState {
     pub deadline: Instant,
     /// Set when the guest was stopped for running past `deadline`.
     pub timed_out: bool,
+    /// Who the current request's key names (`x-tern-identity`), if anyone:
+    /// jobs are answered only to the caller that submitted them.
+    pub caller: Option<String>,
     /// Tokens the current request's generations produced (for its log line).
     pub tokens: u32,
 }

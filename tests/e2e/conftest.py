@@ -1,6 +1,7 @@
 """Starts a real `tern serve` for the end-to-end tests and talks to it over HTTP."""
 
 import glob
+import hashlib
 import json
 import os
 import pathlib
@@ -297,3 +298,14 @@ backend replicas
     default-server check inter 300ms fall 2 rise 2
 {servers}
 """
+
+
+def forged_job_id(job_id, key):
+    """Another caller's job id re-tagged for `key`, as someone who knows how
+    tags are made would write it (the tag alone must not be what protects a
+    job: the host checks who submitted it)."""
+    engine_id = job_id.rsplit("-", 1)[0]
+    identity = hashlib.sha256(b"tern identity\0" + hashlib.sha256(key.encode()).digest()).digest()[:8].hex()
+    owner = f"identity:{identity}".encode()
+    tag = hashlib.sha256(b"tern job owner\0" + owner + b"\0" + engine_id.encode()).digest()[:8].hex()
+    return f"{engine_id}-{tag}"

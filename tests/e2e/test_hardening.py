@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import BUNDLED, FIXTURE, Server, synth
+from conftest import BUNDLED, FIXTURE, Server, forged_job_id, synth
 
 
 def model_args():
@@ -403,6 +403,11 @@ def test_another_tenants_job_is_404_to_read_and_to_cancel(tenants):
     # A bare engine id, as a guesser would try it, is no one's.
     engine_id = job["id"].rsplit("-", 1)[0]
     assert tenants.json("GET", f"/api/chat-queue/{engine_id}", headers={"x-api-key": "k1"})[0] == 404
+    # Nor does re-tagging it for another key make it that key's.
+    forged = forged_job_id(job["id"], "k2")
+    for method in ["GET", "DELETE"]:
+        status, _, answer = tenants.json(method, f"/api/chat-queue/{forged}", headers={"x-api-key": "k2"})
+        assert status == 404, (method, answer)
     status, _, mine = tenants.json("DELETE", f"/api/chat-queue/{job['id']}", headers={"Authorization": "Bearer k1"})
     assert status == 200 and mine["status"] == "cancelled", mine
 

@@ -12,9 +12,12 @@ import uuid
 import httpx
 import pytest
 
-from conftest import HANDLER_WASM, HAProxy, Redis, Server, free_port, synth
+from conftest import HANDLER_WASM, HAProxy, Redis, Server, forged_job_id, free_port, synth
 
 ADMIN_KEY = "replica-admin-key"
+# Two tenants' API keys; requests carry the first unless they say otherwise.
+KEY, OTHER_KEY = "replica-key-1", "replica-key-2"
+AS_KEY = {"x-api-key": KEY}
 REPLICAS = 3
 
 
@@ -31,18 +34,18 @@ class Cluster:
         self.ports = [free_port() for _ in range(REPLICAS)]
         self.replicas = [self.start(i) for i in range(REPLICAS)]
         self.balancer = HAProxy(folder, self.ports)
-        self.http = httpx.Client(base_url=self.balancer.base, timeout=60)
+        self.http = httpx.Client(base_url=self.balancer.base, timeout=60, headers=AS_KEY)
 
     def args(self):
         return ["--model", str(self.model), "--threads", "1", "--keyvalue", self.redis.url,
                 "--database-url", self.database_url, "--component", str(self.component),
-                "--admin-key", ADMIN_KEY, "--trusted-proxy", "127.0.0.1"]
+                "--admin-key", ADMIN_KEY, "--api-key", f"{KEY},{OTHER_KEY}", "--trusted-proxy", "127.0.0.1"]
 
     def start(self, i):
         return Server(self.args(), self.folder / f"replica{i}.log", ready_path="/ready", port=self.ports[i])
 
     def replica(self, i):
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.ports[i]}", timeout=60)
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.ports[i]}", timeout=60, headers=AS_KEY)
 
     def stop(self):
         self.http.close()
@@ -99,6 +102,14 @@ def test_a_job_is_polled_and_cancelled_through_the_other_replicas(cluster):
     while not b.get(f"/api/chat-queue/{job}").json().get("text"):
         assert time.time() < deadline, "the job's text never reached the other replica"
         time.sleep(0.1)
+    # Another tenant gets 404 for it on every replica, to read and to
+    # cancel, and it keeps running.
+    for client in (a, b, c):
+        for method in ("GET", "DELETE"):
+            for id in (job, forged_job_id(job, OTHER_KEY)):
+                r = client.request(method, f"/api/chat-queue/{id}", headers={"x-api-key": OTHER_KEY})
+                assert r.status_code == 404, (method, id, r.text)
+    assert b.get(f"/api/chat-queue/{job}").json()["status"] == "running"
     cancelled = c.delete(f"/api/chat-queue/{job}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     for client in (a, b, c):
@@ -180,7 +191,7 @@ class Load:
             t.start()
 
     def run(self):
-        with httpx.Client(base_url=self.base, timeout=60) as client:
+        with httpx.Client(base_url=self.base, timeout=60, headers=AS_KEY) as client:
             while self.running:
                 start = time.time()
                 outcome = self.one(client)

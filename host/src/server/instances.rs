@@ -132,6 +132,7 @@ impl Instances {
             deadline: Instant::now() + self.settings.request_timeout,
             timed_out: false,
             tokens: 0,
+            caller: None,
         };
         let mut store = Store::new(self.components.engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -180,6 +181,8 @@ impl Instances {
         let probe = req.uri().path() == "/health" && matches!(*req.method(), http::Method::GET | http::Method::HEAD);
         let (mut slot, reused) = self.store_for(&loaded, probe)?;
         let store = &mut slot.store;
+        store.data_mut().caller =
+            req.headers().get(crate::server::IDENTITY_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;

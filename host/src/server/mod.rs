@@ -267,7 +267,7 @@ impl Server {
 }
 
 /// The header naming the caller's key to the handler.
-const IDENTITY_HEADER: &str = "x-tern-identity";
+pub const IDENTITY_HEADER: &str = "x-tern-identity";
 /// The header telling the handler the caller holds an admin key.
 const ROLE_HEADER: &str = "x-tern-role";
 /// The header naming the client's address to the handler (sign-in limits).
