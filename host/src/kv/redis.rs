@@ -76,13 +76,18 @@ impl RedisStore {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// Pings until Redis answers once, logging while it does not.
+    /// Pings until Redis answers once, logging why not (each new reason
+    /// once) while it does not.
     pub async fn wait_reachable(&self) {
-        let mut logged = false;
+        let mut last = String::new();
         while !self.reached() {
-            if self.query::<String>(&redis::cmd("PING")).await.is_err() && !logged {
-                tracing::warn!("waiting for Redis (--keyvalue); not ready until it answers");
-                logged = true;
+            match self.query::<String>(&redis::cmd("PING")).await {
+                Ok(_) => tracing::info!("Redis answers"),
+                Err(e) if e != last && !e.contains("unreachable") => {
+                    tracing::warn!(error = %e, "waiting for Redis (--keyvalue); not ready until it answers");
+                    last = e;
+                }
+                Err(_) => {}
             }
             tokio::time::sleep(RETRY_AFTER).await;
         }
