@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import free_port, synth, tern_binary, Server
+from conftest import ROOT, free_port, synth, tern_binary, Server
 
 
 def wasmtime_cli():
@@ -219,3 +219,122 @@ def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
                 model="no-such-model", messages=[{"role": "user", "content": "x"}])
     finally:
         jco.stop()
+
+
+LLAMA_SERVER = ROOT / "target" / "peer" / "build" / "bin" / "llama-server"
+
+
+class LlamaServer:
+    """llama.cpp's `llama-server`, built by `scripts/bench-peer server` from
+    the same llama.cpp source the speed comparisons use (built here if
+    missing: cmake, about ten minutes on two cores)."""
+
+    def __init__(self, model, log_path):
+        if not LLAMA_SERVER.exists():
+            subprocess.run([str(ROOT / "scripts" / "bench-peer"), "server"], check=True, capture_output=True)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(LLAMA_SERVER), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-t", "1",
+             "-c", "4096", "-np", "1", "--metrics", "--alias", "peer"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while True:
+            assert self.proc.poll() is None, pathlib.Path(log_path).read_text()[-2000:]
+            try:
+                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "llama-server did not start"
+            time.sleep(0.2)
+
+    def processing(self):
+        """Requests llama-server is working on now (its Prometheus gauge)."""
+        for line in httpx.get(self.base + "/metrics").text.splitlines():
+            if line.startswith("llamacpp:requests_processing "):
+                return float(line.split()[1])
+        raise AssertionError("llama-server's /metrics has no requests_processing")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """llama-server on a synthetic model of the bundled model's shape
+    (architecture `bitnet`, TQ2_0, which llama.cpp loads; random weights,
+    so it never ends a turn of its own). With 24 layers and a 4,096-token
+    context, 3,000 tokens take llama-server about 43 s on one thread here
+    (70 tokens/s over the whole context), far longer than a cancellation
+    needs."""
+    folder = tmp_path_factory.mktemp("llama")
+    model = synth(folder, "peer", "--layers", "24", "--context", "4096")
+    s = LlamaServer(model, folder / "llama-server.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def before_llama(composed, llama, tmp_path_factory):
+    """`wasmtime serve` running the composition in front of llama-server."""
+    s = WasmtimeServe(composed, llama.base, tmp_path_factory.mktemp("wasmtime-llama") / "serve.log")
+    yield s
+    s.stop()
+
+
+def test_llama_server_upstream_streams_the_same_text_and_usage(before_llama, llama):
+    ask = dict(model="peer", messages=[{"role": "user", "content": "Speak of the king."}], max_tokens=24,
+               temperature=0)
+    direct = openai.OpenAI(base_url=llama.base + "/v1", api_key="x").chat.completions.create(**ask)
+    client = openai.OpenAI(base_url=before_llama.base + "/v1", api_key="x")
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **ask) if c.choices]
+    assert len([p for p in pieces if p]) > 3, pieces
+    assert "".join(pieces) == direct.choices[0].message.content
+    whole = client.chat.completions.create(**ask)
+    assert whole.choices[0].message.content == direct.choices[0].message.content
+    assert whole.usage.completion_tokens == direct.usage.completion_tokens == 24
+    assert whole.usage.prompt_tokens == direct.usage.prompt_tokens
+    # Plain completions (llama-server's /v1/completions) too.
+    text = httpx.post(before_llama.base + "/v1/completions",
+                      json={"model": "peer", "prompt": "The king", "max_tokens": 8, "temperature": 0}, timeout=60)
+    own = httpx.post(llama.base + "/v1/completions",
+                     json={"model": "peer", "prompt": "The king", "max_tokens": 8, "temperature": 0}, timeout=60)
+    assert text.status_code == 200, text.text
+    assert text.json()["choices"][0]["text"] == own.json()["choices"][0]["text"]
+
+
+def test_llama_server_upstream_stops_when_the_client_leaves(before_llama, llama):
+    body = json.dumps({"model": "peer", "messages": [{"role": "user", "content": "go"}], "stream": True,
+                       "max_tokens": 3000, "ignore_eos": True}).encode()
+    s = socket.create_connection(("127.0.0.1", before_llama.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    deadline = time.time() + 10
+    while llama.processing() != 1:
+        assert time.time() < deadline, "llama-server never started the generation"
+        time.sleep(0.05)
+    s.close()
+    # Its own end is seconds away: stopping within 3 s is the cancellation.
+    deadline = time.time() + 3
+    while llama.processing() != 0:
+        assert time.time() < deadline, "llama-server kept generating after the client left"
+        time.sleep(0.05)
+
+
+def test_llama_server_upstream_errors_keep_their_status(before_llama):
+    client = openai.OpenAI(base_url=before_llama.base + "/v1", api_key="x", max_retries=0)
+    # Past llama-server's 4,096-token context: its 400 comes back as one.
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="peer", messages=[{"role": "user", "content": "word " * 6000}])
+    # Refused by the handler before the upstream is asked.
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="peer", messages=[{"role": "user", "content": "x"}], temperature=9)
