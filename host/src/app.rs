@@ -45,6 +45,14 @@ impl App {
         let _ = self.database.set(database);
     }
 
+    /// The setting `key` answers through `wasi:config/store`.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        match key {
+            "jwt_secret" => self.jwt_secret.get().cloned(),
+            _ => self.config.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()),
+        }
+    }
+
     /// What `wasi:config/store` answers, in order.
     pub fn settings(&self) -> Vec<(String, String)> {
         let mut all = self.config.clone();

@@ -81,8 +81,9 @@ impl HostMetrics {
         self.traps.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition, with `extra` counters (name, help,
+    /// value) kept elsewhere.
+    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# HELP tern_http_requests_total HTTP requests answered, by route and status.\n");
@@ -124,7 +125,7 @@ impl HostMetrics {
                 get(&self.busy),
             ),
         ];
-        for (name, help, value) in counters {
+        for &(name, help, value) in counters.iter().chain(extra) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         let gauges = [
@@ -177,7 +178,7 @@ mod tests {
             m.request(&format!("/probe/{i}"), 404, Duration::from_millis(1));
         }
         m.request("/probe/0", 404, Duration::from_millis(1));
-        let text = m.render();
+        let text = m.render(&[]);
         assert!(text.contains("tern_http_requests_total{route=\"other\",status=\"404\"} 10"), "{text}");
         assert!(text.contains("tern_http_requests_total{route=\"/probe/0\",status=\"404\"} 2"), "{text}");
     }

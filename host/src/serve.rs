@@ -186,26 +186,26 @@ async fn open_app(args: &AppArgs) -> anyhow::Result<Arc<App>> {
         }
         Some(url) => {
             database::check_postgres_url(&url)?;
-            let given = match &args.jwt_secret {
-                Some(secret) => Some(database::signing_secret(Some(secret), &data_dir)?),
-                None => None,
+            let signing = match &args.jwt_secret {
+                Some(secret) => Signing::Given(database::signing_secret(Some(secret), &data_dir)?),
+                // A secret this folder kept from before is offered as the
+                // shared one, so a server that becomes a replica keeps its
+                // sessions.
+                None => Signing::Offer(match database::kept_secret(&data_dir)? {
+                    Some(kept) => kept,
+                    None => database::random_secret()?,
+                }),
             };
-            // A secret this folder kept from before is offered as the
-            // shared one, so a server that becomes a replica keeps its
-            // sessions.
-            let fresh = match database::kept_secret(&data_dir)? {
-                Some(kept) => kept,
-                None => database::random_secret()?,
-            };
+            let target = Postgres { url, connections: args.database_connections, signing };
             // A first try here: a database this tern cannot use stops
             // start-up; one that does not answer yet is waited for.
-            match open_postgres(&url, args.database_connections, given.as_deref(), &fresh).await {
+            match target.open().await {
                 Ok((db, secret)) => app.connected(db, secret),
                 Err(e) if e.downcast_ref::<database::NewerSchema>().is_some() => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"),
                         "waiting for PostgreSQL (--database-url); not ready until it answers");
-                    tokio::spawn(connect_postgres(app.clone(), url, args.database_connections, given, fresh));
+                    tokio::spawn(target.connect(app.clone()));
                 }
             }
         }
@@ -213,45 +213,58 @@ async fn open_app(args: &AppArgs) -> anyhow::Result<Arc<App>> {
     Ok(app)
 }
 
-/// The PostgreSQL database, migrated, and the signing secret: the one
-/// given, else the one the database keeps for every replica.
-async fn open_postgres(
-    url: &str,
-    connections: usize,
-    given: Option<&str>,
-    fresh: &str,
-) -> anyhow::Result<(Database, String)> {
-    let db = Database::open_postgres(url, connections).await?;
-    let secret = match (given, db.postgres()) {
-        (Some(secret), _) => secret.to_string(),
-        (None, Some(pool)) => pool.shared_secret("jwt_secret", fresh).await?,
-        (None, None) => unreachable!("a database URL opens PostgreSQL"),
-    };
-    Ok((db, secret))
+/// The sign-in signing secret on PostgreSQL.
+enum Signing {
+    /// `--jwt-secret`.
+    Given(String),
+    /// Offered as the one every replica shares; the database keeps the
+    /// first offer it gets.
+    Offer(String),
 }
 
-/// Retries opening PostgreSQL until it answers, then hands it to the app.
-/// A schema from a newer tern ends the process: waiting will not help.
-async fn connect_postgres(app: Arc<App>, url: String, connections: usize, given: Option<String>, fresh: String) {
-    let mut wait = Duration::from_millis(250);
-    let mut last_error = String::new();
-    loop {
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
-        match open_postgres(&url, connections, given.as_deref(), &fresh).await {
-            Ok((db, secret)) => {
-                app.connected(db, secret);
-                return;
+/// The PostgreSQL database the app layer is to use.
+struct Postgres {
+    url: String,
+    connections: usize,
+    signing: Signing,
+}
+
+impl Postgres {
+    /// The database, migrated, and the signing secret.
+    async fn open(&self) -> anyhow::Result<(Database, String)> {
+        let db = Database::open_postgres(&self.url, self.connections).await?;
+        let secret = match &self.signing {
+            Signing::Given(secret) => secret.clone(),
+            Signing::Offer(fresh) => {
+                db.postgres().expect("a database URL opens PostgreSQL").shared_secret("jwt_secret", fresh).await?
             }
-            Err(e) if e.downcast_ref::<database::NewerSchema>().is_some() => {
-                tracing::error!(error = %format!("{e:#}"), "stopping");
-                std::process::exit(1);
-            }
-            Err(e) => {
-                let error = format!("{e:#}");
-                if error != last_error {
-                    tracing::warn!(error = %error, "PostgreSQL still does not answer");
-                    last_error = error;
+        };
+        Ok((db, secret))
+    }
+
+    /// Retries opening until PostgreSQL answers, then hands it to the app.
+    /// A schema from a newer tern ends the process: waiting will not help.
+    async fn connect(self, app: Arc<App>) {
+        let mut wait = Duration::from_millis(250);
+        let mut last_error = String::new();
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            match self.open().await {
+                Ok((db, secret)) => {
+                    app.connected(db, secret);
+                    return;
+                }
+                Err(e) if e.downcast_ref::<database::NewerSchema>().is_some() => {
+                    tracing::error!(error = %format!("{e:#}"), "stopping");
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    if error != last_error {
+                        tracing::warn!(error = %error, "PostgreSQL still does not answer");
+                        last_error = error;
+                    }
                 }
             }
         }

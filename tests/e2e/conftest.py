@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -35,6 +36,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_up(url, proc, log_path, what, timeout=60, interval=0.05):
+    """Polls `url` until it answers 200; fails at once, with the end of its
+    log, if `proc` exits first."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = pathlib.Path(log_path).read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log_path}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not answer {url} within {timeout} s")
+        time.sleep(interval)
+
+
+def stop_process(proc, log, sig=signal.SIGTERM):
+    """Stops a server with `sig`, kills it after 10 s, and closes its log."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
 
 
 def testbed_wasm() -> pathlib.Path:
@@ -84,18 +115,7 @@ class Server:
         self.wait_healthy(path=ready_path)
 
     def wait_healthy(self, timeout=60, path="/health"):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tern exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                status, _, _ = self.request("GET", path)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("tern did not become healthy")
+        wait_until_up(self.base + path, self.proc, self.log_path, "tern", timeout)
 
     def request(self, method, path, body=None, headers=None, timeout=60):
         """(status, headers, body bytes) of one request; never raises for HTTP errors."""
@@ -114,12 +134,7 @@ class Server:
         return status, headers, json.loads(raw)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 @pytest.fixture(scope="session")
@@ -214,11 +229,12 @@ def need(program, package):
 class Redis:
     """A redis-server of its own on a loopback port, keeping nothing on disk."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, start=True):
         need("redis-server", "redis-server")
         self.port, self.folder = free_port(), folder
         self.url = f"redis://127.0.0.1:{self.port}"
-        self.start()
+        if start:
+            self.start()
 
     def start(self):
         self.proc = subprocess.Popen(
@@ -253,22 +269,13 @@ class HAProxy:
         config = folder / "haproxy.cfg"
         servers = "\n".join(f"    server r{i} 127.0.0.1:{p}" for i, p in enumerate(ports))
         config.write_text(HAPROXY_CONFIG.format(port=self.port, servers=servers))
-        self.proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=open(folder / "haproxy.log", "w"),
-                                     stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(self.base + "/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("HAProxy did not start")
+        log_path = folder / "haproxy.log"
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until_up(self.base + "/ready", self.proc, log_path, "HAProxy", timeout=15, interval=0.1)
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        stop_process(self.proc, self.log)
 
 
 # The sample configuration the README shows, on test ports.

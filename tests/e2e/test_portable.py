@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ROOT, free_port, synth, tern_binary, Server
+from conftest import ROOT, Server, free_port, stop_process, synth, tern_binary, wait_until_up
 
 
 def wasmtime_cli():
@@ -47,23 +48,10 @@ class WasmtimeServe:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert self.proc.poll() is None, pathlib.Path(log_path).read_text()
-            try:
-                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("wasmtime serve did not start")
+        wait_until_up(self.base + "/health", self.proc, log_path, "wasmtime serve", interval=0.1)
 
     def stop(self):
-        self.proc.send_signal(2)  # SIGINT: wasmtime serve's graceful stop
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_process(self.proc, self.log, signal.SIGINT)  # wasmtime serve's graceful stop
 
 
 @pytest.fixture(scope="module")
@@ -181,21 +169,10 @@ class JcoServe:
             [str(jco_cli()), "serve", str(component), "--port", str(self.port), "--host", "127.0.0.1"],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TERN_UPSTREAM": upstream},
         )
-        deadline = time.time() + 90
-        while True:
-            assert self.proc.poll() is None, pathlib.Path(log_path).read_text()
-            try:
-                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "jco serve did not start"
-            time.sleep(0.2)
+        wait_until_up(self.base + "/health", self.proc, log_path, "jco serve", timeout=90, interval=0.2)
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 def test_jco_serve_runs_the_composition(composed, server, model_id, tmp_path):
@@ -240,16 +217,7 @@ class LlamaServer:
              "-c", "4096", "-np", "1", "--metrics", "--alias", "peer"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 60
-        while True:
-            assert self.proc.poll() is None, pathlib.Path(log_path).read_text()[-2000:]
-            try:
-                if httpx.get(self.base + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "llama-server did not start"
-            time.sleep(0.2)
+        wait_until_up(self.base + "/health", self.proc, log_path, "llama-server", interval=0.2)
 
     def processing(self):
         """Requests llama-server is working on now (its Prometheus gauge)."""
@@ -259,12 +227,7 @@ class LlamaServer:
         raise AssertionError("llama-server's /metrics has no requests_processing")
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 @pytest.fixture(scope="module")

@@ -349,11 +349,9 @@ def test_ready_waits_for_redis_and_postgres_at_start(cluster, postgres, tmp_path
         assert code == 200 and body["onboarding"] is True, body
     finally:
         s.stop()
-    redis_port = free_port()
+    late = Redis(tmp_path, start=False)
     args = cluster.args()
-    args[args.index("--keyvalue") + 1] = f"redis://127.0.0.1:{redis_port}"
-    late = Redis.__new__(Redis)
-    late.port, late.folder, late.url = redis_port, tmp_path, f"redis://127.0.0.1:{redis_port}"
+    args[args.index("--keyvalue") + 1] = late.url
     s = Server(args, tmp_path / "early-redis.log")
     try:
         status = s.json("GET", "/ready")

@@ -200,15 +200,11 @@ impl Server {
             return unauthorized();
         }
         if method == http::Method::GET && path == "/metrics/host" {
-            let mut text = self.metrics.render();
-            if let Some(redis) = self.shared.kv.redis() {
-                let name = "tern_keyvalue_errors_total";
-                text.push_str(&format!(
-                    "# HELP {name} Redis commands that failed, timed out or were skipped while it was down.\n\
-                     # TYPE {name} counter\n{name} {}\n",
-                    redis.errors()
-                ));
-            }
+            let redis = self.shared.kv.redis().map(|r| {
+                let help = "Redis commands that failed, timed out or were skipped while it was down.";
+                ("tern_keyvalue_errors_total", help, r.errors())
+            });
+            let text = self.metrics.render(redis.as_slice());
             return text_response(200, "text/plain; version=0.0.4; charset=utf-8", text);
         }
         let limit = if auth::is_upload_route(&path) {
