@@ -9,7 +9,9 @@
 //! 3. The scheduler thread ([`crate::scheduler`]) runs every admitted
 //!    sequence in one batched forward pass per step, with KV blocks from
 //!    each model's pool and prefix reuse; it drops a sequence within one
-//!    step of its handle being dropped or its deadline passing.
+//!    step of its handle being dropped or its deadline passing. Where
+//!    there are no threads, [`Engine::inline`] leaves the turns to its
+//!    callers ([`Engine::turn`]).
 //! 4. A [`Generation`] is read without blocking ([`Generation::next`]) and
 //!    waited on either from async code ([`Generation::ready`]) or a plain
 //!    thread ([`Generation::wait`]).
@@ -95,6 +97,17 @@ struct Inner {
     jobs: Jobs,
     seed_counter: AtomicU64,
     seq_counter: AtomicU64,
+    /// The scheduler of an engine its callers run ([`Engine::inline`]);
+    /// `None` when it runs on a thread of its own.
+    inline: Option<Mutex<Scheduler>>,
+}
+
+/// Who runs the scheduler.
+enum Driver {
+    /// A thread of the engine's own.
+    Thread,
+    /// The callers, one turn at a time ([`Engine::turn`]).
+    Callers,
 }
 
 /// The inference engine. Cheap to clone; all clones share one scheduler.
@@ -106,7 +119,7 @@ pub struct Engine {
 impl Engine {
     /// Starts loading `config.models` in the background and returns at once.
     pub fn start(config: EngineConfig) -> Self {
-        let engine = Self::empty(config);
+        let engine = Self::empty(config, Driver::Thread);
         let inner = engine.inner.clone();
         std::thread::Builder::new()
             .name("tern-load".into())
@@ -136,24 +149,52 @@ impl Engine {
     /// Loads `config.models` before returning.
     pub fn load(config: EngineConfig) -> Result<Self, EngineError> {
         let models = load_all(&config).map_err(EngineError::Internal)?;
-        let engine = Self::empty(config);
-        *engine.inner.models.write().unwrap_or_else(PoisonError::into_inner) = models;
-        engine.inner.ready.store(true, Ordering::Release);
-        Ok(engine)
+        Ok(Self::with_models(config, models, Driver::Thread))
     }
 
-    fn empty(config: EngineConfig) -> Self {
+    /// An engine over models already loaded (`config.models` is not read)
+    /// that starts no thread: nothing runs until a caller calls
+    /// [`Engine::turn`]. For targets without threads, such as the local
+    /// adapter on wasm32; [`Engine::embed`] turns it itself.
+    pub fn inline(config: EngineConfig, models: Vec<LoadedModel>) -> Result<Self, EngineError> {
+        let models: Vec<Arc<LoadedModel>> = models.into_iter().map(Arc::new).collect();
+        check_aliases(&config, &models).map_err(EngineError::InvalidRequest)?;
+        Ok(Self::with_models(config, models, Driver::Callers))
+    }
+
+    /// Runs one scheduler turn (admission and one batched step) on the
+    /// caller's thread, for an [`Engine::inline`] engine; returns whether
+    /// there was work. An engine with a scheduler thread returns false.
+    pub fn turn(&self) -> bool {
+        let Some(scheduler) = &self.inner.inline else { return false };
+        scheduler.lock().unwrap_or_else(PoisonError::into_inner).turn(&self.inner.mailbox)
+    }
+
+    fn with_models(config: EngineConfig, models: Vec<Arc<LoadedModel>>, driver: Driver) -> Self {
+        let engine = Self::empty(config, driver);
+        *engine.inner.models.write().unwrap_or_else(PoisonError::into_inner) = models;
+        engine.inner.ready.store(true, Ordering::Release);
+        engine
+    }
+
+    fn empty(config: EngineConfig, driver: Driver) -> Self {
         let mailbox = Arc::new(Mailbox::default());
         let limits = Limits {
             max_running: config.max_running,
             step_tokens: config.step_tokens,
             prefill_chunk: config.prefill_chunk,
         };
-        let weak = Arc::downgrade(&mailbox);
-        std::thread::Builder::new()
-            .name("tern-scheduler".into())
-            .spawn(move || Scheduler::new(weak, limits).run())
-            .expect("spawning the scheduler thread");
+        let scheduler = Scheduler::new(Arc::downgrade(&mailbox), limits);
+        let inline = match driver {
+            Driver::Callers => Some(Mutex::new(scheduler)),
+            Driver::Thread => {
+                std::thread::Builder::new()
+                    .name("tern-scheduler".into())
+                    .spawn(move || scheduler.run())
+                    .expect("spawning the scheduler thread");
+                None
+            }
+        };
         let inner = Arc::new(Inner {
             jobs: Jobs::new(config.job_ttl),
             config,
@@ -163,6 +204,7 @@ impl Engine {
             mailbox,
             seed_counter: AtomicU64::new(0),
             seq_counter: AtomicU64::new(1),
+            inline,
         });
         Self { inner }
     }
@@ -276,7 +318,15 @@ impl Engine {
         let pending = PendingEmbeddings(slot.clone());
         let spec = self.spec(m, Priority::Interactive, None);
         self.enqueue(Seq::embedding(spec, ids, slot))?;
-        pending.wait()
+        if self.inner.inline.is_none() {
+            return pending.wait();
+        }
+        while self.turn() {
+            if let Some(result) = pending.take() {
+                return result;
+            }
+        }
+        pending.take().unwrap_or_else(|| Err(EngineError::Internal("the scheduler went idle before embedding".into())))
     }
 
     /// Validates a request and queues its generation.
@@ -423,6 +473,12 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
         .iter()
         .map(|p| LoadedModel::load(p, config.tokenizer.as_deref(), &options).map(Arc::new))
         .collect::<Result<_, _>>()?;
+    check_aliases(config, &models)?;
+    Ok(models)
+}
+
+/// Refuses aliases that are empty, unprintable or a model's own name.
+fn check_aliases(config: &EngineConfig, models: &[Arc<LoadedModel>]) -> Result<(), String> {
     for alias in &config.aliases {
         if alias.trim().is_empty() || alias.chars().any(char::is_control) {
             return Err(format!("the model alias {alias:?} is empty or has control characters"));
@@ -431,7 +487,7 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
             return Err(format!("the model alias {alias:?} is already a model's name"));
         }
     }
-    Ok(models)
+    Ok(())
 }
 
 /// `ids` after the model's BOS token, when the model asks for one.

@@ -234,6 +234,11 @@ impl EmbeddingSlot {
 pub(crate) struct PendingEmbeddings(pub Arc<EmbeddingSlot>);
 
 impl PendingEmbeddings {
+    /// The result, if it has come.
+    pub fn take(&self) -> Option<Result<Vec<Embedding>, EngineError>> {
+        self.0.result.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
     /// Blocks until every input is embedded, or the request failed.
     pub fn wait(self) -> Result<Vec<Embedding>, EngineError> {
         let mut result = self.0.result.lock().unwrap_or_else(PoisonError::into_inner);

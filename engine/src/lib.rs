@@ -13,6 +13,8 @@
 //!    scheduler thread batches every running sequence into one forward pass
 //!    per step, reusing cached prompt prefixes, and [`stats`] counts what it
 //!    does. [`jobs`] keeps generations for clients that come back by id.
+//! 5. [`contract`] maps these types onto the `tern:llm/inference` WIT
+//!    contract's generated ones, for the host and the local adapter.
 //!
 //! ```no_run
 //! use tern_engine::{Engine, EngineConfig, GenerateRequest, Priority, Prompt, SamplingParams};
@@ -34,6 +36,7 @@
 //! # Ok::<(), tern_engine::EngineError>(())
 //! ```
 
+pub mod contract;
 mod engine;
 mod error;
 pub mod gguf;

@@ -44,31 +44,43 @@ impl LoadedModel {
     /// optionally a separate tokenizer.json. Its id is `general.name` (a
     /// folder's name), else the file stem.
     pub fn load(path: &Path, tokenizer: Option<&Path>, options: &LoadOptions) -> Result<Self, String> {
+        let in_file = |e: String| format!("{}: {e}", path.display());
         let (file, own_tokenizer) = if hf::is_checkpoint(path) {
-            let (file, t) = hf::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (file, t) = hf::load(path).map_err(|e| in_file(e.to_string()))?;
             (file, Some(t))
         } else {
-            (GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?, None)
+            (GgufFile::open(path).map_err(|e| in_file(e.to_string()))?, None)
         };
-        let model = Model::load(&file, options).map_err(|e| format!("{}: {e}", path.display()))?;
         let tokenizer = match (tokenizer, own_tokenizer) {
-            (Some(t), _) => Tokenizer::from_json_file(t),
-            (None, Some(t)) => Ok(t),
-            (None, None) => Tokenizer::from_gguf(&file),
-        }
-        .map_err(|e| format!("{}: tokenizer: {e}", path.display()))?;
-        let id = file
-            .get("general.name")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into());
+            (Some(t), _) => Some(Tokenizer::from_json_file(t).map_err(|e| in_file(format!("tokenizer: {e}")))?),
+            (None, own) => own,
+        };
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
         let modified_at = std::fs::metadata(path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
+        Self::from_gguf(&file, tokenizer, &stem, modified_at, options).map_err(in_file)
+    }
+
+    /// A model from a parsed GGUF (a file, or an image in memory), with the
+    /// GGUF's own tokenizer unless one is given. Its id is `general.name`,
+    /// else `name`.
+    pub fn from_gguf(
+        file: &GgufFile,
+        tokenizer: Option<Tokenizer>,
+        name: &str,
+        modified_at: u64,
+        options: &LoadOptions,
+    ) -> Result<Self, String> {
+        let model = Model::load(file, options).map_err(|e| e.to_string())?;
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => Tokenizer::from_gguf(file).map_err(|e| format!("tokenizer: {e}"))?,
+        };
+        let id =
+            file.get("general.name").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).unwrap_or(name).to_string();
         let c = model.config();
         let info = ModelInfo {
             id,

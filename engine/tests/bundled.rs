@@ -179,3 +179,66 @@ fn q8_0_head_halves_the_head_and_keeps_the_logits() {
     assert!(worst < MAX_Q8_0_HEAD_LOGIT_ABS_ERROR, "max |Δlogit| {worst}");
     assert!(worst > 0.0, "the Q8_0 head should differ from the F16 one");
 }
+
+/// The model loaded from its image in memory into an engine without
+/// threads (as the local adapter runs it on wasm32), turned by the caller.
+fn inline_engine() -> Engine {
+    let bytes = std::fs::read(models_dir().join("tern-tiny.gguf")).unwrap();
+    let file = tern_engine::gguf::GgufFile::from_bytes(bytes).unwrap();
+    let options = tern_engine::model::LoadOptions { q8_0_head: false, kv_memory: 0 };
+    let model = tern_engine::LoadedModel::from_gguf(&file, None, "bundled", 0, &options).unwrap();
+    Engine::inline(EngineConfig::default(), vec![model]).unwrap()
+}
+
+#[test]
+fn an_inline_engine_turned_by_its_caller_equals_the_threaded_one() {
+    let (threaded, inline) = (engine(), inline_engine());
+    assert_eq!(inline.models()[0].id, "tern-tiny");
+    assert!(!threaded.turn(), "a threaded engine's scheduler turns by itself");
+    let request = |text: &str, seed| GenerateRequest {
+        model: "tern-tiny".into(),
+        prompt: Prompt::Text(text.into()),
+        max_tokens: 32,
+        sampling: SamplingParams { temperature: 0.8, ..Default::default() },
+        seed: Some(seed),
+        stop: vec![],
+        timeout: None,
+        priority: Priority::Interactive,
+    };
+    // Two generations at once, batched in the same turns.
+    let a = inline.generate(request("The king", 1)).unwrap();
+    let b = inline.generate(request("And the LORD said", 2)).unwrap();
+    let (mut texts, mut done) = ([String::new(), String::new()], [false, false]);
+    let mut turns = 0;
+    while done != [true, true] {
+        for (i, g) in [&a, &b].into_iter().enumerate() {
+            loop {
+                match g.next().unwrap() {
+                    tern_engine::Event::Text(t) => texts[i].push_str(&t),
+                    tern_engine::Event::Finished(f) => {
+                        assert_eq!(f.usage.completion_tokens, 32);
+                        done[i] = true;
+                        break;
+                    }
+                    tern_engine::Event::Pending => break,
+                    tern_engine::Event::Logprobs(_) => {}
+                }
+            }
+        }
+        if done != [true, true] {
+            assert!(inline.turn(), "work is left, so a turn runs");
+            turns += 1;
+        }
+    }
+    assert!(!inline.turn(), "nothing is left to turn");
+    assert!(turns < 40, "{turns} turns for two 32-token generations batched together");
+    for (text, (prompt, seed)) in texts.iter().zip([("The king", 1), ("And the LORD said", 2)]) {
+        let (want, _) = threaded.generate(request(prompt, seed)).unwrap().collect().unwrap();
+        assert_eq!(text, &want);
+    }
+    let inputs = vec!["The king".to_string()];
+    assert_eq!(
+        inline.embed("tern-tiny", &inputs).unwrap()[0].vector,
+        threaded.embed("tern-tiny", &inputs).unwrap()[0].vector
+    );
+}

@@ -79,14 +79,15 @@ impl Scheduler {
     /// Runs until every engine handle is gone.
     pub fn run(mut self) {
         while let Some(mailbox) = self.mailbox.upgrade() {
-            self.turn(&mailbox);
+            if !self.turn(&mailbox) {
+                self.idle(&mailbox);
+            }
         }
     }
 
-    /// One turn of the loop: admission, then a step; with nothing to do,
-    /// a sleep until work arrives (waking now and then to notice that
-    /// every engine handle is gone).
-    fn turn(&mut self, mailbox: &Mailbox) {
+    /// One turn of the loop: admission, then a step. Returns false, having
+    /// done nothing, when nothing runs or waits.
+    pub fn turn(&mut self, mailbox: &Mailbox) -> bool {
         {
             let mut queue = mailbox.queue();
             if let Some(error) = queue.closed.clone() {
@@ -94,9 +95,7 @@ impl Scheduler {
                 self.publish(&queue, &mailbox.stats);
             }
             if self.running.is_empty() && queue.is_empty() {
-                let wait = mailbox.wake.wait_timeout(queue, Duration::from_millis(200));
-                drop(wait);
-                return;
+                return false;
             }
             self.prune_queue(&mut queue, &mailbox.stats);
             self.admit(&mut queue, &mailbox.stats);
@@ -105,6 +104,16 @@ impl Scheduler {
         self.step(mailbox);
         let queue = mailbox.queue();
         self.publish(&queue, &mailbox.stats);
+        true
+    }
+
+    /// Sleeps until work arrives, waking now and then to notice that every
+    /// engine handle is gone.
+    fn idle(&self, mailbox: &Mailbox) {
+        let queue = mailbox.queue();
+        if self.running.is_empty() && queue.is_empty() {
+            drop(mailbox.wake.wait_timeout(queue, Duration::from_millis(200)));
+        }
     }
 
     /// Ends every running and queued sequence with `error`, freeing its blocks.
