@@ -1,16 +1,18 @@
 //! What a runtime without tern's host lacks, answered plainly: settings
-//! from the environment (`wasi:config`, key `k` from `TERN_K`), and no app
+//! from the environment (`wasi:config`, key `k` from `TERN_K`), no app
 //! database (`spin:sqlite` and `spin:postgres` refuse to open), so the
-//! handler's app routes say 503 and everything else works.
+//! handler's app routes say 503 and everything else works, and no usage
+//! figures of the key-value store.
 
 use crate::bindings::exports::spin::postgres::postgres::{
     self as pg, GuestConnection as PgConnection, ParameterValue, RowSet,
 };
 use crate::bindings::exports::spin::sqlite::sqlite::{self, GuestConnection, QueryResult, Value};
+use crate::bindings::exports::tern::llm::store_usage::{self, BucketUsage};
 use crate::bindings::exports::wasi::config::store::{self, Error as ConfigError};
-use crate::Remote;
+use crate::Adapter;
 
-impl store::Guest for Remote {
+impl store::Guest for Adapter {
     fn get(key: String) -> Result<Option<String>, ConfigError> {
         Ok(std::env::var(format!("TERN_{}", key.to_ascii_uppercase())).ok())
     }
@@ -23,7 +25,7 @@ impl store::Guest for Remote {
 /// A connection that cannot exist.
 pub enum Never {}
 
-impl sqlite::Guest for Remote {
+impl sqlite::Guest for Adapter {
     type Connection = Never;
 }
 
@@ -45,7 +47,7 @@ impl GuestConnection for Never {
     }
 }
 
-impl pg::Guest for Remote {
+impl pg::Guest for Adapter {
     type Connection = Never;
 }
 
@@ -60,5 +62,11 @@ impl PgConnection for Never {
 
     fn execute(&self, _statement: String, _params: Vec<ParameterValue>) -> Result<u64, pg::Error> {
         match *self {}
+    }
+}
+
+impl store_usage::Guest for Adapter {
+    fn usage(_identifier: String) -> Option<BucketUsage> {
+        None
     }
 }

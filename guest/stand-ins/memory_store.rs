@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::bindings::exports::wasi::keyvalue::atomics;
 use crate::bindings::exports::wasi::keyvalue::store::{self, Bucket, BucketBorrow, Error, GuestBucket, KeyResponse};
-use crate::Remote;
+use crate::Adapter;
 
 /// Most bytes the instance keeps, keys and values together; beyond it
 /// writes are refused (the cache then stores nothing more).
@@ -43,7 +43,7 @@ fn put(name: &str, key: &str, value: Vec<u8>) -> Result<(), Error> {
     })
 }
 
-impl store::Guest for Remote {
+impl store::Guest for Adapter {
     type Bucket = MemoryBucket;
 
     fn open(identifier: String) -> Result<Bucket, Error> {
@@ -76,7 +76,7 @@ impl GuestBucket for MemoryBucket {
     }
 }
 
-impl atomics::Guest for Remote {
+impl atomics::Guest for Adapter {
     fn increment(bucket: BucketBorrow<'_>, key: String, delta: u64) -> Result<u64, Error> {
         let name = bucket.get::<MemoryBucket>().name.clone();
         let current = with(&name, |b| b.get(&key).and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()));

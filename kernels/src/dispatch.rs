@@ -125,12 +125,13 @@ pub const VARIANTS: &[Variant] = &[
         needs: "simd128",
         available: always,
         kernels: {
-            // simd128 has no f16 conversion: matvec_f16 stays on the reference.
             use crate::arch::wasm32 as v;
             Kernels {
                 ternary_rows: v::ternary_rows,
+                matvec_f16: v::matvec_f16,
                 matvec_f32: v::matvec_f32,
                 matvec_q8_0: v::matvec_q8_0,
+                attention: v::attention,
                 ..Kernels::REFERENCE
             }
         },

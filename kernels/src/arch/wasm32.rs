@@ -2,8 +2,9 @@
 //! [`crate::reference`]. wasm has no run-time feature detection: a module
 //! either validates with SIMD or not at all, so this module exists only when
 //! the crate is compiled with `-C target-feature=+simd128`, and
-//! [`crate::dispatch`] picks it at compile time. `matvec_f16` has no
-//! variant here (simd128 has no f16 conversion) and runs the reference.
+//! [`crate::dispatch`] picks it at compile time. simd128 has no f16
+//! conversion: `matvec_f16` widens halves to floats with integer operations
+//! and one exact multiply by 2^112 (see [`f16x4_to_f32x4`]).
 //!
 //! Ternary products, per 128-column group of the packed layout: two 16-byte
 //! loads of codes → four shift-and-mask steps each give eight vectors of 16
@@ -42,7 +43,7 @@ impl TileKernel for Simd128 {
     const SUMS_CODES: bool = false;
 
     unsafe fn rows<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
-        tile.rows::<T>(rows, out, |codes, q, groups| group_dots::<T>(codes, q, groups))
+        tile.rows::<T>(rows, out, group_dots::<T>)
     }
 }
 
@@ -103,11 +104,82 @@ pub fn matvec_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], out: &mut [f32
     }
 }
 
+/// W (rows, cols) f16 @ x (cols,) -> out (rows,). See [`reference::matvec_f16`].
+pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    reference::check_matvec("matvec_f16", w.len(), rows, cols, x.len(), out.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_f16(&w[r * cols..(r + 1) * cols], x);
+    }
+}
+
+/// Σ w·x over one f16 row: each 16-byte load gives eight halves, widened
+/// to two f32 vectors; four 4-lane accumulators, then a scalar tail.
+fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    let mut acc = [f32x4_splat(0.0); 4];
+    let body = w.len() / 16 * 16;
+    for c in (0..body).step_by(16) {
+        for h in 0..2 {
+            let halves = load(&w[c + 8 * h..]);
+            let low = f16x4_to_f32x4(u32x4_extend_low_u16x8(halves));
+            let high = f16x4_to_f32x4(u32x4_extend_high_u16x8(halves));
+            acc[2 * h] = f32x4_add(acc[2 * h], f32x4_mul(low, load(&x[c + 8 * h..])));
+            acc[2 * h + 1] = f32x4_add(acc[2 * h + 1], f32x4_mul(high, load(&x[c + 8 * h + 4..])));
+        }
+    }
+    let tail: f32 = w[body..].iter().zip(&x[body..]).map(|(a, b)| a.to_f32() * b).sum();
+    hsum_f32(f32x4_add(f32x4_add(acc[0], acc[1]), f32x4_add(acc[2], acc[3]))) + tail
+}
+
+/// Four halves (zero-extended to 32 bits) as floats, exactly: exponent
+/// and mantissa shifted into a float's place read as 2^-112 times the
+/// value (a subnormal half becomes a subnormal float), so one multiply by
+/// 2^112 rebiases both; infinities and NaNs get the all-ones exponent;
+/// the sign goes back on last.
+#[inline]
+fn f16x4_to_f32x4(h: v128) -> v128 {
+    let sign = i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16);
+    let magnitude = i32x4_shl(v128_and(h, u32x4_splat(0x7fff)), 13);
+    let rebiased = f32x4_mul(magnitude, f32x4_splat(f32::from_bits(0x7780_0000))); // 2^112
+    let special = u32x4_ge(magnitude, u32x4_splat(0x7c00 << 13));
+    let value = v128_bitselect(v128_or(magnitude, u32x4_splat(0x7f80_0000)), rebiased, special);
+    v128_or(value, sign)
+}
+
 /// W (rows, cols) Q8_0 @ x (cols,) -> out (rows,). See [`reference::matvec_q8_0`].
 pub fn matvec_q8_0(w: &[u8], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
     let row_bytes = reference::check_matvec_q8_0(w.len(), rows, cols, x.len(), out.len());
     for (r, o) in out.iter_mut().enumerate() {
         *o = dot_q8_0(&w[r * row_bytes..(r + 1) * row_bytes], x);
+    }
+}
+
+/// Causal attention: [`reference::attention_with`]'s steps with 4-lane
+/// dot products and `y += p·x`. See [`reference::attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    rows: usize,
+    kv: reference::KvBlocks,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    reference::attention_with(q, rows, kv, n_heads, n_kv, head_dim, scratch, out, dot_f32, axpy_f32)
+}
+
+/// y += p·x, four lanes at a time, then a scalar tail.
+fn axpy_f32(p: f32, x: &[f32], y: &mut [f32]) {
+    let body = x.len().min(y.len()) / 4 * 4;
+    let pv = f32x4_splat(p);
+    for c in (0..body).step_by(4) {
+        let sum = f32x4_add(load(&y[c..]), f32x4_mul(pv, load(&x[c..])));
+        // SAFETY: c + 4 <= body <= y.len(); v128.store has no alignment needs.
+        unsafe { v128_store(y[c..].as_mut_ptr().cast(), sum) };
+    }
+    for (o, &xv) in y[body..].iter_mut().zip(&x[body..]) {
+        *o += p * xv;
     }
 }
 
@@ -164,4 +236,27 @@ fn load<T: Copy>(v: &[T]) -> v128 {
     // SAFETY: at least 16 readable bytes (checked above); v128.load has no
     // alignment needs.
     unsafe { v128_load(v.as_ptr().cast()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_half_widens_to_its_exact_float() {
+        for bits in (0..=u16::MAX).step_by(4) {
+            let halves: [u32; 4] = std::array::from_fn(|i| u32::from(bits) + i as u32);
+            let got = f16x4_to_f32x4(unsafe { v128_load(halves.as_ptr().cast()) });
+            let mut lanes = [0u32; 4];
+            unsafe { v128_store(lanes.as_mut_ptr().cast(), got) };
+            for (half, lane) in halves.iter().zip(lanes) {
+                let want = f16::from_bits(*half as u16).to_f32();
+                let got = f32::from_bits(lane);
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{half:#06x}: {got} vs {want}"
+                );
+            }
+        }
+    }
 }

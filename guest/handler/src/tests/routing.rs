@@ -211,3 +211,11 @@ fn app_routes_without_a_database_are_503_in_open_webuis_shape() {
     // Ollama's `/api/version` and the model APIs are not the app's.
     assert_eq!(route(&Request::new("GET", "/api/version"), &script).status, 200);
 }
+
+#[test]
+fn what_a_runtime_lacks_is_503_with_its_reason() {
+    let script = Script::refusing(Error::Unavailable("no model: set TERN_MODEL to a GGUF file".into()));
+    let error = assert_openai_error(route(&chat(hello(json!({}))), &script), 503);
+    assert_eq!(error["code"], "unavailable");
+    assert!(error["message"].as_str().unwrap().contains("TERN_MODEL"), "{error}");
+}
