@@ -24,10 +24,11 @@ test-cross:
 handler:
     cargo build --release --package tern-handler --target wasm32-wasip2
 
-# Compose the handler with the remote adapter into dist/tern-remote.wasm, for
-# stock wasi:http runtimes: `TERN_UPSTREAM=http://host:8080 wasmtime serve -Scli --env TERN_UPSTREAM dist/tern-remote.wasm`.
-compose:
-    cargo run --release --package tern -- compose --out dist/tern-remote.wasm
+# Build the handler composed with each adapter into dist/ (remote, local with
+# the bundled model, local reading TERN_MODEL), each checked against the
+# stock-http world: `wasmtime serve -Scli dist/tern-local.wasm`.
+dist:
+    scripts/dist
 
 # Regenerate the small GGUF test fixtures and their golden logits.
 fixtures:

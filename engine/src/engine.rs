@@ -467,7 +467,7 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
     if config.models.is_empty() {
         return Err("no model file given".into());
     }
-    let options = LoadOptions { q8_0_head: config.q8_0_head, kv_memory: config.kv_memory };
+    let options = LoadOptions { q8_0_head: config.q8_0_head, kv_memory: config.kv_memory, ..LoadOptions::default() };
     let models: Vec<Arc<LoadedModel>> = config
         .models
         .iter()

@@ -185,7 +185,7 @@ fn q8_0_head_halves_the_head_and_keeps_the_logits() {
 fn inline_engine() -> Engine {
     let bytes = std::fs::read(models_dir().join("tern-tiny.gguf")).unwrap();
     let file = tern_engine::gguf::GgufFile::from_bytes(bytes).unwrap();
-    let options = tern_engine::model::LoadOptions { q8_0_head: false, kv_memory: 0 };
+    let options = tern_engine::model::LoadOptions::default();
     let model = tern_engine::LoadedModel::from_gguf(&file, None, "bundled", 0, &options).unwrap();
     Engine::inline(EngineConfig::default(), vec![model]).unwrap()
 }

@@ -94,7 +94,7 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
     let q8_0_head = args.engine.q8_0_head;
     let started = Instant::now();
     let (file, _) = open(path)?;
-    let model = Model::load(&file, &LoadOptions { q8_0_head, kv_memory: 0 })
+    let model = Model::load(&file, &LoadOptions { q8_0_head, ..LoadOptions::default() })
         .with_context(|| format!("loading {}", path.display()))?;
     let c = model.config();
     let bytes_per_token = model.summary().bytes_per_token;
@@ -424,7 +424,7 @@ fn grammar(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> 
         Some(t) => t,
         None => Tokenizer::from_gguf(&file).context("reading the tokenizer")?,
     };
-    let model = Model::load(&file, &LoadOptions { q8_0_head: args.engine.q8_0_head, kv_memory: 0 })
+    let model = Model::load(&file, &LoadOptions { q8_0_head: args.engine.q8_0_head, ..LoadOptions::default() })
         .with_context(|| format!("loading {}", path.display()))?;
     let run = measure::time_model(&model, 16, args.decode_tokens.min(32), 0, 1, |_, _| {});
     let step_ms = 1e3 / run.decode_tok_s;

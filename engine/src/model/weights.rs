@@ -124,6 +124,11 @@ pub struct LoadOptions {
     /// Convert a dense (F16/F32/BF16) output head to Q8_0: about half the
     /// bytes read per decoded token for a small loss of precision.
     pub q8_0_head: bool,
+    /// Widen an F16 output head to F32: twice the bytes, the same values,
+    /// for targets that convert halves in software (wasm simd128), where
+    /// the F32 product is faster and sums in the same order. Ignored with
+    /// `q8_0_head`.
+    pub f32_head: bool,
     /// Bytes of KV cache the backend keeps (at least one full context).
     pub kv_memory: usize,
 }
@@ -205,6 +210,10 @@ impl Weights {
         if options.q8_0_head && d.is_multiple_of(k::Q8_0_BLOCK) {
             // A tied head gets its own Q8_0 copy; embedding lookups keep the original.
             output = Some(output.as_ref().unwrap_or(&token_embd).to_q8_0(c.n_vocab, d));
+        } else if options.f32_head {
+            if let Dense::F16(w) = output.as_ref().unwrap_or(&token_embd) {
+                output = Some(Dense::F32(w.iter().map(|h| h.to_f32()).collect()));
+            }
         }
         let parameter_count = g.tensors.values().map(|t| t.n_elements()).sum();
         Ok(Self {

@@ -13,6 +13,8 @@
 //! - the kernels are the simd128 variant when built with
 //!   `-C target-feature=+simd128` (scripts/dist does), bit-identical in
 //!   their integer results to every other variant;
+//! - an F16 output head is widened to F32 at load when it is small: simd128
+//!   has no half conversion, and the F32 product gives the same sums;
 //! - queued jobs need a host that keeps the engine between requests, so
 //!   they are refused as unavailable.
 //!
@@ -59,6 +61,10 @@ static BUNDLED: Option<&[u8]> = None;
 /// at least one full context whatever this says.
 const KV_MEMORY: usize = 16 << 20;
 
+/// Largest output head widened to F32 at load (the bundled model's is
+/// 2 MiB; 2B-4T's would be 1.3 GB and stays F16).
+const MAX_F32_HEAD: usize = 256 << 20;
+
 struct Local;
 
 /// The type the stand-ins implement their interfaces on.
@@ -92,7 +98,13 @@ fn load() -> Result<Engine, String> {
         },
     };
     let file = GgufFile::from_bytes(bytes).map_err(|e| format!("{name}: {e}"))?;
-    let options = LoadOptions { q8_0_head: false, kv_memory: KV_MEMORY };
+    // simd128 converts halves in software: an F16 head that fits is
+    // widened once at load, to the same values and sums.
+    let head_bytes = ["output.weight", "token_embd.weight"]
+        .iter()
+        .find_map(|name| file.tensors.get(*name))
+        .map_or(0, |t| t.n_elements() as usize * 4);
+    let options = LoadOptions { f32_head: head_bytes <= MAX_F32_HEAD, kv_memory: KV_MEMORY, ..LoadOptions::default() };
     let model = LoadedModel::from_gguf(&file, None, &name, modified_at, &options)?;
     let config = EngineConfig { max_running: 4, max_queue: 16, ..EngineConfig::default() };
     Engine::inline(config, vec![model]).map_err(|e| e.to_string())
