@@ -475,6 +475,30 @@ def test_request_ids_are_honoured_or_generated_and_logged_as_json(tmp_path):
     assert any(line.get("id") == generated for line in lines)
 
 
+def test_a_traced_step_says_where_its_time_went(tmp_path):
+    """`RUST_LOG=…=trace` breaks each forward pass into ternary products,
+    attention, element-wise work and the head, beside the scheduler's step."""
+    s = Server([*model_args(), "--log-format", "json"], tmp_path / "serve.log",
+               env={"RUST_LOG": "info,tern_engine::scheduler=trace,tern_engine::model::cpu=trace"})
+    try:
+        status, _, body = s.json("POST", "/v1/completions", {"model": model_of(s), "prompt": "The king",
+                                                             "max_tokens": 8, "ignore_eos": True})
+        assert status == 200, body
+        time.sleep(0.2)
+    finally:
+        s.stop()
+    lines = [json.loads(line) for line in s.log_path.read_text().splitlines() if line.startswith("{")]
+    passes = [line for line in lines if line.get("message") == "forward pass"]
+    steps = [line for line in lines if line.get("message") == "step"]
+    assert len(passes) >= 8 and len(passes) == len(steps), (len(passes), len(steps))
+    for forward, step in zip(passes, steps):
+        parts = [forward[f"{phase}_ms"] for phase in ("ternary", "attention", "elementwise", "head")]
+        assert all(p >= 0 for p in parts) and parts[0] > 0 and parts[3] > 0, forward
+        # The phases cover the pass, which is the step's forward call.
+        assert sum(parts) <= step["ms"] + 0.05, (forward, step)
+    assert passes[0]["rows"] > 1 and passes[-1]["rows"] == 1
+
+
 def tern_config(cwd, *args, env=None):
     return subprocess.run(
         [str(tern_binary()), "config", "--print", *args],

@@ -12,12 +12,18 @@
 //!
 //! Every operation is per row and attention reads only the row's own item,
 //! so a row gets the same bits whatever else shares its step.
+//!
+//! With `RUST_LOG=tern_engine::model::cpu=trace`, each pass logs where its
+//! time went ([`Timeline`]): ternary products, attention, the per-row
+//! element-wise work (norms, int8 quantisation, RoPE, gates, residuals) and
+//! the head, so the next bottleneck of a batched step is visible.
 
 mod attention_plan;
 mod kv_memory;
 mod scratch;
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use attention_plan::AttentionPlan;
 use kv_memory::KvMemory;
@@ -77,15 +83,18 @@ impl CpuBackend {
         plan: &AttentionPlan,
         kv: &mut KvMemory,
         s: &mut Scratch,
+        time: &mut Timeline,
     ) {
         let c = &self.weights.config;
         let (n, d, qd, kvd) = (rows.len(), c.n_embd, c.q_dim(), c.kv_dim());
         // q, k and v share one quantised input.
         rmsnorm_rows(&s.x, &layer.attn_norm, c.rms_eps, n, &mut s.xn);
         quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
+        time.charge(Phase::Elementwise);
         bitlinear_quantized(&layer.wq, &s.xq[..n * d], &s.xs, n, &mut s.q);
         bitlinear_quantized(&layer.wk, &s.xq[..n * d], &s.xs, n, &mut s.k);
         bitlinear_quantized(&layer.wv, &s.xq[..n * d], &s.xs, n, &mut s.v);
+        time.charge(Phase::Ternary);
         for (t, &(i, pos)) in rows.iter().enumerate() {
             k::rope_neox(&mut s.q[t * qd..(t + 1) * qd], c.n_head, c.head_dim, c.rope_dim, pos, c.rope_theta);
             let kt = &mut s.k[t * kvd..(t + 1) * kvd];
@@ -112,26 +121,36 @@ impl CpuBackend {
         };
         k::pool::global().for_each_part(&mut s.att, &plan.ends, &attend);
         drop(views);
+        time.charge(Phase::Attention);
         rmsnorm_rows(&s.att, &layer.attn_sub_norm, c.rms_eps, n, &mut s.xn);
-        bitlinear(&layer.wo, &s.xn[..n * qd], n, &mut s.xq, &mut s.xs, &mut s.out);
+        quantize_rows(&s.xn[..n * qd], n, qd, &mut s.xq, &mut s.xs);
+        time.charge(Phase::Elementwise);
+        bitlinear_quantized(&layer.wo, &s.xq[..n * qd], &s.xs[..n], n, &mut s.out);
+        time.charge(Phase::Ternary);
         s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
     }
 
     /// x += Wdown · sub_norm(act(Wgate n) * (Wup n)), n = norm(x).
-    fn feed_forward_block(&self, layer: &Layer, n: usize, s: &mut Scratch) {
+    fn feed_forward_block(&self, layer: &Layer, n: usize, s: &mut Scratch, time: &mut Timeline) {
         let c = &self.weights.config;
-        let d = c.n_embd;
+        let (d, ff) = (c.n_embd, c.n_ff);
+        // The residual add of the attention block is charged here.
         // gate and up share one quantised input.
         rmsnorm_rows(&s.x, &layer.ffn_norm, c.rms_eps, n, &mut s.xn);
         quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
+        time.charge(Phase::Elementwise);
         bitlinear_quantized(&layer.w_gate, &s.xq[..n * d], &s.xs, n, &mut s.gate);
         bitlinear_quantized(&layer.w_up, &s.xq[..n * d], &s.xs, n, &mut s.up);
+        time.charge(Phase::Ternary);
         match c.activation {
             Activation::Relu2 => k::relu2_gate(&s.gate, &s.up, &mut s.h),
             Activation::Silu => k::silu_gate(&s.gate, &s.up, &mut s.h),
         }
         rmsnorm_rows(&s.h, &layer.ffn_sub_norm, c.rms_eps, n, &mut s.gate);
-        bitlinear(&layer.w_down, &s.gate, n, &mut s.xq, &mut s.xs, &mut s.out);
+        quantize_rows(&s.gate[..n * ff], n, ff, &mut s.xq, &mut s.xs);
+        time.charge(Phase::Elementwise);
+        bitlinear_quantized(&layer.w_down, &s.xq[..n * ff], &s.xs[..n], n, &mut s.out);
+        time.charge(Phase::Ternary);
         s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
     }
 
@@ -197,13 +216,63 @@ impl ComputeBackend for CpuBackend {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let State { kv, scratch: s } = &mut *state;
         s.resize(rows.len(), c);
+        let mut time = Timeline::start();
         let plan = AttentionPlan::new(items, c, k::pool::global().threads());
         self.embed(items, &mut s.x);
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            self.attention_block(l, layer, items, &rows, &plan, kv, s);
-            self.feed_forward_block(layer, rows.len(), s);
+            self.attention_block(l, layer, items, &rows, &plan, kv, s, &mut time);
+            self.feed_forward_block(layer, rows.len(), s, &mut time);
         }
-        self.head(items, &s.x)
+        time.charge(Phase::Elementwise);
+        let forward = self.head(items, &s.x);
+        time.charge(Phase::Head);
+        time.log(rows.len());
+        forward
+    }
+}
+
+/// What a forward pass spends its time on.
+#[derive(Clone, Copy)]
+enum Phase {
+    Ternary,
+    Attention,
+    Elementwise,
+    Head,
+}
+
+/// Milliseconds per [`Phase`] of one forward pass, measured only when its
+/// trace line is wanted (otherwise every call is a no-op).
+struct Timeline {
+    last: Option<Instant>,
+    spent_ms: [f64; 4],
+}
+
+impl Timeline {
+    fn start() -> Self {
+        Self { last: tracing::enabled!(tracing::Level::TRACE).then(Instant::now), spent_ms: [0.0; 4] }
+    }
+
+    /// Charges the time since the last charge to `phase`.
+    fn charge(&mut self, phase: Phase) {
+        if let Some(last) = self.last {
+            let now = Instant::now();
+            self.spent_ms[phase as usize] += (now - last).as_secs_f64() * 1e3;
+            self.last = Some(now);
+        }
+    }
+
+    fn log(&self, rows: usize) {
+        if self.last.is_some() {
+            let [ternary, attention, elementwise, head] = self.spent_ms;
+            tracing::trace!(
+                rows,
+                ternary_ms = ternary,
+                attention_ms = attention,
+                elementwise_ms = elementwise,
+                head_ms = head,
+                "forward pass"
+            );
+        }
     }
 }
 
@@ -225,13 +294,6 @@ fn quantize_rows(x: &[f32], n: usize, cols: usize, xq: &mut [i8], xs: &mut [f32]
     for i in 0..n {
         xs[i] = k::quantize_row_i8(&x[i * cols..(i + 1) * cols], &mut xq[i * cols..(i + 1) * cols]);
     }
-}
-
-/// Quantises n rows of `x` (n, cols) to int8, then W (rows, cols) @ x -> out (n, rows).
-fn bitlinear(w: &TernaryMatrix, x: &[f32], n: usize, xq: &mut [i8], xs: &mut [f32], out: &mut [f32]) {
-    let cols = w.cols();
-    quantize_rows(x, n, cols, xq, xs);
-    bitlinear_quantized(w, &xq[..n * cols], &xs[..n], n, out);
 }
 
 /// W (rows, cols) @ already quantised xq (n, cols) -> out (n, rows).
