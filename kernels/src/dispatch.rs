@@ -67,7 +67,7 @@ impl Kernels {
 /// One set of implementations this build has.
 #[derive(Debug, Clone, Copy)]
 pub struct Variant {
-    /// `reference`, `avx2`, `neon`, `neon-dotprod`, `simd128`.
+    /// `reference`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`, `simd128`.
     pub name: &'static str,
     /// What it needs of the CPU, in words (for SKIP lines).
     pub needs: &'static str,
@@ -91,23 +91,13 @@ fn always() -> bool {
 pub const VARIANTS: &[Variant] = &[
     Variant { name: "reference", needs: "nothing", available: always, kernels: Kernels::REFERENCE },
     #[cfg(target_arch = "x86_64")]
+    Variant { name: "avx2", needs: "AVX2, FMA and F16C", available: crate::arch::x86_64::has_fma_f16c, kernels: AVX2 },
+    #[cfg(target_arch = "x86_64")]
     Variant {
-        name: "avx2",
-        needs: "AVX2, FMA and F16C",
-        available: crate::arch::x86_64::has_fma_f16c,
-        kernels: {
-            use crate::arch::x86_64 as v;
-            Kernels {
-                ternary_rows: v::ternary_rows,
-                quantize_row_i8: v::quantize_row_i8,
-                matvec_f16: v::matvec_f16,
-                matvec2_f16: Some(v::matvec2_f16),
-                matvec_f32: v::matvec_f32,
-                matvec_q8_0: v::matvec_q8_0,
-                attention: v::attention,
-                ..Kernels::REFERENCE
-            }
-        },
+        name: "avx512-vnni",
+        needs: "AVX-512 (F, BW, VL) with VNNI, AVX2, FMA and F16C",
+        available: crate::arch::x86_64_vnni::available,
+        kernels: Kernels { ternary_rows: crate::arch::x86_64_vnni::ternary_rows, ..AVX2 },
     },
     // NEON is part of every aarch64 target; dotprod (ARMv8.4, optional from 8.2) is not.
     #[cfg(target_arch = "aarch64")]
@@ -137,6 +127,21 @@ pub const VARIANTS: &[Variant] = &[
         },
     },
 ];
+
+#[cfg(target_arch = "x86_64")]
+const AVX2: Kernels = {
+    use crate::arch::x86_64 as v;
+    Kernels {
+        ternary_rows: v::ternary_rows,
+        quantize_row_i8: v::quantize_row_i8,
+        matvec_f16: v::matvec_f16,
+        matvec2_f16: Some(v::matvec2_f16),
+        matvec_f32: v::matvec_f32,
+        matvec_q8_0: v::matvec_q8_0,
+        attention: v::attention,
+        ..Kernels::REFERENCE
+    }
+};
 
 #[cfg(target_arch = "aarch64")]
 const NEON: Kernels = {

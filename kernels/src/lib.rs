@@ -87,9 +87,24 @@ pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
     SCRATCH.with_borrow_mut(|tmp| {
         tmp.resize(n * rows, 0.0); // tmp (rows, n)
         ternary_rows_parallel(w, q, s, tmp);
+        transpose_parallel(tmp, n, out);
+    });
+}
+
+/// Tokens per task of the transpose back to (n, rows): 16 f32, one cache
+/// line of each row of the (rows, n) result.
+const TRANSPOSE_TOKENS: usize = 16;
+
+/// tmp (rows, n) -> out (n, rows), split by tokens over the pool: each
+/// task reads one cache line of each row and writes its tokens' rows
+/// front to back.
+fn transpose_parallel(tmp: &[f32], n: usize, out: &mut [f32]) {
+    let rows = tmp.len() / n;
+    pool::global().for_each_chunk(out, rows * TRANSPOSE_TOKENS, &|i, part| {
+        let (t0, m) = (i * TRANSPOSE_TOKENS, part.len() / rows);
         for (r, row) in tmp.chunks_exact(n).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                out[t * rows + r] = v;
+            for (k, &v) in row[t0..t0 + m].iter().enumerate() {
+                part[k * rows + r] = v;
             }
         }
     });

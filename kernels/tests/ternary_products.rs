@@ -131,10 +131,10 @@ fn gemv_handles_extreme_activations_on(gemv: GemvFn, _: GemmFn) {
 
 fn gemm_matches_gemv_per_token_on(gemv: GemvFn, gemm: GemmFn) {
     let mut rng = rng(13);
-    for &(rows, cols) in &[(1, 1), (3, 17), (17, 129), (33, 256), (4, 385)] {
+    for &(rows, cols) in &[(1, 1), (3, 17), (17, 129), (33, 256), (4, 385), (5, 3207)] {
         let values = random_ternary(&mut rng, rows * cols);
         let w = TernaryMatrix::from_ternary(&values, rows, cols, 0.9).unwrap();
-        for n in [0, 1, 2, 3, 4, 5, 9] {
+        for n in [0, 1, 2, 3, 4, 5, 8, 9, 17] {
             let q = random_q(&mut rng, n * cols); // q (n, cols)
             let s: Vec<f32> = (0..n).map(|t| 1.0 + t as f32).collect(); // s (n,)
             let mut out = vec![f32::NAN; n * rows]; // out (n, rows)
@@ -148,11 +148,12 @@ fn gemm_matches_gemv_per_token_on(gemv: GemvFn, gemm: GemmFn) {
     }
 }
 
-/// Sizes big enough to be split over threads and to reach the i16 partial
-/// sums' widening (8 groups), with per-tensor and per-block scales.
+/// Sizes big enough to be split over threads, to reach the i16 partial
+/// sums' widening (8 groups) and to be taken in column chunks (more than
+/// 24 groups), with per-tensor and per-block scales.
 fn large_products_match_the_reference_on(gemv: GemvFn, gemm: GemmFn) {
     let mut rng = rng(16);
-    let (rows, cols) = (260, 2 * 1024 + 256);
+    let (rows, cols) = (130, 17 * TQ_BLOCK);
     let values = random_ternary(&mut rng, rows * cols);
     let w = TernaryMatrix::from_ternary(&values, rows, cols, 0.31).unwrap();
     let mut bytes = Vec::new();
@@ -166,7 +167,7 @@ fn large_products_match_the_reference_on(gemv: GemvFn, gemm: GemmFn) {
     }
     let wb = TernaryMatrix::from_tq2_0(&bytes, rows, cols).unwrap();
     for w in [&w, &wb] {
-        for n in [1, 6] {
+        for n in [1, 6, 11] {
             let q = random_q(&mut rng, n * cols);
             let s: Vec<f32> = (0..n).map(|t| 3.0 + t as f32).collect();
             let mut want = vec![0f32; rows * n]; // (rows, n)
@@ -197,7 +198,13 @@ fn dispatch_keeps_the_last_variant_this_cpu_can_run() {
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c")
     {
-        assert_eq!(chosen.name, "avx2");
+        let vnni = ["avx512f", "avx512bw", "avx512vl", "avx512vnni"].iter().all(|f| match *f {
+            "avx512f" => std::is_x86_feature_detected!("avx512f"),
+            "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
+            "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+            _ => std::is_x86_feature_detected!("avx512vnni"),
+        });
+        assert_eq!(chosen.name, if vnni { "avx512-vnni" } else { "avx2" });
     }
 }
 

@@ -297,12 +297,21 @@ type MaddLoop = (&'static str, fn(u64) -> u64);
 /// multiply-add's latency at its throughput on current cores.
 const MADD_CHAINS: usize = 12;
 
-/// The widest int8 multiply-add this CPU has (AVX2 `vpmaddubsw`, NEON
-/// `sdot`), issued in a loop that touches no memory on `threads` threads at
-/// once: its name and billions of int8 multiply-adds per second in all.
-/// `None` on a CPU with neither.
-pub fn int8_madd_limit(threads: usize, min_time: Duration) -> Option<(&'static str, f64)> {
-    let (name, run) = madd_loop()?;
+/// The int8 multiply-adds this CPU has (AVX2 `vpmaddubsw`, AVX-VNNI and
+/// AVX-512 VNNI `vpdpbusd`, NEON `sdot`), each issued in a loop that
+/// touches no memory on `threads` threads at once: each one's name and
+/// billions of int8 multiply-adds per second in all, the fastest last.
+/// Empty on a CPU with none.
+pub fn int8_madd_limits(threads: usize, min_time: Duration) -> Vec<(&'static str, f64)> {
+    let mut limits: Vec<(&'static str, f64)> =
+        madd_loops().into_iter().map(|(name, run)| (name, madd_rate(run, threads, min_time))).collect();
+    limits.sort_by(|a, b| a.1.total_cmp(&b.1));
+    limits
+}
+
+/// One limit loop's rate on `threads` threads, in billions of
+/// multiply-adds per second.
+fn madd_rate(run: fn(u64) -> u64, threads: usize, min_time: Duration) -> f64 {
     // Iterations that take about `min_time` on one thread.
     let mut iters = 1u64 << 16;
     loop {
@@ -320,22 +329,67 @@ pub fn int8_madd_limit(threads: usize, min_time: Duration) -> Option<(&'static s
         let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(move || run(iters))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
     });
-    Some((name, macs as f64 / started.elapsed().as_secs_f64() / 1e9))
+    macs as f64 / started.elapsed().as_secs_f64() / 1e9
 }
 
-/// The limit loop this CPU can run.
-fn madd_loop() -> Option<MaddLoop> {
+/// The limit loops this CPU can run.
+fn madd_loops() -> Vec<MaddLoop> {
+    let mut loops: Vec<MaddLoop> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected.
-        return Some(("AVX2 vpmaddubsw", |n| unsafe { maddubs_chains(n) }));
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") {
+            // SAFETY: AVX2 was detected.
+            loops.push(("AVX2 vpmaddubsw", |n| unsafe { maddubs_chains(n) }));
+        }
+        if has!("avxvnni") {
+            // SAFETY: AVX-VNNI was detected.
+            loops.push(("AVX-VNNI vpdpbusd ymm", |n| unsafe { dpbusd_ymm_chains(n) }));
+        }
+        if has!("avx512f") && has!("avx512vnni") {
+            // SAFETY: AVX-512F and AVX-512 VNNI were detected.
+            loops.push(("AVX-512 VNNI vpdpbusd zmm", |n| unsafe { dpbusd_zmm_chains(n) }));
+        }
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("dotprod") {
         // SAFETY: the dot-product extension was detected.
-        return Some(("NEON sdot", |n| unsafe { sdot_chains(n) }));
+        loops.push(("NEON sdot", |n| unsafe { sdot_chains(n) }));
     }
-    None
+    loops
+}
+
+/// `iters` rounds of one 256-bit `vpdpbusd` (32 u8 x i8 products summed
+/// into 8 i32 lanes) on each chain; returns the multiply-adds done.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avxvnni")]
+unsafe fn dpbusd_ymm_chains(iters: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_epi8(1), _mm256_set1_epi8(1));
+    let mut acc = [_mm256_setzero_si256(); MADD_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_dpbusd_avx_epi32(*v, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    iters * MADD_CHAINS as u64 * 32
+}
+
+/// `iters` rounds of one 512-bit `vpdpbusd` (64 products) on each chain.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpbusd_zmm_chains(iters: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm512_set1_epi8(1), _mm512_set1_epi8(1));
+    let mut acc = [_mm512_setzero_si512(); MADD_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbusd_epi32(*v, a, b);
+        }
+    }
+    std::hint::black_box(acc);
+    iters * MADD_CHAINS as u64 * 64
 }
 
 /// `iters` rounds of one `vpmaddubsw` (32 u8 x i8 products) on each chain,
