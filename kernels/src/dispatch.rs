@@ -28,6 +28,9 @@ pub type MatvecF32Fn = fn(&[f32], usize, usize, &[f32], &mut [f32]);
 /// W (rows, cols) f16 @ two x (cols,) -> two out (rows,), W read once; each
 /// out bit-identical to the same slot's [`MatvecF16Fn`] on its x.
 pub type Matvec2F16Fn = fn(&[f16], usize, usize, [&[f32]; 2], [&mut [f32]; 2]);
+/// W (rows, cols) f16 @ x (n, cols) -> out (n, rows), each row
+/// bit-identical to the same variant's [`MatvecF16Fn`] on its vector.
+pub type MatmulF16Fn = fn(&[f16], usize, usize, &[f32], &mut [f32]);
 /// W (rows, cols) Q8_0 bytes @ x (cols,) -> out (rows,).
 pub type MatvecQ8Fn = fn(&[u8], usize, usize, &[f32], &mut [f32]);
 /// x (n,), weight (n,), eps -> out (n,).
@@ -44,6 +47,10 @@ pub struct Kernels {
     /// Two vectors at once where a variant has it (it must match
     /// `matvec_f16` bit for bit); otherwise `matvec_f16` twice.
     pub matvec2_f16: Option<Matvec2F16Fn>,
+    /// Many vectors at once, blocked over rows and vectors, where a variant
+    /// has it (it must match `matvec_f16` bit for bit); otherwise
+    /// `matvec2_f16` or `matvec_f16` per vector.
+    pub matmul_f16: Option<MatmulF16Fn>,
     pub matvec_f32: MatvecF32Fn,
     pub matvec_q8_0: MatvecQ8Fn,
     pub rmsnorm: RmsnormFn,
@@ -57,6 +64,7 @@ impl Kernels {
         quantize_row_i8: reference::quantize_row_i8,
         matvec_f16: reference::matvec_f16,
         matvec2_f16: None,
+        matmul_f16: None,
         matvec_f32: reference::matvec_f32,
         matvec_q8_0: reference::matvec_q8_0,
         rmsnorm: reference::rmsnorm,
@@ -67,7 +75,7 @@ impl Kernels {
 /// One set of implementations this build has.
 #[derive(Debug, Clone, Copy)]
 pub struct Variant {
-    /// `reference`, `avx2`, `avx512-vnni`, `neon`, `neon-dotprod`, `simd128`.
+    /// `reference`, `avx2`, `avx512`, `neon`, `neon-dotprod`, `simd128`.
     pub name: &'static str,
     /// What it needs of the CPU, in words (for SKIP lines).
     pub needs: &'static str,
@@ -94,10 +102,19 @@ pub const VARIANTS: &[Variant] = &[
     Variant { name: "avx2", needs: "AVX2, FMA and F16C", available: crate::arch::x86_64::has_fma_f16c, kernels: AVX2 },
     #[cfg(target_arch = "x86_64")]
     Variant {
-        name: "avx512-vnni",
+        name: "avx512",
         needs: "AVX-512 (F, BW, VL) with VNNI, AVX2, FMA and F16C",
-        available: crate::arch::x86_64_vnni::available,
-        kernels: Kernels { ternary_rows: crate::arch::x86_64_vnni::ternary_rows, ..AVX2 },
+        available: crate::arch::x86_64_avx512::available,
+        kernels: {
+            use crate::arch::x86_64_avx512 as v;
+            Kernels {
+                ternary_rows: v::ternary_rows,
+                matvec_f16: v::matvec_f16,
+                matvec2_f16: None,
+                matmul_f16: Some(v::matmul_f16),
+                ..AVX2
+            }
+        },
     },
     // NEON is part of every aarch64 target; dotprod (ARMv8.4, optional from 8.2) is not.
     #[cfg(target_arch = "aarch64")]

@@ -222,12 +222,52 @@ fn matmul_parallel<W: Sync>(
                 }
             }
         });
-        for (i, part) in tmp.chunks(chunk * n).enumerate() {
-            let m = part.len() / n;
-            for (t, row) in part.chunks_exact(m).enumerate() {
-                out[t * rows + i * chunk..t * rows + i * chunk + m].copy_from_slice(row);
-            }
+        gather_parts(tmp, chunk, n, out);
+    });
+}
+
+/// out (n, rows) from tmp holding each task's (n, its rows) in turn,
+/// tasks of `chunk` rows.
+fn gather_parts(tmp: &[f32], chunk: usize, n: usize, out: &mut [f32]) {
+    let rows = out.len() / n;
+    for (i, part) in tmp.chunks(chunk * n).enumerate() {
+        let m = part.len() / n;
+        for (t, row) in part.chunks_exact(m).enumerate() {
+            out[t * rows + i * chunk..t * rows + i * chunk + m].copy_from_slice(row);
         }
+    }
+}
+
+/// n vectors x (n, cols) through a dense W whose variant multiplies many
+/// vectors at once: `g(w_part, rows, x, out_part (n, rows))` on each task's
+/// rows, so W is read from memory once for all n.
+fn matmul_blocked<W: Sync>(
+    w: &[W],
+    row_len: usize,
+    cols: usize,
+    x: &[f32],
+    out: &mut [f32],
+    g: impl Fn(&[W], usize, &[f32], &mut [f32]) + Sync,
+) {
+    let n = x.len() / cols;
+    if n == 0 {
+        return;
+    }
+    let rows = out.len() / n;
+    if n == 1 {
+        return matvec_parallel(w, row_len, cols, x, out, g);
+    }
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let chunk = rows_per_task(rows, cols * n);
+    SCRATCH.with_borrow_mut(|tmp| {
+        tmp.resize(n * rows, 0.0);
+        pool::global().for_each_chunk(tmp, chunk * n, &|i, part| {
+            let (start, m) = (i * chunk, part.len() / n);
+            g(&w[start * row_len..(start + m) * row_len], m, x, part)
+        });
+        gather_parts(tmp, chunk, n, out);
     });
 }
 
@@ -236,6 +276,9 @@ fn matmul_parallel<W: Sync>(
 pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
     check_matmul("matmul_f16", rows, cols, x.len(), out.len());
     reference::check_matvec("matmul_f16", w.len(), rows, cols, cols, rows);
+    if let Some(g) = kernels().matmul_f16 {
+        return matmul_blocked(w, cols, cols, x, out, |w, rows, x, out| g(w, rows, cols, x, out));
+    }
     let (f, f2) = (kernels().matvec_f16, kernels().matvec2_f16);
     let two =
         f2.map(|f2| move |w: &[f16], rows: usize, x: [&[f32]; 2], out: [&mut [f32]; 2]| f2(w, rows, cols, x, out));

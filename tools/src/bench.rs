@@ -154,6 +154,8 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
 const SHAPES: [(usize, usize); 2] = [(6912, 2560), (2560, 6912)];
 /// 2B-4T's tied output head: vocabulary × hidden size.
 const HEAD: (usize, usize) = (128256, 2560);
+/// Vectors of the batched head product: a 16-stream decode step.
+const HEAD_VECTORS: usize = 16;
 /// Tokens of the per-variant product: one tile, so the scalar reference
 /// stays quick.
 const VARIANT_TOKENS: usize = 4;
@@ -214,7 +216,7 @@ fn kernels(args: &Options, threads: usize) -> serde_json::Value {
     let mut heads = Vec::new();
     for (name, q8_0) in [("f16", false), ("q8_0", true)] {
         let (rows, cols) = HEAD;
-        let (seconds, bytes) = measure::time_head(rows, cols, q8_0, Duration::from_secs(2));
+        let (seconds, bytes) = measure::time_head(rows, cols, q8_0, 1, Duration::from_secs(2));
         let gbs = bytes as f64 / seconds / 1e9;
         say!(
             args,
@@ -223,7 +225,18 @@ fn kernels(args: &Options, threads: usize) -> serde_json::Value {
             gbs / bw * 100.0,
             bytes as f64 / 1e6
         );
-        heads.push(json!({ "type": name, "rows": rows, "cols": cols, "us": seconds * 1e6, "gbs": gbs, "bandwidth_fraction": gbs / bw }));
+        // The head of a 16-stream decode step, against 16 products of one.
+        let (batched, _) = measure::time_head(rows, cols, q8_0, HEAD_VECTORS, Duration::from_secs(2));
+        let gmacs = (rows * cols * HEAD_VECTORS) as f64 / batched / 1e9;
+        say!(
+            args,
+            "head {name:<4} n={HEAD_VECTORS}  {:7.1} µs  {gmacs:6.1} GMAC/s  {:.2}× {HEAD_VECTORS} products of one vector",
+            batched * 1e6,
+            seconds * HEAD_VECTORS as f64 / batched
+        );
+        heads.push(json!({ "type": name, "rows": rows, "cols": cols, "us": seconds * 1e6, "gbs": gbs,
+            "bandwidth_fraction": gbs / bw, "batched_vectors": HEAD_VECTORS, "batched_us": batched * 1e6,
+            "batched_gmacs": gmacs }));
     }
     // Attention of a 16-token prompt chunk late in a 2,000-token prompt.
     let (rows, positions) = (16, 2000);

@@ -207,14 +207,15 @@ pub fn time_model(
     ModelRun { prefill_tok_s: prefill / n, decode_tok_s: decode / n }
 }
 
-/// Mean time of one output-head product (n_vocab × n_embd) over a matrix of
-/// random F16 values or its Q8_0 conversion, cycled for at least `min_time`.
-/// Returns (seconds, weight bytes).
-pub fn time_head(rows: usize, cols: usize, q8_0: bool, min_time: Duration) -> (f64, usize) {
+/// Mean time of one output-head product (n_vocab × n_embd) of `vectors`
+/// vectors at once over a matrix of random F16 values or its Q8_0
+/// conversion, cycled for at least `min_time`. Returns (seconds, weight
+/// bytes).
+pub fn time_head(rows: usize, cols: usize, q8_0: bool, vectors: usize, min_time: Duration) -> (f64, usize) {
     let mut rng = Rng::new(3);
     let w: Vec<half::f16> = (0..rows * cols).map(|_| half::f16::from_f32(rng.next_f64() as f32 - 0.5)).collect();
-    let x: Vec<f32> = (0..cols).map(|_| rng.next_f64() as f32 - 0.5).collect();
-    let mut out = vec![0.0f32; rows];
+    let x: Vec<f32> = (0..cols * vectors).map(|_| rng.next_f64() as f32 - 0.5).collect();
+    let mut out = vec![0.0f32; rows * vectors];
     let q8: Vec<u8> = if q8_0 {
         let row_bytes = tern_kernels::q8_0_row_bytes(cols);
         let mut bytes = vec![0u8; rows * row_bytes];
@@ -227,12 +228,11 @@ pub fn time_head(rows: usize, cols: usize, q8_0: bool, min_time: Duration) -> (f
     } else {
         Vec::new()
     };
-    let run = |out: &mut [f32]| {
-        if q8_0 {
-            tern_kernels::matvec_q8_0(&q8, rows, cols, &x, out)
-        } else {
-            tern_kernels::matvec_f16(&w, rows, cols, &x, out)
-        }
+    let run = |out: &mut [f32]| match (q8_0, vectors) {
+        (true, 1) => tern_kernels::matvec_q8_0(&q8, rows, cols, &x, out),
+        (true, _) => tern_kernels::matmul_q8_0(&q8, rows, cols, &x, out),
+        (false, 1) => tern_kernels::matvec_f16(&w, rows, cols, &x, out),
+        (false, _) => tern_kernels::matmul_f16(&w, rows, cols, &x, out),
     };
     run(&mut out);
     let start = Instant::now();

@@ -7,7 +7,7 @@
 //! | module | ternary products | dense products | chosen |
 //! |---|---|---|---|
 //! | `x86_64` | AVX2 | AVX2 + FMA + F16C | at run time |
-//! | `x86_64_vnni` | AVX-512 VNNI (`vpdpbusd`) | as `x86_64` | at run time |
+//! | `x86_64_avx512` | AVX-512 VNNI (`vpdpbusd`) | as `x86_64` | at run time |
 //! | `aarch64` | NEON, or NEON + dotprod (`sdot`) | NEON (f16, f32, Q8_0) | at run time (dotprod) |
 //! | `wasm32` | simd128 | simd128 (f16, f32, Q8_0, attention) | at compile time (`+simd128`) |
 //!
@@ -23,4 +23,4 @@ pub mod wasm32;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
-pub mod x86_64_vnni;
+pub mod x86_64_avx512;

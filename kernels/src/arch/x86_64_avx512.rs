@@ -1,5 +1,8 @@
 #![allow(unsafe_code)]
-//! AVX-512 VNNI ternary products (x86_64): `vpdpbusd` multiplies 64
+//! AVX-512 variants (x86_64): ternary products on VNNI, and F16 products
+//! register-blocked over rows and tokens.
+//!
+//! Ternary products: `vpdpbusd` multiplies 64
 //! unsigned codes by 64 signed activations and adds each four products
 //! into one of 16 i32 lanes, in one instruction. No i16 partial sums, no
 //! widening: each row and token's sums stay in one 512-bit accumulator,
@@ -15,8 +18,16 @@
 //! (AVX-512VL). Codes are weight + 1, and the driver takes Σ q back out, as
 //! for AVX2: the sums are bit-identical to the reference.
 
+//!
+//! F16 products (the output head): 4 rows by up to 6 tokens at once, each
+//! pair summed in one 16-lane f32 accumulator over the columns in order,
+//! then its lanes, then the scalar tail. That order is the same for any
+//! number of tokens, so a batched row equals the same row alone.
+
 use crate::arch::driver::{self, Lines, Tile, TileKernel};
+use crate::reference;
 use crate::ternary::{TernaryMatrix, TERNARY_GROUP, TERNARY_GROUP_BYTES};
+use half::f16;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -34,8 +45,8 @@ pub(crate) fn has_avx512_vnni() -> bool {
         && std::is_x86_feature_detected!("avx512vnni")
 }
 
-/// Whether the `avx512-vnni` variant runs here: these and the AVX2 set its
-/// dense products come from.
+/// Whether the `avx512` variant runs here: these and the AVX2 set the
+/// rest of its products come from.
 pub(crate) fn available() -> bool {
     has_avx512_vnni() && crate::arch::x86_64::has_fma_f16c()
 }
@@ -202,3 +213,108 @@ fn sum_lanes_16(v: [__m512i; 16]) -> [i32; 16] {
     unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), all) };
     out
 }
+
+/// Rows of one F16 block.
+const F16_ROWS: usize = 4;
+/// Most tokens of one F16 block: 4 × 6 accumulators, 4 weight vectors and
+/// one activation vector in 32 registers.
+const F16_TOKENS: usize = 6;
+
+/// W (rows, cols) f16 @ x (cols,) -> out (rows,): [`matmul_f16`] of one
+/// vector.
+pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    matmul_f16(w, rows, cols, x, out)
+}
+
+/// W (rows, cols) f16 @ x (n, cols) -> out (n, rows), every row of the
+/// result bit-identical to [`matvec_f16`] of its vector.
+pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    let n = if cols == 0 { 0 } else { x.len() / cols };
+    reference::check_matvec("matmul_f16", w.len(), rows, cols, cols, rows);
+    assert_eq!(x.len(), n * cols, "matmul_f16: x length vs (n, cols)");
+    assert_eq!(out.len(), n * rows, "matmul_f16: out length vs (n, rows)");
+    if !has_avx512_vnni() {
+        for (xt, ot) in x.chunks_exact(cols.max(1)).zip(out.chunks_exact_mut(rows.max(1))) {
+            reference::matvec_f16(w, rows, cols, xt, ot);
+        }
+        return;
+    }
+    // SAFETY: AVX-512 F was detected above.
+    unsafe { matmul_f16_avx512(w, rows, cols, x, out) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn matmul_f16_avx512(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    let n = if cols == 0 { 0 } else { x.len() / cols };
+    for r0 in (0..rows).step_by(F16_ROWS) {
+        // Past the last row, the last row stands in (its sums unused).
+        let block: [&[f16]; F16_ROWS] = std::array::from_fn(|k| {
+            let r = (r0 + k).min(rows - 1);
+            &w[r * cols..(r + 1) * cols]
+        });
+        let live = (rows - r0).min(F16_ROWS);
+        let mut t0 = 0;
+        while t0 < n {
+            let xs = |t: usize| &x[(t0 + t) * cols..(t0 + t + 1) * cols];
+            let mut put = |sums: &[[f32; F16_TOKENS]; F16_ROWS], tokens: usize| {
+                for (k, row) in sums.iter().enumerate().take(live) {
+                    for (t, &v) in row.iter().enumerate().take(tokens) {
+                        out[(t0 + t) * rows + r0 + k] = v;
+                    }
+                }
+            };
+            let tokens = (n - t0).min(F16_TOKENS);
+            match tokens {
+                6 => put(&f16_block::<6>(block, std::array::from_fn(xs)), 6),
+                5 => put(&f16_block::<5>(block, std::array::from_fn(xs)), 5),
+                4 => put(&f16_block::<4>(block, std::array::from_fn(xs)), 4),
+                3 => put(&f16_block::<3>(block, std::array::from_fn(xs)), 3),
+                2 => put(&f16_block::<2>(block, std::array::from_fn(xs)), 2),
+                _ => put(&f16_block::<1>(block, [xs(0)]), 1),
+            }
+            t0 += tokens;
+        }
+    }
+}
+
+/// Σ w·x for 4 rows by T vectors, widened to [`F16_TOKENS`] columns.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn f16_block<const T: usize>(w: [&[f16]; F16_ROWS], x: [&[f32]; T]) -> [[f32; F16_TOKENS]; F16_ROWS] {
+    let cols = x[0].len();
+    assert!(w.iter().all(|r| r.len() == cols) && x.iter().all(|v| v.len() == cols), "f16_block: lengths");
+    let body = cols / 16 * 16;
+    let wp: [*const f16; F16_ROWS] = w.map(|r| r.as_ptr());
+    let xp: [*const f32; T] = x.map(|v| v.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); T]; F16_ROWS];
+    let mut c = 0;
+    while c < body {
+        // SAFETY: c + 16 <= body <= cols, the length of every row and
+        // vector (asserted above).
+        unsafe {
+            let wv: [__m512; F16_ROWS] = std::array::from_fn(|k| {
+                _mm_prefetch::<_MM_HINT_T0>(wp[k].wrapping_add(c + F16_PREFETCH_AHEAD).cast());
+                _mm512_cvtph_ps(_mm256_loadu_si256(wp[k].add(c).cast()))
+            });
+            for t in 0..T {
+                let xv = _mm512_loadu_ps(xp[t].add(c));
+                for k in 0..F16_ROWS {
+                    acc[k][t] = _mm512_fmadd_ps(wv[k], xv, acc[k][t]);
+                }
+            }
+        }
+        c += 16;
+    }
+    let mut sums = [[0.0f32; F16_TOKENS]; F16_ROWS];
+    for k in 0..F16_ROWS {
+        for t in 0..T {
+            let tail: f32 = w[k][body..].iter().zip(&x[t][body..]).map(|(a, b)| a.to_f32() * b).sum();
+            sums[k][t] = _mm512_reduce_add_ps(acc[k][t]) + tail;
+        }
+    }
+    sums
+}
+
+/// Elements ahead of the current column that the F16 product prefetches
+/// on each row (2 KiB).
+const F16_PREFETCH_AHEAD: usize = 1024;
