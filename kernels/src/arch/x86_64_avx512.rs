@@ -229,7 +229,7 @@ pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32
 /// W (rows, cols) f16 @ x (n, cols) -> out (n, rows), every row of the
 /// result bit-identical to [`matvec_f16`] of its vector.
 pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    let n = if cols == 0 { 0 } else { x.len() / cols };
+    let n = x.len().checked_div(cols).unwrap_or(0);
     reference::check_matvec("matmul_f16", w.len(), rows, cols, cols, rows);
     assert_eq!(x.len(), n * cols, "matmul_f16: x length vs (n, cols)");
     assert_eq!(out.len(), n * rows, "matmul_f16: out length vs (n, rows)");
@@ -245,7 +245,7 @@ pub fn matmul_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32
 
 #[target_feature(enable = "avx512f")]
 fn matmul_f16_avx512(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    let n = if cols == 0 { 0 } else { x.len() / cols };
+    let n = x.len().checked_div(cols).unwrap_or(0);
     for r0 in (0..rows).step_by(F16_ROWS) {
         // Past the last row, the last row stands in (its sums unused).
         let block: [&[f16]; F16_ROWS] = std::array::from_fn(|k| {
