@@ -45,6 +45,7 @@ pub use reference::{q8_0_row_bytes, KvBlocks, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, QUAN
 pub use ternary::{TernaryMatrix, I2S_BLOCK, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
 
 use dispatch::kernels;
+use std::ops::Range;
 
 /// Per-token absmax int8 quantisation: `s = 127 / max(max|x|, 1e-5)`,
 /// `q = clamp(round_ties_even(x * s), -128, 127)`. Returns `s`.
@@ -106,6 +107,63 @@ fn transpose_parallel(tmp: &[f32], n: usize, out: &mut [f32]) {
             for (k, &v) in row[t0..t0 + m].iter().enumerate() {
                 part[k * rows + r] = v;
             }
+        }
+    });
+}
+
+/// Several matrices of the same width against the same q (n, cols) and s
+/// (n,), in one pass over the pool: each pair's out (n, its rows) = W @ q.
+/// One hand-off to the pool instead of one per matrix, and the threads
+/// balance over all the rows at once. Each result is bit-identical to
+/// [`ternary_gemm`] of its matrix.
+///
+/// # Panics
+/// If the matrices' widths differ, or `q` or an `out` does not hold n rows.
+pub fn ternary_gemm_many(products: &mut [(&TernaryMatrix, &mut [f32])], q: &[i8], s: &[f32]) {
+    let n = s.len();
+    let Some(cols) = products.first().map(|(w, _)| w.cols()) else { return };
+    assert!(products.iter().all(|(w, _)| w.cols() == cols), "ternary_gemm_many: widths differ");
+    assert_eq!(q.len(), n * cols, "ternary_gemm_many: q length vs (n, cols)");
+    for (w, out) in products.iter() {
+        assert_eq!(out.len(), n * w.rows(), "ternary_gemm_many: out length vs (n, rows)");
+    }
+    if n == 0 {
+        return;
+    }
+    // Tasks: each matrix's rows in chunks sized on the whole pass.
+    let total: usize = products.iter().map(|(w, _)| w.rows()).sum();
+    let chunk = rows_per_task(total, cols * n);
+    let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
+    for (m, (w, _)) in products.iter().enumerate() {
+        tasks.extend((0..w.rows()).step_by(chunk).map(|r| (m, r..(r + chunk).min(w.rows()))));
+    }
+    let mut ends = Vec::with_capacity(tasks.len());
+    let mut end = 0;
+    for (_, rows) in &tasks {
+        end += rows.len() * n;
+        ends.push(end);
+    }
+    let f = kernels().ternary_rows;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|tmp| {
+        // tmp: each matrix's (rows, n) in turn.
+        tmp.resize(total * n, 0.0);
+        let ws: Vec<&TernaryMatrix> = products.iter().map(|(w, _)| *w).collect();
+        pool::global().for_each_part(tmp, &ends, &|i, part| {
+            let (m, rows) = &tasks[i];
+            f(ws[*m], q, s, rows.clone(), part)
+        });
+        let mut at = 0;
+        for (w, out) in products.iter_mut() {
+            let part = &tmp[at..at + w.rows() * n];
+            if n == 1 {
+                out.copy_from_slice(part);
+            } else {
+                transpose_parallel(part, n, out);
+            }
+            at += w.rows() * n;
         }
     });
 }

@@ -188,6 +188,44 @@ fn large_products_match_the_reference_on(gemv: GemvFn, gemm: GemmFn) {
 }
 
 #[test]
+fn gemm_many_equals_gemm_of_each_matrix() {
+    let mut rng = rng(17);
+    let cols = 385;
+    let shapes = [3, 130, 17];
+    let mats: Vec<TernaryMatrix> = shapes
+        .iter()
+        .map(|&rows| TernaryMatrix::from_ternary(&random_ternary(&mut rng, rows * cols), rows, cols, 0.7).unwrap())
+        .collect();
+    for n in [0, 1, 2, 9] {
+        let q = random_q(&mut rng, n * cols);
+        let s: Vec<f32> = (0..n).map(|t| 2.0 + t as f32).collect();
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![f32::NAN; n * w.rows()]).collect();
+        let mut products: Vec<(&TernaryMatrix, &mut [f32])> =
+            mats.iter().zip(outs.iter_mut()).map(|(w, o)| (w, &mut o[..])).collect();
+        tern_kernels::ternary_gemm_many(&mut products, &q, &s);
+        for (w, got) in mats.iter().zip(&outs) {
+            let mut want = vec![0f32; n * w.rows()];
+            tern_kernels::ternary_gemm(w, &q, &s, &mut want);
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "n {n} rows {}",
+                w.rows()
+            );
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "widths differ")]
+fn gemm_many_refuses_matrices_of_different_widths() {
+    let a = TernaryMatrix::from_ternary(&[1, 0, -1, 1], 2, 2, 1.0).unwrap();
+    let b = TernaryMatrix::from_ternary(&[1, 0, -1], 1, 3, 1.0).unwrap();
+    let (mut oa, mut ob) = ([0f32; 2], [0f32; 1]);
+    tern_kernels::ternary_gemm_many(&mut [(&a, &mut oa[..]), (&b, &mut ob[..])], &[0; 2], &[1.0]);
+}
+
+#[test]
 fn dispatch_keeps_the_last_variant_this_cpu_can_run() {
     let chosen = tern_kernels::dispatch::chosen();
     let want = runnable_variants("dispatch").last().expect("the reference always runs").name;

@@ -3,10 +3,11 @@
 //! Per step, every row (one token of one item) goes through, like
 //! llama2.c's `forward()`:
 //! 1. the embedding lookup;
-//! 2. per layer, an attention block (norm, q/k/v from one int8 input, RoPE,
+//! 2. per layer, an attention block (norm, q/k/v from one int8 input in
+//!    one hand-off to the thread pool, RoPE,
 //!    keys and values into the KV memory, attention over the item's cached
 //!    positions, sub-norm, output projection, residual) and a feed-forward
-//!    block (norm, gate and up from one int8 input, squared-ReLU or SiLU
+//!    block (norm, gate and up from one int8 input in one hand-off, squared-ReLU or SiLU
 //!    gate, sub-norm, down projection, residual);
 //! 3. the output norm, then the head for the rows that want logits.
 //!
@@ -91,9 +92,11 @@ impl CpuBackend {
         rmsnorm_rows(&s.x, &layer.attn_norm, c.rms_eps, n, &mut s.xn);
         quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
         time.charge(Phase::Elementwise);
-        bitlinear_quantized(&layer.wq, &s.xq[..n * d], &s.xs, n, &mut s.q);
-        bitlinear_quantized(&layer.wk, &s.xq[..n * d], &s.xs, n, &mut s.k);
-        bitlinear_quantized(&layer.wv, &s.xq[..n * d], &s.xs, n, &mut s.v);
+        k::ternary_gemm_many(
+            &mut [(&layer.wq, &mut s.q[..n * qd]), (&layer.wk, &mut s.k[..n * kvd]), (&layer.wv, &mut s.v[..n * kvd])],
+            &s.xq[..n * d],
+            &s.xs[..n],
+        );
         time.charge(Phase::Ternary);
         for (t, &(i, pos)) in rows.iter().enumerate() {
             k::rope_neox(&mut s.q[t * qd..(t + 1) * qd], c.n_head, c.head_dim, c.rope_dim, pos, c.rope_theta);
@@ -139,8 +142,11 @@ impl CpuBackend {
         rmsnorm_rows(&s.x, &layer.ffn_norm, c.rms_eps, n, &mut s.xn);
         quantize_rows(&s.xn, n, d, &mut s.xq, &mut s.xs);
         time.charge(Phase::Elementwise);
-        bitlinear_quantized(&layer.w_gate, &s.xq[..n * d], &s.xs, n, &mut s.gate);
-        bitlinear_quantized(&layer.w_up, &s.xq[..n * d], &s.xs, n, &mut s.up);
+        k::ternary_gemm_many(
+            &mut [(&layer.w_gate, &mut s.gate[..n * ff]), (&layer.w_up, &mut s.up[..n * ff])],
+            &s.xq[..n * d],
+            &s.xs[..n],
+        );
         time.charge(Phase::Ternary);
         match c.activation {
             Activation::Relu2 => k::relu2_gate(&s.gate, &s.up, &mut s.h),
