@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub q8_0_head: bool,
     /// Bytes of KV cache per model (at least one full context is kept).
     pub kv_memory: usize,
+    /// Touch the KV cache's pages at load ([`LoadOptions::kv_prefault`]).
+    pub kv_prefault: bool,
     /// Tokens one scheduler step runs: every decoding sequence's next token
     /// plus prompt chunks.
     pub step_tokens: usize,
@@ -79,6 +81,7 @@ impl Default for EngineConfig {
             default_timeout: None,
             q8_0_head: false,
             kv_memory: 2 << 30,
+            kv_prefault: false,
             step_tokens: 64,
             prefill_chunk: 16,
             job_ttl: Duration::from_secs(600),
@@ -467,7 +470,12 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
     if config.models.is_empty() {
         return Err("no model file given".into());
     }
-    let options = LoadOptions { q8_0_head: config.q8_0_head, kv_memory: config.kv_memory, ..LoadOptions::default() };
+    let options = LoadOptions {
+        q8_0_head: config.q8_0_head,
+        kv_memory: config.kv_memory,
+        kv_prefault: config.kv_prefault,
+        ..LoadOptions::default()
+    };
     let models: Vec<Arc<LoadedModel>> = config
         .models
         .iter()

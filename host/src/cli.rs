@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// KV cache per model, in MiB (at least one full context is kept).
     #[arg(long, env = "TERN_KV_MEMORY_MIB", default_value_t = 2048, help_heading = "engine")]
     pub kv_memory_mib: usize,
+    /// Touch every page of the KV cache at load, as llama.cpp clears its
+    /// cache at start: resident memory is the whole cache at once, and no
+    /// request pays a first write's page fault later.
+    #[arg(long, env = "TERN_KV_PREFAULT", help_heading = "engine")]
+    pub kv_prefault: bool,
     /// Tokens one scheduler step runs: every decoding sequence's next
     /// token plus prompt chunks.
     #[arg(long, env = "TERN_STEP_TOKENS", default_value_t = 64, help_heading = "engine")]
@@ -346,6 +351,15 @@ pub struct BenchArgs {
     /// sets of a JSON Schema, new and cached) against a decode step.
     #[arg(long)]
     pub grammar: bool,
+    /// KV cache of the engine under test, in MiB (as `tern serve
+    /// --kv-memory-mib`).
+    #[arg(long, default_value_t = 2048)]
+    pub kv_memory_mib: usize,
+    /// Touch the KV cache's pages at load (as `tern serve --kv-prefault`),
+    /// so the timed run pays no first-write page faults, as llama.cpp's
+    /// benchmarks clear their cache before timing.
+    #[arg(long)]
+    pub kv_prefault: bool,
     /// Print one JSON line on stdout (the human-readable report goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -356,8 +370,11 @@ impl BenchArgs {
     /// kernels' pool.
     pub fn options(self) -> bench::Options {
         let threads = apply_threads(&self.model);
+        let mut engine = engine_config(&self.model);
+        engine.kv_memory = self.kv_memory_mib << 20;
+        engine.kv_prefault = self.kv_prefault;
         bench::Options {
-            engine: engine_config(&self.model),
+            engine,
             threads,
             prompt_tokens: self.prompt_tokens,
             decode_tokens: self.decode_tokens,

@@ -50,6 +50,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     config.max_queue = args.max_queue;
     config.default_timeout = Some(Duration::from_secs(args.request_timeout));
     config.kv_memory = args.kv_memory_mib << 20;
+    config.kv_prefault = args.kv_prefault;
     config.step_tokens = args.step_tokens;
     config.prefill_chunk = args.prefill_chunk;
     config.job_ttl = Duration::from_secs(args.job_ttl);

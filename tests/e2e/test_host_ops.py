@@ -579,3 +579,22 @@ def test_compress_gzips_whole_answers_but_never_streams(tmp_path):
         assert "content-encoding" not in {k.lower() for k in headers}
     finally:
         s.stop()
+
+
+def test_kv_prefault_makes_the_cache_resident_at_load_and_answers_the_same(tmp_path):
+    """`--kv-prefault` touches the KV cache's pages at load: resident memory
+    grows by the budget before any request, and greedy answers do not change."""
+    budget_mib = 256
+    rss_mib, texts = {}, {}
+    for prefault in (False, True):
+        flags = ["--kv-memory-mib", str(budget_mib)] + (["--kv-prefault"] if prefault else [])
+        s = Server([*model_args(), *flags], tmp_path / f"serve-{prefault}.log")
+        try:
+            rss_mib[prefault] = rss_kib(s.proc.pid) >> 10
+            status, _, body = s.json("POST", "/v1/chat/completions", chat_body(False, max_tokens=8, temperature=0))
+            assert status == 200, body
+            texts[prefault] = body["choices"][0]["message"]["content"]
+        finally:
+            s.stop()
+    assert rss_mib[True] - rss_mib[False] >= budget_mib * 0.9, rss_mib
+    assert texts[True] == texts[False]

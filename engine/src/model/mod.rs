@@ -75,7 +75,7 @@ impl Model {
     pub fn load(g: &GgufFile, options: &LoadOptions) -> Result<Self, ModelError> {
         let weights = Weights::load(g, options)?;
         let summary = WeightsSummary::of(&weights);
-        Ok(Self::on(Box::new(CpuBackend::new(weights, options.kv_memory)), summary))
+        Ok(Self::on(Box::new(CpuBackend::new(weights, options.kv_memory, options.kv_prefault)), summary))
     }
 
     /// A model on `backend`, whose weights add up to `summary`.

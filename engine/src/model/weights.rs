@@ -129,6 +129,9 @@ pub struct LoadOptions {
     /// the F32 product is faster and sums in the same order. Ignored with
     /// `q8_0_head`.
     pub f32_head: bool,
+    /// Touch every page of the KV cache at load, so no step pays a first
+    /// write's page fault later; resident memory is the whole cache at once.
+    pub kv_prefault: bool,
     /// Bytes of KV cache the backend keeps (at least one full context).
     pub kv_memory: usize,
 }

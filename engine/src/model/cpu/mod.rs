@@ -50,12 +50,13 @@ struct State {
 
 impl CpuBackend {
     /// `weights` on the CPU, with KV memory for `kv_memory` bytes of blocks
-    /// (at least one full context). Memory is taken as it is used.
-    pub fn new(weights: Weights, kv_memory: usize) -> Self {
+    /// (at least one full context). Memory is taken as it is used, or all
+    /// at once with `prefault`.
+    pub fn new(weights: Weights, kv_memory: usize, prefault: bool) -> Self {
         let c = &weights.config;
         let per_block = KvMemory::block_bytes(c.n_layer, c.kv_dim());
         let blocks = (kv_memory / per_block).max(c.n_ctx.div_ceil(BLOCK_TOKENS));
-        let kv = KvMemory::new(c.n_layer, c.kv_dim(), blocks);
+        let kv = KvMemory::new(c.n_layer, c.kv_dim(), blocks, prefault);
         Self { weights, state: Mutex::new(State { kv, scratch: Scratch::default() }) }
     }
 
