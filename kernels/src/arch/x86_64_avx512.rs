@@ -2,12 +2,12 @@
 //! AVX-512 variants (x86_64): ternary products on VNNI, and F16 products
 //! register-blocked over rows and tokens.
 //!
-//! Ternary products: `vpdpbusd` multiplies 64
-//! unsigned codes by 64 signed activations and adds each four products
-//! into one of 16 i32 lanes, in one instruction. No i16 partial sums, no
-//! widening: each row and token's sums stay in one 512-bit accumulator,
-//! two rows by up to eight tokens at once, so each code vector serves
-//! eight tokens and each activation load two rows.
+//! Ternary products: `vpdpbusd` multiplies 64 unsigned codes by 64 signed
+//! activations and adds each four products into one of 16 i32 lanes, in
+//! one instruction. No i16 partial sums, no widening: each row and token's
+//! sums stay in one 512-bit accumulator, two rows by up to eight tokens at
+//! once, so each code vector serves eight tokens and each activation load
+//! two rows.
 //!
 //! The kernels' layout packs a 128-column group into 32 bytes, four runs of
 //! 32 columns in the bit pairs of each byte. One 64-byte load holds two
@@ -17,7 +17,6 @@
 //! 64 contiguous bytes. A last odd group uses the 256-bit form
 //! (AVX-512VL). Codes are weight + 1, and the driver takes Σ q back out, as
 //! for AVX2: the sums are bit-identical to the reference.
-
 //!
 //! F16 products (the output head): 4 rows by up to 6 tokens at once, each
 //! pair summed in one 16-lane f32 accumulator over the columns in order,
@@ -106,8 +105,8 @@ fn rows_vnni<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
 const ROWS: usize = 2;
 
 /// Σ code·q over `groups` of [`ROWS`] packed rows for T tokens, q as
-/// [`arrange`] left it. `groups` starts on a pair (the driver asks for the
-/// whole row or for one 256-column block).
+/// [`arrange`] left it. `groups` starts on a pair (the driver asks for
+/// column chunks of whole pairs, or for one 256-column block).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 fn pair_dots<const T: usize>(codes: [&[u8]; ROWS], q: &[&[i8]; T], groups: Range<usize>) -> [[i32; T]; ROWS] {
