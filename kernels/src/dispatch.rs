@@ -75,7 +75,7 @@ impl Kernels {
 /// One set of implementations this build has.
 #[derive(Debug, Clone, Copy)]
 pub struct Variant {
-    /// `reference`, `avx2`, `avx512`, `neon`, `neon-dotprod`, `simd128`.
+    /// `reference`, `avx2`, `avx-vnni`, `avx512`, `neon`, `neon-dotprod`, `simd128`.
     pub name: &'static str,
     /// What it needs of the CPU, in words (for SKIP lines).
     pub needs: &'static str,
@@ -100,6 +100,13 @@ pub const VARIANTS: &[Variant] = &[
     Variant { name: "reference", needs: "nothing", available: always, kernels: Kernels::REFERENCE },
     #[cfg(target_arch = "x86_64")]
     Variant { name: "avx2", needs: "AVX2, FMA and F16C", available: crate::arch::x86_64::has_fma_f16c, kernels: AVX2 },
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "avx-vnni",
+        needs: "AVX-VNNI, AVX2, FMA and F16C",
+        available: crate::arch::x86_64::has_avx_vnni_fma_f16c,
+        kernels: Kernels { ternary_rows: crate::arch::x86_64::ternary_rows_vnni, ..AVX2 },
+    },
     #[cfg(target_arch = "x86_64")]
     Variant {
         name: "avx512",

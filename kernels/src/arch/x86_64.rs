@@ -124,6 +124,80 @@ fn group_dots<const T: usize>(codes: &[u8], q: &[&[i8]; T], groups: Range<usize>
     std::array::from_fn(|t| hsum_i32(acc[t]))
 }
 
+pub(crate) fn has_avx_vnni() -> bool {
+    has_avx2() && std::is_x86_feature_detected!("avxvnni")
+}
+
+/// Whether the `avx-vnni` variant runs here: AVX-VNNI and the AVX2 set the
+/// rest of its products come from.
+pub(crate) fn has_avx_vnni_fma_f16c() -> bool {
+    has_avx_vnni() && has_fma_f16c()
+}
+
+/// [`ternary_rows`] on AVX-VNNI (`vpdpbusd` on 256 bits, as on CPUs with
+/// VNNI but without AVX-512): each group's four runs of codes go straight
+/// into i32 sums, with no i16 partial sums and no widening.
+pub fn ternary_rows_vnni(w: &TernaryMatrix, q: &[i8], s: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    if !has_avx_vnni() {
+        return ternary_rows(w, q, s, rows, out);
+    }
+    // SAFETY: AVX2 and AVX-VNNI were detected above.
+    unsafe { driver::ternary_rows::<AvxVnni>(w, q, s, rows, out) }
+}
+
+/// The AVX-VNNI inner kernel: [`group_dots_vnni`].
+struct AvxVnni;
+
+impl TileKernel for AvxVnni {
+    const SUMS_CODES: bool = true;
+
+    unsafe fn rows<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+        // SAFETY: the caller guarantees AVX2 and AVX-VNNI.
+        unsafe { rows_vnni::<T>(tile, rows, out) }
+    }
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+fn rows_vnni<const T: usize>(tile: &Tile, rows: Range<usize>, out: &mut [f32]) {
+    tile.rows::<T>(rows, out, |codes, q, groups| group_dots_vnni::<T>(codes, q, groups))
+}
+
+/// [`group_dots`] with `vpdpbusd`: per group and token, four multiply-adds
+/// into two i32 chains (runs 0 and 2, runs 1 and 3), which halves the wait
+/// on each.
+#[target_feature(enable = "avx2,avxvnni")]
+#[inline]
+fn group_dots_vnni<const T: usize>(codes: &[u8], q: &[&[i8]; T], groups: Range<usize>) -> [i32; T] {
+    assert!(groups.end * TERNARY_GROUP_BYTES <= codes.len(), "group_dots_vnni: codes too short");
+    assert!(q.iter().all(|qt| groups.end * TERNARY_GROUP <= qt.len()), "group_dots_vnni: q too short");
+    let low = _mm256_set1_epi8(0x03);
+    let cp = codes.as_ptr();
+    let qp: [*const i8; T] = std::array::from_fn(|t| q[t].as_ptr());
+    let mut even = [_mm256_setzero_si256(); T];
+    let mut odd = [_mm256_setzero_si256(); T];
+    for g in groups {
+        // SAFETY: g < groups.end, and both slices were checked to hold every
+        // group up to groups.end (asserts above).
+        unsafe {
+            let packed = _mm256_loadu_si256(cp.add(g * TERNARY_GROUP_BYTES).cast());
+            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(g * TERNARY_GROUP_BYTES + PREFETCH_AHEAD).cast());
+            // A 16-bit shift leaks bits across bytes; the mask drops them.
+            let c0 = _mm256_and_si256(packed, low);
+            let c1 = _mm256_and_si256(_mm256_srli_epi16::<2>(packed), low);
+            let c2 = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low);
+            let c3 = _mm256_and_si256(_mm256_srli_epi16::<6>(packed), low);
+            for t in 0..T {
+                let qg = qp[t].add(g * TERNARY_GROUP);
+                even[t] = _mm256_dpbusd_avx_epi32(even[t], c0, _mm256_loadu_si256(qg.cast()));
+                odd[t] = _mm256_dpbusd_avx_epi32(odd[t], c1, _mm256_loadu_si256(qg.add(32).cast()));
+                even[t] = _mm256_dpbusd_avx_epi32(even[t], c2, _mm256_loadu_si256(qg.add(64).cast()));
+                odd[t] = _mm256_dpbusd_avx_epi32(odd[t], c3, _mm256_loadu_si256(qg.add(96).cast()));
+            }
+        }
+    }
+    std::array::from_fn(|t| hsum_i32(_mm256_add_epi32(even[t], odd[t])))
+}
+
 /// W (rows, cols) f16 @ x (cols,) -> out (rows,). See [`reference::matvec_f16`].
 pub fn matvec_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
     if !has_fma_f16c() {
