@@ -243,7 +243,16 @@ fn dispatch_keeps_the_last_variant_this_cpu_can_run() {
             _ => std::is_x86_feature_detected!("avx512vnni"),
         });
         let avx_vnni = std::is_x86_feature_detected!("avxvnni");
-        assert_eq!(chosen.name, if vnni { "avx512" } else if avx_vnni { "avx-vnni" } else { "avx2" });
+        assert_eq!(
+            chosen.name,
+            if vnni {
+                "avx512"
+            } else if avx_vnni {
+                "avx-vnni"
+            } else {
+                "avx2"
+            }
+        );
     }
 }
 
