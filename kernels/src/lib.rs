@@ -82,14 +82,7 @@ pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
     if n <= 1 {
         return ternary_rows_parallel(w, q, s, out);
     }
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with_borrow_mut(|tmp| {
-        tmp.resize(n * rows, 0.0); // tmp (rows, n)
-        ternary_rows_parallel(w, q, s, tmp);
-        transpose_parallel(tmp, n, out);
-    });
+    ternary_gemm_many(&mut [(w, out)], q, s)
 }
 
 /// Tokens per task of the transpose back to (n, rows): 16 f32, one cache
