@@ -85,23 +85,22 @@ pub fn ternary_gemm(w: &TernaryMatrix, q: &[i8], s: &[f32], out: &mut [f32]) {
     ternary_gemm_many(&mut [(w, out)], q, s)
 }
 
-/// Tokens per task of the transpose back to (n, rows): 16 f32, one cache
-/// line of each row of the (rows, n) result.
+/// Tokens per pass of [`transpose_into`]: 16 f32, one cache line of each
+/// row of the (rows, n) result.
 const TRANSPOSE_TOKENS: usize = 16;
 
-/// tmp (rows, n) -> out (n, rows), split by tokens over the pool: each
-/// task reads one cache line of each row and writes its tokens' rows
-/// front to back.
-fn transpose_parallel(tmp: &[f32], n: usize, out: &mut [f32]) {
-    let rows = tmp.len() / n;
-    pool::global().for_each_chunk(out, rows * TRANSPOSE_TOKENS, &|i, part| {
-        let (t0, m) = (i * TRANSPOSE_TOKENS, part.len() / rows);
-        for (r, row) in tmp.chunks_exact(n).enumerate() {
-            for (k, &v) in row[t0..t0 + m].iter().enumerate() {
-                part[k * rows + r] = v;
+/// tmp (rows, n) -> the rows' columns of out (n, all rows), 16 tokens at a
+/// time: one cache line of each row of tmp per pass, each token's part of
+/// out written front to back.
+fn transpose_into(tmp: &[f32], n: usize, out: &mut pool::Columns<'_, f32>) {
+    for t0 in (0..n).step_by(TRANSPOSE_TOKENS) {
+        let mut dst: Vec<&mut [f32]> = out.rows_mut(t0..(t0 + TRANSPOSE_TOKENS).min(n)).collect();
+        for (r, src) in tmp.chunks_exact(n).enumerate() {
+            for (d, &v) in dst.iter_mut().zip(&src[t0..]) {
+                d[r] = v;
             }
         }
-    });
+    }
 }
 
 /// Several matrices of the same width against the same q (n, cols) and s
@@ -130,34 +129,22 @@ pub fn ternary_gemm_many(products: &mut [(&TernaryMatrix, &mut [f32])], q: &[i8]
     for (m, (w, _)) in products.iter().enumerate() {
         tasks.extend((0..w.rows()).step_by(chunk).map(|r| (m, r..(r + chunk).min(w.rows()))));
     }
-    let mut ends = Vec::with_capacity(tasks.len());
-    let mut end = 0;
-    for (_, rows) in &tasks {
-        end += rows.len() * n;
-        ends.push(end);
-    }
     let f = kernels().ternary_rows;
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    SCRATCH.with_borrow_mut(|tmp| {
-        // tmp: each matrix's (rows, n) in turn.
-        tmp.resize(total * n, 0.0);
-        let ws: Vec<&TernaryMatrix> = products.iter().map(|(w, _)| *w).collect();
-        pool::global().for_each_part(tmp, &ends, &|i, part| {
-            let (m, rows) = &tasks[i];
-            f(ws[*m], q, s, rows.clone(), part)
-        });
-        let mut at = 0;
-        for (w, out) in products.iter_mut() {
-            let part = &tmp[at..at + w.rows() * n];
-            if n == 1 {
-                out.copy_from_slice(part);
-            } else {
-                transpose_parallel(part, n, out);
-            }
-            at += w.rows() * n;
-        }
+    let ws: Vec<&TernaryMatrix> = products.iter().map(|(w, _)| *w).collect();
+    let widths: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
+    let mut outs: Vec<&mut [f32]> = products.iter_mut().map(|(_, out)| &mut **out).collect();
+    // Each task's (rows, n) result goes back to (n, rows) while it is
+    // still in this core's cache.
+    pool::global().for_each_columns(&mut outs, &widths, &tasks, &|i, mut block| {
+        let (m, rows) = &tasks[i];
+        SCRATCH.with_borrow_mut(|tmp| {
+            tmp.resize(rows.len() * n, 0.0);
+            f(ws[*m], q, s, rows.clone(), tmp);
+            transpose_into(tmp, n, &mut block);
+        })
     });
 }
 

@@ -18,6 +18,8 @@
 //! inline on its own thread instead of waiting.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
+use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
@@ -188,6 +190,80 @@ impl Pool {
             f(i, part)
         });
     }
+
+    /// Calls `f(index, block)` for each task in parallel, task i getting
+    /// the columns `tasks[i].1` of every row of buffer `tasks[i].0`, which
+    /// holds rows of `widths[that]` elements.
+    ///
+    /// # Panics
+    /// If a buffer's length is not whole rows, or two tasks' columns of
+    /// one buffer overlap or pass its width.
+    pub fn for_each_columns<T: Send>(
+        &self,
+        buffers: &mut [&mut [T]],
+        widths: &[usize],
+        tasks: &[(usize, Range<usize>)],
+        f: &(dyn Fn(usize, Columns<'_, T>) + Sync),
+    ) {
+        assert_eq!(buffers.len(), widths.len(), "for_each_columns: a width per buffer");
+        for (m, (buffer, &width)) in buffers.iter().zip(widths).enumerate() {
+            assert!(width > 0 && buffer.len().is_multiple_of(width), "for_each_columns: buffer {m} is not whole rows");
+            let mut mine: Vec<&Range<usize>> = tasks.iter().filter(|(b, _)| *b == m).map(|(_, c)| c).collect();
+            mine.sort_by_key(|c| c.start);
+            assert!(
+                mine.iter().all(|c| c.start <= c.end && c.end <= width),
+                "for_each_columns: columns past the width"
+            );
+            assert!(mine.windows(2).all(|p| p[0].end <= p[1].start), "for_each_columns: tasks' columns overlap");
+        }
+        assert!(tasks.iter().all(|(b, _)| *b < buffers.len()), "for_each_columns: no such buffer");
+        let heights: Vec<usize> = buffers.iter().zip(widths).map(|(b, w)| b.len() / w).collect();
+        let bases: Vec<SendPtr<T>> = buffers.iter_mut().map(|b| SendPtr(b.as_mut_ptr())).collect();
+        self.run(tasks.len(), &|i| {
+            let (m, cols) = &tasks[i];
+            let block = Columns {
+                base: bases[*m].get(),
+                stride: widths[*m],
+                height: heights[*m],
+                cols: cols.clone(),
+                _buffer: PhantomData,
+            };
+            f(i, block)
+        });
+    }
+}
+
+/// One task's block of columns of a row-major buffer, from
+/// [`Pool::for_each_columns`]: the same columns of every row.
+pub struct Columns<'a, T> {
+    base: *mut T,
+    /// Elements per row of the whole buffer.
+    stride: usize,
+    height: usize,
+    cols: Range<usize>,
+    _buffer: PhantomData<&'a mut [T]>,
+}
+
+impl<T> Columns<'_, T> {
+    /// Rows of the buffer.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The block's columns of each row in `rows`, as slices.
+    ///
+    /// # Panics
+    /// If `rows` reaches past the buffer's last row.
+    pub fn rows_mut(&mut self, rows: Range<usize>) -> impl Iterator<Item = &mut [T]> + '_ {
+        assert!(rows.end <= self.height, "Columns::rows_mut: rows {rows:?} past {}", self.height);
+        let (base, stride, cols) = (self.base, self.stride, self.cols.clone());
+        rows.map(move |r| {
+            // SAFETY: row r's columns `cols` lie inside the buffer (checked
+            // in `for_each_columns`), no other task's block overlaps them,
+            // and each row is handed out once per borrow of `self`.
+            unsafe { std::slice::from_raw_parts_mut(base.add(r * stride + cols.start), cols.len()) }
+        })
+    }
 }
 
 impl Drop for Pool {
@@ -211,7 +287,8 @@ impl<T> SendPtr<T> {
     }
 }
 // SAFETY: used only to hand disjoint sub-slices of a `&mut [T]` (T: Send)
-// to pool threads, see `for_each_chunk` and `for_each_part`.
+// to pool threads, see `for_each_chunk`, `for_each_part` and
+// `for_each_columns`.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 fn claim_tasks(s: &WorkerState, f: &(dyn Fn(usize) + Sync)) {
@@ -291,6 +368,33 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(SeqCst) == 1), "{tasks} tasks");
         }
+    }
+
+    #[test]
+    fn column_blocks_of_several_buffers_cover_each_element_once() {
+        let pool = Pool::new(2);
+        let (mut a, mut b) = (vec![0u32; 3 * 10], vec![0u32; 3 * 7]);
+        let tasks = [(0, 0..4), (1, 0..7), (0, 4..9), (0, 9..10)];
+        pool.for_each_columns(&mut [&mut a, &mut b], &[10, 7], &tasks, &|i, mut block| {
+            let height = block.height();
+            for row in block.rows_mut(0..height) {
+                row.iter_mut().for_each(|v| *v += i as u32 + 1);
+            }
+        });
+        let task_of = |m: usize, c: usize| tasks.iter().position(|(b, cols)| *b == m && cols.contains(&c)).unwrap();
+        for (m, buffer, width) in [(0, &a, 10), (1, &b, 7)] {
+            for (j, v) in buffer.iter().enumerate() {
+                assert_eq!(*v, task_of(m, j % width) as u32 + 1, "buffer {m} element {j}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    #[cfg_attr(target_family = "wasm", ignore = "panics abort on wasm")]
+    fn overlapping_column_blocks_are_refused() {
+        let mut a = vec![0u8; 20];
+        Pool::new(1).for_each_columns(&mut [&mut a], &[10], &[(0, 0..5), (0, 4..10)], &|_, _| ());
     }
 
     #[test]

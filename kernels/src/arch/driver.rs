@@ -216,14 +216,25 @@ impl Tile<'_> {
                     }
                 }
                 let whole: [i32; T] = std::array::from_fn(|t| offset(t, 0..full));
+                let s: [f32; T] = std::array::from_fn(|t| self.s[t0 + t]);
+                let has_tail = full * TERNARY_GROUP < w.cols;
                 for (r, sum) in rows.clone().zip(&sums) {
                     let codes = w.row_codes(r);
+                    let tail: [i32; T] = if has_tail {
+                        std::array::from_fn(|t| {
+                            (full * TERNARY_GROUP..w.cols)
+                                .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
+                                .sum()
+                        })
+                    } else {
+                        [0; T]
+                    };
+                    // One lane per token: the compiler keeps this loop in
+                    // vector registers (divides included), in the
+                    // reference's order per element.
                     let o = &mut out[at(r)..at(r) + T];
                     for t in 0..T {
-                        let tail: i32 = (full * TERNARY_GROUP..w.cols)
-                            .map(|c| (get_code(codes, c) as i32 - 1) * qt[t][c] as i32)
-                            .sum();
-                        o[t] = (sum[t] - whole[t] + tail) as f32 * d / self.s[t0 + t];
+                        o[t] = (sum[t] - whole[t] + tail[t]) as f32 * d / s[t];
                     }
                 }
             }
