@@ -19,6 +19,11 @@ use std::sync::OnceLock;
 /// Rows `rows` of W (rows, cols) @ q (n, cols) with scales s (n,) ->
 /// out (rows.len(), n); see [`reference::ternary_rows`].
 pub type TernaryRowsFn = fn(&TernaryMatrix, &[i8], &[f32], Range<usize>, &mut [f32]);
+/// Several matrices of one width against q (n, cols), s (n,): each
+/// (W, out (n, W's rows)) gets W @ q, bit-identical to the same products
+/// through [`TernaryRowsFn`]; returns false, touching nothing, for
+/// products the variant leaves to `ternary_rows`.
+pub type TernaryGemmFn = fn(&mut [(&TernaryMatrix, &mut [f32])], &[i8], &[f32]) -> bool;
 /// x (n,) -> q (n,), returns s.
 pub type QuantizeFn = fn(&[f32], &mut [i8]) -> f32;
 /// W (rows, cols) f16 @ x (cols,) -> out (rows,).
@@ -42,6 +47,9 @@ pub type AttentionFn = fn(&[f32], usize, reference::KvBlocks, usize, usize, usiz
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
     pub ternary_rows: TernaryRowsFn,
+    /// The batched product as a whole (its own split over the pool), where
+    /// a variant has one; otherwise `ternary_rows` over row ranges.
+    pub ternary_gemm: Option<TernaryGemmFn>,
     pub quantize_row_i8: QuantizeFn,
     pub matvec_f16: MatvecF16Fn,
     /// Two vectors at once where a variant has it (it must match
@@ -61,6 +69,7 @@ impl Kernels {
     /// Every slot on the scalar reference.
     pub const REFERENCE: Kernels = Kernels {
         ternary_rows: reference::ternary_rows,
+        ternary_gemm: None,
         quantize_row_i8: reference::quantize_row_i8,
         matvec_f16: reference::matvec_f16,
         matvec2_f16: None,
@@ -112,16 +121,14 @@ pub const VARIANTS: &[Variant] = &[
         name: "avx512",
         needs: "AVX-512 (F, BW, VL) with VNNI, AVX2, FMA and F16C",
         available: crate::arch::x86_64_avx512::available,
-        kernels: {
-            use crate::arch::x86_64_avx512 as v;
-            Kernels {
-                ternary_rows: v::ternary_rows,
-                matvec_f16: v::matvec_f16,
-                matvec2_f16: None,
-                matmul_f16: Some(v::matmul_f16),
-                ..AVX2
-            }
-        },
+        kernels: AVX512,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Variant {
+        name: "amx",
+        needs: "AMX-TILE and AMX-INT8 (granted by the OS), and what avx512 needs",
+        available: crate::arch::x86_64_amx::available,
+        kernels: Kernels { ternary_gemm: Some(crate::arch::x86_64_amx::ternary_gemm_many), ..AVX512 },
     },
     // NEON is part of every aarch64 target; dotprod (ARMv8.4, optional from 8.2) is not.
     #[cfg(target_arch = "aarch64")]
@@ -164,6 +171,18 @@ const AVX2: Kernels = {
         matvec_q8_0: v::matvec_q8_0,
         attention: v::attention,
         ..Kernels::REFERENCE
+    }
+};
+
+#[cfg(target_arch = "x86_64")]
+const AVX512: Kernels = {
+    use crate::arch::x86_64_avx512 as v;
+    Kernels {
+        ternary_rows: v::ternary_rows,
+        matvec_f16: v::matvec_f16,
+        matvec2_f16: None,
+        matmul_f16: Some(v::matmul_f16),
+        ..AVX2
     }
 };
 

@@ -122,6 +122,9 @@ pub fn ternary_gemm_many(products: &mut [(&TernaryMatrix, &mut [f32])], q: &[i8]
     if n == 0 {
         return;
     }
+    if kernels().ternary_gemm.is_some_and(|gemm| gemm(products, q, s)) {
+        return;
+    }
     // Tasks: each matrix's rows in chunks sized on the whole pass.
     let total: usize = products.iter().map(|(w, _)| w.rows()).sum();
     let chunk = rows_per_task(total, cols * n);

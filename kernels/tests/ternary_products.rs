@@ -243,9 +243,14 @@ fn dispatch_keeps_the_last_variant_this_cpu_can_run() {
             _ => std::is_x86_feature_detected!("avx512vnni"),
         });
         let avx_vnni = std::is_x86_feature_detected!("avxvnni");
+        // AMX's probe (CPUID, XCR0 and the OS's grant) has no stable
+        // feature macro: the variant's own test stands in.
+        let amx = tern_kernels::dispatch::VARIANTS.iter().any(|v| v.name == "amx" && v.available());
         assert_eq!(
             chosen.name,
-            if vnni {
+            if amx {
+                "amx"
+            } else if vnni {
                 "avx512"
             } else if avx_vnni {
                 "avx-vnni"
@@ -337,6 +342,78 @@ fn quantize_variants_match_the_reference_exactly() {
             let s_got = f(x, &mut got);
             assert_eq!(s_got.to_bits(), s_want.to_bits(), "{name} n {}", x.len());
             assert_eq!(got, want, "{name} n {}", x.len());
+        }
+    }
+}
+
+/// A variant's whole batched product (`ternary_gemm`, AMX's tiles here):
+/// bit-identical to the reference on every matrix it takes, including
+/// rows and tokens past whole tiles and several matrices at once; the
+/// products it leaves (per-block scales, widths not whole 256-column
+/// pairs, too few tokens) come back untouched for `ternary_rows`.
+#[test]
+fn batched_products_of_every_variant_match_the_reference() {
+    let mut rng = rng(19);
+    for variant in runnable_variants("batched_products") {
+        let Some(gemm) = variant.kernels.ternary_gemm else { continue };
+        eprintln!("batched_products: {}", variant.name);
+        for (cols, shapes, tokens) in [
+            (256, vec![1, 17], vec![6, 7, 16, 17, 33]),
+            (512, vec![33, 50, 64], vec![16, 31, 32, 48]),
+            (2560, vec![130], vec![16, 40]),
+        ] {
+            let mats: Vec<TernaryMatrix> = shapes
+                .iter()
+                .map(|&rows| {
+                    TernaryMatrix::from_ternary(&random_ternary(&mut rng, rows * cols), rows, cols, 0.37).unwrap()
+                })
+                .collect();
+            for n in tokens {
+                let q = random_q(&mut rng, n * cols);
+                let s: Vec<f32> = (0..n).map(|t| 0.5 + t as f32 * 0.25).collect();
+                let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![f32::NAN; n * w.rows()]).collect();
+                let mut products: Vec<(&TernaryMatrix, &mut [f32])> =
+                    mats.iter().zip(outs.iter_mut()).map(|(w, o)| (w, &mut o[..])).collect();
+                assert!(gemm(&mut products, &q, &s), "{}: cols {cols} n {n} not taken", variant.name);
+                for (w, got) in mats.iter().zip(&outs) {
+                    let rows = w.rows();
+                    let mut want = vec![0f32; rows * n]; // (rows, n)
+                    reference::ternary_rows(w, &q, &s, 0..rows, &mut want);
+                    for r in 0..rows {
+                        for t in 0..n {
+                            assert_eq!(
+                                got[t * rows + r].to_bits(),
+                                want[r * n + t].to_bits(),
+                                "{}: cols {cols} rows {rows} n {n}: row {r} token {t}",
+                                variant.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Left to ternary_rows: block scales, a width of 384, one token.
+        let blocks = {
+            let mut bytes = Vec::new();
+            for i in 0..4 {
+                bytes.extend_from_slice(&[0b1001_0110u8; 64]);
+                bytes.extend_from_slice(&f16::from_f32(0.5 + i as f32).to_le_bytes());
+            }
+            TernaryMatrix::from_tq2_0(&bytes, 2, 512).unwrap()
+        };
+        let narrow = TernaryMatrix::from_ternary(&random_ternary(&mut rng, 4 * 384), 4, 384, 1.0).unwrap();
+        let wide = TernaryMatrix::from_ternary(&random_ternary(&mut rng, 4 * 512), 4, 512, 1.0).unwrap();
+        for (w, n) in [(&blocks, 16), (&narrow, 16), (&wide, 1)] {
+            let (q, s) = (vec![1i8; n * w.cols()], vec![1.0f32; n]);
+            let mut out = vec![f32::NAN; n * w.rows()];
+            assert!(
+                !gemm(&mut [(w, &mut out[..])], &q, &s),
+                "{}: ({}, {}) n {n} taken",
+                variant.name,
+                w.rows(),
+                w.cols()
+            );
+            assert!(out.iter().all(|v| v.is_nan()), "{}: a product left to ternary_rows was written", variant.name);
         }
     }
 }

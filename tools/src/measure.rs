@@ -298,7 +298,7 @@ type MaddLoop = (&'static str, fn(u64) -> u64);
 const MADD_CHAINS: usize = 12;
 
 /// The int8 multiply-adds this CPU has (AVX2 `vpmaddubsw`, AVX-VNNI and
-/// AVX-512 VNNI `vpdpbusd`, NEON `sdot`), each issued in a loop that
+/// AVX-512 VNNI `vpdpbusd`, AMX `tdpbusd`, NEON `sdot`), each issued in a loop that
 /// touches no memory on `threads` threads at once: each one's name and
 /// billions of int8 multiply-adds per second in all, the fastest last.
 /// Empty on a CPU with none.
@@ -349,6 +349,9 @@ fn madd_loops() -> Vec<MaddLoop> {
         if has!("avx512f") && has!("avx512vnni") {
             // SAFETY: AVX-512F and AVX-512 VNNI were detected.
             loops.push(("AVX-512 VNNI vpdpbusd zmm", |n| unsafe { dpbusd_zmm_chains(n) }));
+        }
+        if tern_kernels::arch::x86_64_amx::available() {
+            loops.push(("AMX tdpbusd tiles", tern_kernels::arch::x86_64_amx::madd_loop));
         }
     }
     #[cfg(target_arch = "aarch64")]

@@ -121,13 +121,16 @@ pub(crate) struct Lines {
 }
 
 impl Lines {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> Lines {
+        Lines { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
+    }
+
     /// A copy of `bytes`.
     pub fn copy_of(bytes: &[i8]) -> Lines {
-        let mut lines = vec![Line([0; 64]); bytes.len().div_ceil(64)];
-        for (line, chunk) in lines.iter_mut().zip(bytes.chunks(64)) {
-            line.0[..chunk.len()].copy_from_slice(chunk);
-        }
-        Lines { lines, len: bytes.len() }
+        let mut lines = Lines::zeroed(bytes.len());
+        lines.as_mut_slice().copy_from_slice(bytes);
+        lines
     }
 
     pub fn as_slice(&self) -> &[i8] {

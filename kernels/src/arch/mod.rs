@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `x86_64` | AVX2, or AVX-VNNI (`vpdpbusd` on 256 bits) | AVX2 + FMA + F16C | at run time |
 //! | `x86_64_avx512` | AVX-512 VNNI (`vpdpbusd`) | F16 blocked over rows and vectors; the rest as `x86_64` | at run time |
+//! | `x86_64_amx` | batched: AMX tiles (`tdpbusd`); one token: as `x86_64_avx512` | as `x86_64_avx512` | at run time (and the OS's grant) |
 //! | `aarch64` | NEON, or NEON + dotprod (`sdot`) | NEON (f16, f32, Q8_0) | at run time (dotprod) |
 //! | `wasm32` | simd128 | simd128 (f16, f32, Q8_0, attention) | at compile time (`+simd128`) |
 //!
@@ -22,5 +23,7 @@ pub(crate) mod driver;
 pub mod wasm32;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64_amx;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64_avx512;
