@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_format == "json");
     init_logging(json_logs);
+    tern_kernels::dispatch::check_variant_env().map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Serve(args) => {
             let sub = matches.subcommand_matches("serve").context("serve matches")?;

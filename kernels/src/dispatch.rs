@@ -198,10 +198,34 @@ const NEON: Kernels = {
     }
 };
 
-/// The variant this process uses, chosen on first call.
+/// The environment variable that names the variant to use instead of the
+/// fastest (`reference`, `avx2`, ...; one this CPU runs).
+pub const VARIANT_ENV: &str = "TERN_KERNELS";
+
+/// The variant this process uses, chosen on first call: the one
+/// [`VARIANT_ENV`] names if this CPU runs it, else the last one it runs.
 pub fn chosen() -> &'static Variant {
     static CHOSEN: OnceLock<&'static Variant> = OnceLock::new();
-    CHOSEN.get_or_init(|| VARIANTS.iter().rev().find(|v| v.available()).unwrap_or(&VARIANTS[0]))
+    CHOSEN.get_or_init(|| {
+        let named = std::env::var(VARIANT_ENV).ok();
+        named
+            .and_then(|name| VARIANTS.iter().find(|v| v.name == name && v.available()))
+            .or_else(|| VARIANTS.iter().rev().find(|v| v.available()))
+            .unwrap_or(&VARIANTS[0])
+    })
+}
+
+/// Whether [`VARIANT_ENV`], if set, names a variant this CPU runs; the
+/// error says which it runs. Programs check it at start, since
+/// [`chosen`] falls back to the fastest.
+pub fn check_variant_env() -> Result<(), String> {
+    let Ok(name) = std::env::var(VARIANT_ENV) else { return Ok(()) };
+    let runnable: Vec<&str> = VARIANTS.iter().filter(|v| v.available()).map(|v| v.name).collect();
+    match VARIANTS.iter().find(|v| v.name == name) {
+        Some(v) if v.available() => Ok(()),
+        Some(v) => Err(format!("{VARIANT_ENV}={name}: this CPU lacks {}; it runs {}", v.needs, runnable.join(", "))),
+        None => Err(format!("{VARIANT_ENV}={name}: no such kernel variant; this CPU runs {}", runnable.join(", "))),
+    }
 }
 
 /// The implementations this process uses.

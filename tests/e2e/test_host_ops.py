@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import pathlib
+import platform
 import signal
 import socket
 import subprocess
@@ -598,3 +599,18 @@ def test_kv_prefault_makes_the_cache_resident_at_load_and_answers_the_same(tmp_p
             s.stop()
     assert rss_mib[True] - rss_mib[False] >= budget_mib * 0.9, rss_mib
     assert texts[True] == texts[False]
+
+
+def test_a_kernel_variant_can_be_named_and_an_unknown_one_is_an_error(tmp_path):
+    wrong = tern_config(tmp_path, env={"TERN_KERNELS": "sse9"})
+    assert wrong.returncode != 0
+    assert "TERN_KERNELS=sse9: no such kernel variant; this CPU runs reference" in wrong.stderr, wrong.stderr
+    args = ["bench", "--model", str(BUNDLED), "--prompt-tokens", "4", "--decode-tokens", "2", "--reps", "1", "--json"]
+    runs = {}
+    for name in ["reference", None]:
+        env = {k: v for k, v in os.environ.items() if k != "TERN_KERNELS"} | ({"TERN_KERNELS": name} if name else {})
+        r = subprocess.run([str(tern_binary()), *args], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        runs[name] = json.loads(r.stdout.strip().splitlines()[-1])["kernels"]
+    assert runs["reference"] == "reference"
+    assert runs[None] != "reference" or platform.machine() not in ("x86_64", "aarch64")

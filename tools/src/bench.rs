@@ -111,6 +111,7 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
         if q8_0_head { ", Q8_0 head" } else { "" },
         started.elapsed().as_secs_f64()
     );
+    say!(args, "kernels          {}", measure::ternary_isa());
     say!(args, "bytes per token  {:7.1} MB", bytes_per_token as f64 / 1e6);
     let bw = bandwidth(args, threads);
     let run = measure::time_model(&model, args.prompt_tokens, args.decode_tokens, args.depth, args.reps, |rep, r| {
@@ -137,6 +138,7 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
         "model": path.display().to_string(),
         "ternary_type": model.summary().ternary_type.name(),
         "q8_0_head": q8_0_head,
+        "kernels": measure::ternary_isa(),
         "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,

@@ -299,6 +299,7 @@ unsafe fn rows_amx(w: &TernaryMatrix, b: &Activations, s: &[f32], rows: Range<us
         // SAFETY: the caller guarantees the tile registers; CONFIG is a
         // valid palette-1 configuration, aligned as ldtilecfg wants.
         unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
+        prefetch(w, rows.start..(rows.start + ROWS).min(rows.end), 0..steps / 4);
         for r0 in rows.clone().step_by(ROWS) {
             let live = (rows.end - r0).min(ROWS);
             sums.clear();
@@ -308,7 +309,12 @@ unsafe fn rows_amx(w: &TernaryMatrix, b: &Activations, s: &[f32], rows: Range<us
             // over each chunk; the sums tiles carry over.
             for k0 in (0..steps).step_by(CHUNK) {
                 let kc = CHUNK.min(steps - k0);
-                unpack(w, r0..r0 + live, k0 / 4..(k0 + kc) / 4, a.as_mut_slice());
+                let pairs = k0 / 4..(k0 + kc) / 4;
+                unpack(w, r0..r0 + live, pairs.clone(), a.as_mut_slice());
+                // The next rows' codes of this chunk, into L2 while these
+                // compute: with few tokens the product is as fast as the
+                // weights arrive.
+                prefetch(w, (r0 + ROWS).min(w.rows())..(r0 + 2 * ROWS).min(w.rows()), pairs);
                 let a_tiles: [*const u8; 2] = {
                     let a = a.as_slice();
                     [a.as_ptr().cast(), a[CHUNK * TILE_BYTES..].as_ptr().cast()]
@@ -344,6 +350,18 @@ unsafe fn rows_amx(w: &TernaryMatrix, b: &Activations, s: &[f32], rows: Range<us
         // SAFETY: releases this thread's tile state, configured above.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     })
+}
+
+/// Asks for the codes of `rows` over the pairs of groups `pairs` to be
+/// brought into L2.
+#[target_feature(enable = "avx512f")]
+fn prefetch(w: &TernaryMatrix, rows: Range<usize>, pairs: Range<usize>) {
+    for r in rows {
+        let codes = &w.row_codes(r)[pairs.start * PAIR_BYTES..pairs.end * PAIR_BYTES];
+        for line in codes.chunks(64) {
+            _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
+        }
+    }
 }
 
 /// Codes of `rows` (at most 32; rows past them zero) over the pairs of
