@@ -131,7 +131,7 @@ impl CpuBackend {
         time.charge(Phase::Elementwise);
         bitlinear_quantized(&layer.wo, &s.xq[..n * qd], &s.xs[..n], n, &mut s.out);
         time.charge(Phase::Ternary);
-        s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
+        add_rows(&mut s.x, &s.out, n, c.n_embd);
     }
 
     /// x += Wdown · sub_norm(act(Wgate n) * (Wup n)), n = norm(x).
@@ -149,16 +149,18 @@ impl CpuBackend {
             &s.xs[..n],
         );
         time.charge(Phase::Ternary);
-        match c.activation {
-            Activation::Relu2 => k::relu2_gate(&s.gate, &s.up, &mut s.h),
-            Activation::Silu => k::silu_gate(&s.gate, &s.up, &mut s.h),
-        }
+        let gate_fn = match c.activation {
+            Activation::Relu2 => k::relu2_gate,
+            Activation::Silu => k::silu_gate,
+        };
+        let (gate, up) = (&s.gate, &s.up);
+        each_row(&mut s.h[..n * ff], ff, |i, h| gate_fn(&gate[i * ff..(i + 1) * ff], &up[i * ff..(i + 1) * ff], h));
         rmsnorm_rows(&s.h, &layer.ffn_sub_norm, c.rms_eps, n, &mut s.gate);
         quantize_rows(&s.gate[..n * ff], n, ff, &mut s.xq, &mut s.xs);
         time.charge(Phase::Elementwise);
         bitlinear_quantized(&layer.w_down, &s.xq[..n * ff], &s.xs[..n], n, &mut s.out);
         time.charge(Phase::Ternary);
-        s.x.iter_mut().zip(&s.out).for_each(|(x, o)| *x += o);
+        add_rows(&mut s.x, &s.out, n, d);
     }
 
     /// The output norm of the rows the items want, then the head, once,
@@ -298,9 +300,48 @@ fn with_scores(len: usize, f: impl FnOnce(&mut [f32])) {
 
 /// Quantises each of the n rows of x (n, cols) to int8 -> xq (n, cols), xs (n,).
 fn quantize_rows(x: &[f32], n: usize, cols: usize, xq: &mut [i8], xs: &mut [f32]) {
-    for i in 0..n {
-        xs[i] = k::quantize_row_i8(&x[i * cols..(i + 1) * cols], &mut xq[i * cols..(i + 1) * cols]);
+    let mut rows: Vec<(&mut [i8], &mut f32)> = xq[..n * cols].chunks_exact_mut(cols).zip(&mut xs[..n]).collect();
+    let quantize =
+        |i: usize, (q, s): &mut (&mut [i8], &mut f32)| **s = k::quantize_row_i8(&x[i * cols..(i + 1) * cols], q);
+    if n * cols < SPLIT_MIN_ELEMENTS || n < 2 {
+        rows.iter_mut().enumerate().for_each(|(i, row)| quantize(i, row));
+        return;
     }
+    let per = rows_per_part(n);
+    k::pool::global().for_each_chunk(&mut rows, per, &|c, part| {
+        part.iter_mut().enumerate().for_each(|(j, row)| quantize(c * per + j, row))
+    });
+}
+
+/// Element-wise work on fewer elements than this stays on the calling
+/// thread (a decode row's few thousand): a hand-off costs microseconds.
+const SPLIT_MIN_ELEMENTS: usize = 1 << 15;
+
+/// Rows per part when n rows are split over the pool: two parts a thread.
+fn rows_per_part(n: usize) -> usize {
+    n.div_ceil(2 * k::pool::global().threads()).max(1)
+}
+
+/// f(i, row i) for each of the first n rows of out (n, cols), split by
+/// rows over the pool when there are enough elements. Each row's result
+/// is the same either way.
+fn each_row(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = out.len() / cols.max(1);
+    if out.len() < SPLIT_MIN_ELEMENTS || n < 2 {
+        out.chunks_exact_mut(cols).enumerate().for_each(|(i, row)| f(i, row));
+        return;
+    }
+    let per = rows_per_part(n);
+    k::pool::global().for_each_chunk(out, per * cols, &|c, part| {
+        part.chunks_exact_mut(cols).enumerate().for_each(|(j, row)| f(c * per + j, row))
+    });
+}
+
+/// x (n, cols) += y (n, cols): the residual add.
+fn add_rows(x: &mut [f32], y: &[f32], n: usize, cols: usize) {
+    each_row(&mut x[..n * cols], cols, |i, row| {
+        row.iter_mut().zip(&y[i * cols..(i + 1) * cols]).for_each(|(x, y)| *x += y)
+    });
 }
 
 /// W (rows, cols) @ already quantised xq (n, cols) -> out (n, rows).
@@ -316,7 +357,5 @@ fn bitlinear_quantized(w: &TernaryMatrix, xq: &[i8], xs: &[f32], n: usize, out: 
 /// RMSNorm of every row of x (n, cols) with `weight` (cols,) into out (n, cols).
 fn rmsnorm_rows(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut [f32]) {
     let cols = weight.len();
-    for i in 0..n {
-        k::rmsnorm(&x[i * cols..(i + 1) * cols], weight, eps, &mut out[i * cols..(i + 1) * cols]);
-    }
+    each_row(&mut out[..n * cols], cols, |i, row| k::rmsnorm(&x[i * cols..(i + 1) * cols], weight, eps, row));
 }
