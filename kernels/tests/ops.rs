@@ -367,7 +367,17 @@ fn q8_0_quantisation_round_trips_within_half_a_step() {
 fn dense_matmul_rows_equal_matvec_bit_for_bit() {
     let mut rng = rng(31);
     // Enough rows to be split over the pool and tiled, and an odd count.
-    for (rows, cols, n) in [(3, 32, 2), (7, 40, 4), (2000, 64, 5), (9001, 128, 3), (5, 72, 7), (1001, 160, 13)] {
+    // 16 vectors and more (several token blocks), widths with a tail.
+    for (rows, cols, n) in [
+        (3, 32, 2),
+        (7, 40, 4),
+        (2000, 64, 5),
+        (9001, 128, 3),
+        (5, 72, 7),
+        (1001, 160, 13),
+        (130, 1100, 16),
+        (70, 520, 33),
+    ] {
         let wf = random_f32(&mut rng, rows * cols, 1.0);
         let wh: Vec<f16> = wf.iter().map(|&v| f16::from_f32(v)).collect();
         // Q8_0 rows are whole blocks; other widths test the products' tails.
