@@ -13,9 +13,12 @@
 //! - B tiles: 16 tokens' activations over the same 64 columns, four bytes
 //!   of each token per tile row (the tile unit's layout). They are built
 //!   once per call and serve every matrix.
-//! - Each task unpacks 32 rows once, then goes over the tokens 32 at a
-//!   time: four accumulator tiles (2 row tiles × 2 token tiles) over all
-//!   the columns, two A and two B loads per four products.
+//! - Each task takes 32 rows at a time, their columns in chunks of 512:
+//!   it unpacks the chunk's codes (16 KiB of A tiles, which stay in L1),
+//!   then goes over the tokens 32 at a time, four tiles of sums (2 row
+//!   tiles × 2 token tiles) with two A and two B loads per four products.
+//!   The sums carry over from chunk to chunk in memory. The next 32 rows'
+//!   codes are prefetched into L2 meanwhile.
 //!
 //! The sums are integers and the rescale is the reference's, element by
 //! element, so the results are bit-identical to
