@@ -207,11 +207,7 @@ pub const VARIANT_ENV: &str = "TERN_KERNELS";
 pub fn chosen() -> &'static Variant {
     static CHOSEN: OnceLock<&'static Variant> = OnceLock::new();
     CHOSEN.get_or_init(|| {
-        let named = std::env::var(VARIANT_ENV).ok();
-        named
-            .and_then(|name| VARIANTS.iter().find(|v| v.name == name && v.available()))
-            .or_else(|| VARIANTS.iter().rev().find(|v| v.available()))
-            .unwrap_or(&VARIANTS[0])
+        named_variant().ok().flatten().or_else(|| VARIANTS.iter().rev().find(|v| v.available())).unwrap_or(&VARIANTS[0])
     })
 }
 
@@ -219,12 +215,17 @@ pub fn chosen() -> &'static Variant {
 /// error says which it runs. Programs check it at start, since
 /// [`chosen`] falls back to the fastest.
 pub fn check_variant_env() -> Result<(), String> {
-    let Ok(name) = std::env::var(VARIANT_ENV) else { return Ok(()) };
-    let runnable: Vec<&str> = VARIANTS.iter().filter(|v| v.available()).map(|v| v.name).collect();
+    named_variant().map(|_| ())
+}
+
+/// The variant [`VARIANT_ENV`] names, if it is set.
+fn named_variant() -> Result<Option<&'static Variant>, String> {
+    let Ok(name) = std::env::var(VARIANT_ENV) else { return Ok(None) };
+    let runnable = || VARIANTS.iter().filter(|v| v.available()).map(|v| v.name).collect::<Vec<_>>().join(", ");
     match VARIANTS.iter().find(|v| v.name == name) {
-        Some(v) if v.available() => Ok(()),
-        Some(v) => Err(format!("{VARIANT_ENV}={name}: this CPU lacks {}; it runs {}", v.needs, runnable.join(", "))),
-        None => Err(format!("{VARIANT_ENV}={name}: no such kernel variant; this CPU runs {}", runnable.join(", "))),
+        Some(v) if v.available() => Ok(Some(v)),
+        Some(v) => Err(format!("{VARIANT_ENV}={name}: this CPU lacks {}; it runs {}", v.needs, runnable())),
+        None => Err(format!("{VARIANT_ENV}={name}: no such kernel variant; this CPU runs {}", runnable())),
     }
 }
 

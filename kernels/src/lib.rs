@@ -125,29 +125,45 @@ pub fn ternary_gemm_many(products: &mut [(&TernaryMatrix, &mut [f32])], q: &[i8]
     if kernels().ternary_gemm.is_some_and(|gemm| gemm(products, q, s)) {
         return;
     }
-    // Tasks: each matrix's rows in chunks sized on the whole pass.
-    let total: usize = products.iter().map(|(w, _)| w.rows()).sum();
-    let chunk = rows_per_task(total, cols * n);
-    let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
-    for (m, (w, _)) in products.iter().enumerate() {
-        tasks.extend((0..w.rows()).step_by(chunk).map(|r| (m, r..(r + chunk).min(w.rows()))));
-    }
     let f = kernels().ternary_rows;
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    // Each task's (rows, n) result goes back to (n, rows) while it is
+    // still in this core's cache.
+    for_each_row_task(products, cols * n, 1, &|w, rows, block| {
+        SCRATCH.with_borrow_mut(|tmp| {
+            tmp.resize(rows.len() * n, 0.0);
+            f(w, q, s, rows, tmp);
+            transpose_into(tmp, n, block);
+        })
+    });
+}
+
+/// One task of [`for_each_row_task`]: W, its rows, their output columns.
+pub(crate) type RowTask<'a> = dyn Fn(&TernaryMatrix, Range<usize>, &mut pool::Columns<'_, f32>) + Sync + 'a;
+
+/// `f(W, rows, block)` for every matrix's rows, in tasks of a multiple of
+/// `align` rows (sized on all the matrices' rows together) split over the
+/// pool; `block` is those rows' columns of the matrix's out (n, its rows).
+pub(crate) fn for_each_row_task(
+    products: &mut [(&TernaryMatrix, &mut [f32])],
+    work_per_row: usize,
+    align: usize,
+    f: &RowTask<'_>,
+) {
+    let total: usize = products.iter().map(|(w, _)| w.rows()).sum();
+    let chunk = rows_per_task(total, work_per_row).next_multiple_of(align);
+    let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
+    for (m, (w, _)) in products.iter().enumerate() {
+        tasks.extend((0..w.rows()).step_by(chunk).map(|r| (m, r..(r + chunk).min(w.rows()))));
+    }
     let ws: Vec<&TernaryMatrix> = products.iter().map(|(w, _)| *w).collect();
     let widths: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
     let mut outs: Vec<&mut [f32]> = products.iter_mut().map(|(_, out)| &mut **out).collect();
-    // Each task's (rows, n) result goes back to (n, rows) while it is
-    // still in this core's cache.
     pool::global().for_each_columns(&mut outs, &widths, &tasks, &|i, mut block| {
         let (m, rows) = &tasks[i];
-        SCRATCH.with_borrow_mut(|tmp| {
-            tmp.resize(rows.len() * n, 0.0);
-            f(ws[*m], q, s, rows.clone(), tmp);
-            transpose_into(tmp, n, &mut block);
-        })
+        f(ws[*m], rows.clone(), &mut block)
     });
 }
 

@@ -122,21 +122,10 @@ pub fn ternary_gemm_many(products: &mut [(&TernaryMatrix, &mut [f32])], q: &[i8]
     }
     let cols = products[0].0.cols();
     let b = Activations::new(q, n, cols);
-    let threads = pool::global().threads();
-    let total: usize = products.iter().map(|(w, _)| w.rows()).sum();
-    // A few tasks per thread, whole A tiles each.
-    let chunk = total.div_ceil(threads * 4).next_multiple_of(ROWS);
-    let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
-    for (m, (w, _)) in products.iter().enumerate() {
-        tasks.extend((0..w.rows()).step_by(chunk).map(|r| (m, r..(r + chunk).min(w.rows()))));
-    }
-    let ws: Vec<&TernaryMatrix> = products.iter().map(|(w, _)| *w).collect();
-    let widths: Vec<usize> = ws.iter().map(|w| w.rows()).collect();
-    let mut outs: Vec<&mut [f32]> = products.iter_mut().map(|(_, out)| &mut **out).collect();
-    pool::global().for_each_columns(&mut outs, &widths, &tasks, &|i, mut block| {
-        let (m, rows) = &tasks[i];
+    // Tasks of whole pairs of A tiles.
+    crate::for_each_row_task(products, cols * n, ROWS, &|w, rows, block| {
         // SAFETY: `takes` checked the tiles and AVX-512 are available.
-        unsafe { rows_amx(ws[*m], &b, s, rows.clone(), &mut block) }
+        unsafe { rows_amx(w, &b, s, rows, block) }
     });
     true
 }
