@@ -41,7 +41,7 @@ mod ternary;
 
 pub use error::KernelError;
 pub use half::f16;
-pub use reference::{q8_0_row_bytes, KvBlocks, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, QUANT_MIN_ABSMAX};
+pub use reference::{q8_0_row_bytes, rope_cos_sin, KvBlocks, Q8_0_BLOCK, Q8_0_BLOCK_BYTES, QUANT_MIN_ABSMAX};
 pub use ternary::{TernaryMatrix, I2S_BLOCK, TERNARY_GROUP, TERNARY_GROUP_BYTES, TQ_BLOCK};
 
 use dispatch::kernels;

@@ -94,10 +94,7 @@ pub fn rope_neox(x: &mut [f32], n_heads: usize, head_dim: usize, rot_dim: usize,
     assert!(rot_dim <= head_dim && rot_dim.is_multiple_of(2), "rope_neox: rot_dim {rot_dim} vs head_dim {head_dim}");
     let half = rot_dim / 2;
     for i in 0..half {
-        // f64 angles: at pos in the thousands an f32 product loses ~1e-3 rad.
-        let freq = (theta as f64).powf(-2.0 * i as f64 / rot_dim as f64);
-        let (sin, cos) = (pos as f64 * freq).sin_cos();
-        let (sin, cos) = (sin as f32, cos as f32);
+        let (cos, sin) = rope_cos_sin(i, rot_dim, pos, theta);
         for h in 0..n_heads {
             let base = h * head_dim;
             let (a, b) = (x[base + i], x[base + i + half]);
@@ -105,6 +102,16 @@ pub fn rope_neox(x: &mut [f32], n_heads: usize, head_dim: usize, rot_dim: usize,
             x[base + i + half] = a * sin + b * cos;
         }
     }
+}
+
+/// Cosine and sine of the angle pair i of `rot_dim` turns by at `pos`:
+/// `pos · theta^(-2i/rot_dim)`, in f64 (at positions in the thousands an
+/// f32 product loses ~1e-3 rad), rounded to f32. Other devices take these
+/// from here, so every backend rotates by the same values.
+pub fn rope_cos_sin(i: usize, rot_dim: usize, pos: usize, theta: f32) -> (f32, f32) {
+    let freq = (theta as f64).powf(-2.0 * i as f64 / rot_dim as f64);
+    let (sin, cos) = (pos as f64 * freq).sin_cos();
+    (cos as f32, sin as f32)
 }
 
 /// Softmax in place over x (n,). An empty slice is left alone.

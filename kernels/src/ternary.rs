@@ -86,6 +86,20 @@ impl TernaryMatrix {
         &self.codes[row * self.row_bytes..(row + 1) * self.row_bytes]
     }
 
+    /// The packed codes of rows `rows`, one after another.
+    pub fn rows_codes(&self, rows: std::ops::Range<usize>) -> &[u8] {
+        &self.codes[rows.start * self.row_bytes..rows.end * self.row_bytes]
+    }
+
+    /// The per-block scales, (rows, cols / [`TQ_BLOCK`]), or `None` when
+    /// the tensor has one scale.
+    pub fn block_scales(&self) -> Option<&[f32]> {
+        match &self.scales {
+            Scales::Tensor(_) => None,
+            Scales::Blocks(ds) => Some(ds),
+        }
+    }
+
     /// The single tensor scale, or `None` when scales vary per block.
     pub fn tensor_scale(&self) -> Option<f32> {
         match self.scales {

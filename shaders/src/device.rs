@@ -1,0 +1,185 @@
+//! Opening an adapter and device, and moving bytes to and from it.
+
+use std::sync::mpsc;
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use crate::kernels::Kernels;
+
+/// Which adapters [`Gpu::open`] may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Only a real GPU (`--device auto`): software rasterisers such as
+    /// llvmpipe are never taken unasked.
+    Hardware,
+    /// The best adapter there is, software ones included (`--device gpu`).
+    Any,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    #[error("the GPU device could not be opened: {0}")]
+    Device(String),
+    #[error("a shader did not build: {0}")]
+    Shader(String),
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// An adapter, its device and queue, and every pipeline.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    /// Largest storage buffer binding, in bytes (lowered by tests).
+    max_binding: u64,
+    pub(crate) kernels: Kernels,
+    /// Whether the ternary product uses `dot4I8Packed`.
+    pub(crate) packed_dot: bool,
+}
+
+impl Gpu {
+    /// Opens the best adapter `choice` allows, with the limits it has.
+    pub fn open(choice: Choice) -> Result<Self, GpuError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::PRIMARY,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+        let adapter = adapters
+            .into_iter()
+            .filter(|a| choice == Choice::Any || a.get_info().device_type != wgpu::DeviceType::Cpu)
+            .min_by_key(rank)
+            .ok_or_else(|| {
+                GpuError::NoAdapter(if seen.is_empty() {
+                    "no Vulkan, Metal or DX12 adapter was found (on Linux without a GPU, Mesa's lavapipe \
+                     — Debian's mesa-vulkan-drivers — gives a software one)"
+                        .into()
+                } else {
+                    format!("only software adapters were found ({}); ask for one with --device gpu", seen.join("; "))
+                })
+            })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("tern"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::Device(e.to_string()))?;
+        device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
+            tracing::error!(error = %e, "GPU error");
+        }));
+        let kernels = Kernels::build(&device)?;
+        let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        Ok(Self { device, queue, info, max_binding, kernels, packed_dot: true })
+    }
+
+    /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Name, API, driver and kind, for logs and benchmarks.
+    pub fn describe(&self) -> String {
+        describe(&self.info)
+    }
+
+    /// A software rasteriser (llvmpipe, WARP, SwiftShader), not a GPU.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Largest buffer one binding may hold, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Splits tensors as if the adapter bound at most `bytes` at a time
+    /// (tests of the split path on adapters with large limits).
+    pub fn limit_binding(&mut self, bytes: u64) {
+        self.max_binding = self.max_binding.min(bytes);
+    }
+
+    /// Whether the ternary product uses the packed 4×int8 dot product
+    /// (`true`, the default) or plain integer operations.
+    pub fn use_packed_dot(&mut self, packed: bool) {
+        self.packed_dot = packed;
+    }
+
+    /// A zeroed storage buffer of `bytes` (at least 4).
+    pub fn buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `data` (padded to whole words).
+    pub fn upload<T: Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
+            return self.upload(label, &padded);
+        }
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// Writes `data` at element `at` of `buffer`, before the next submission.
+    pub fn write<T: Pod>(&self, buffer: &wgpu::Buffer, at: usize, data: &[T]) {
+        if !data.is_empty() {
+            self.queue.write_buffer(buffer, (at * size_of::<T>()) as u64, bytemuck::cast_slice(data));
+        }
+    }
+
+    /// `len` floats of `buffer` from element `at` (waits for the queue).
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, at: usize, len: usize) -> Vec<f32> {
+        let mut step = crate::Step::new(self);
+        let id = step.read(buffer, at, len);
+        step.finish().take(id)
+    }
+
+    /// Blocks until `staging` (a MAP_READ buffer) is mapped; its bytes.
+    pub(crate) fn map_read(&self, staging: &wgpu::Buffer) -> Vec<u8> {
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU: waiting for the queue");
+        rx.recv().expect("GPU: map callback").expect("GPU: mapping a read-back buffer");
+        let bytes = staging.get_mapped_range(..).expect("GPU: a mapped read-back buffer").to_vec();
+        staging.unmap();
+        bytes
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+        wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+        wgpu::DeviceType::VirtualGpu => "virtual GPU",
+        wgpu::DeviceType::Cpu => "software",
+        wgpu::DeviceType::Other => "other",
+    };
+    let driver = [info.driver.as_str(), info.driver_info.as_str()].join(" ");
+    format!("{} ({:?}, {}, {kind})", info.name, info.backend, driver.trim())
+}
