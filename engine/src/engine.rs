@@ -29,7 +29,7 @@ use crate::handle::{Embedding, EmbeddingSlot, Generation, GenerationSlot, Pendin
 use crate::jobs::{JobInfo, Jobs, NewJob};
 use crate::kv::KvUsage;
 use crate::loaded::{LoadedModel, ModelInfo};
-use crate::model::LoadOptions;
+use crate::model::{Device, LoadOptions};
 use crate::request::{check_stops, GenerateRequest, Message, Priority, Prompt};
 use crate::sampler::SamplingParams;
 use crate::scheduler::{Guide, Limits, Mailbox, Scheduler, Seq, SeqSpec};
@@ -55,6 +55,8 @@ pub struct EngineConfig {
     pub kv_memory: usize,
     /// Touch the KV cache's pages at load ([`LoadOptions::kv_prefault`]).
     pub kv_prefault: bool,
+    /// The compute backend every model loads onto ([`LoadOptions::device`]).
+    pub device: Device,
     /// Tokens one scheduler step runs: every decoding sequence's next token
     /// plus prompt chunks.
     pub step_tokens: usize,
@@ -82,6 +84,7 @@ impl Default for EngineConfig {
             q8_0_head: false,
             kv_memory: 2 << 30,
             kv_prefault: false,
+            device: Device::Cpu,
             step_tokens: 64,
             prefill_chunk: 16,
             job_ttl: Duration::from_secs(600),
@@ -474,6 +477,7 @@ fn load_all(config: &EngineConfig) -> Result<Vec<Arc<LoadedModel>>, String> {
         q8_0_head: config.q8_0_head,
         kv_memory: config.kv_memory,
         kv_prefault: config.kv_prefault,
+        device: config.device,
         ..LoadOptions::default()
     };
     let models: Vec<Arc<LoadedModel>> = config

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tern_engine::gguf::GgmlType;
+use tern_engine::model::Device;
 use tern_engine::EngineConfig;
 use tern_tools::bench;
 use tern_tools::synth::{self, SynthSpec};
@@ -56,6 +57,18 @@ pub struct ModelArgs {
     /// token, faster decode, slightly different logits.
     #[arg(long, env = "TERN_Q8_0_HEAD", help_heading = "model")]
     pub q8_0_head: bool,
+    /// Where the model runs: `cpu`, `gpu` (any Vulkan, Metal or DX12
+    /// adapter, software ones such as llvmpipe included; an error without
+    /// one), or `auto` (a real GPU when there is one, else the CPU).
+    #[arg(long, env = "TERN_DEVICE", default_value = "cpu", value_parser = ["cpu", "gpu", "auto"], help_heading = "model")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// The `--device` chosen.
+    pub fn device(&self) -> Device {
+        self.device.parse().expect("clap checked the value")
+    }
 }
 
 /// `tern serve`'s settings. Each flag's help heading is its `tern.toml`
@@ -307,6 +320,7 @@ pub fn engine_config(args: &ModelArgs) -> EngineConfig {
         models: vec![model_path(args)],
         tokenizer: args.tokenizer.clone(),
         q8_0_head: args.q8_0_head,
+        device: args.device(),
         ..Default::default()
     }
 }

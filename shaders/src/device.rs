@@ -158,6 +158,25 @@ impl Gpu {
         step.finish().take(id)
     }
 
+    /// Read bandwidth of the device's memory in GB/s: the best of `reps`
+    /// passes of a shader over a buffer of `bytes` (at most one binding).
+    pub fn read_bandwidth_gbs(&self, bytes: u64, reps: usize) -> f64 {
+        let bytes = bytes.min(self.max_binding) / 16 * 16;
+        let data = self.buffer("bandwidth", bytes);
+        let threads = 256 * 1024;
+        let sums = self.buffer("bandwidth sums", threads as u64 * 4);
+        // The first pass also pages the buffer in.
+        let mut best = f64::INFINITY;
+        for _ in 0..reps + 1 {
+            let mut step = crate::Step::new(self);
+            step.read_all(&data, &sums, threads);
+            let start = std::time::Instant::now();
+            step.finish();
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        bytes as f64 / best / 1e9
+    }
+
     /// Blocks until `staging` (a MAP_READ buffer) is mapped; its bytes.
     pub(crate) fn map_read(&self, staging: &wgpu::Buffer) -> Vec<u8> {
         let (tx, rx) = mpsc::channel();

@@ -31,6 +31,7 @@ pub(crate) struct Kernels {
     pub dense_f32: Kernel,
     pub dense_f16: Kernel,
     pub dense_q8_0: Kernel,
+    pub read_all: Kernel,
 }
 
 impl Kernels {
@@ -48,6 +49,7 @@ impl Kernels {
         let attention = module("attention", include_str!("../wgsl/attention.wgsl"));
         let ternary = module("ternary", include_str!("../wgsl/ternary.wgsl"));
         let dense = module("dense", include_str!("../wgsl/dense.wgsl"));
+        let bandwidth = module("bandwidth", include_str!("../wgsl/bandwidth.wgsl"));
         let kernel = |module: &wgpu::ShaderModule, entry: &str, constants: &[(&str, f64)]| {
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
@@ -84,6 +86,7 @@ impl Kernels {
             dense_f32: kernel(&dense, "dense_f32", &[]),
             dense_f16: kernel(&dense, "dense_f16", &[]),
             dense_q8_0: kernel(&dense, "dense_q8_0", &[]),
+            read_all: kernel(&bandwidth, "read_all", &[]),
         };
         match pollster::block_on(scope.pop()) {
             Some(e) => Err(GpuError::Shader(e.to_string())),

@@ -16,6 +16,9 @@ mod kernels;
 mod step;
 mod weights;
 
+/// The wgpu this crate builds on, for the buffers its API takes.
+pub use wgpu;
+
 pub use device::{Choice, Gpu, GpuError};
 pub use kernels::Gate;
 pub use step::{Quantized, ReadId, Reads, Step};

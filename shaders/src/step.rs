@@ -374,6 +374,13 @@ impl<'g> Step<'g> {
         }
     }
 
+    /// Reads all of `data` (a multiple of 16 bytes) with `threads` threads
+    /// (a multiple of 256), writing one sum per thread into `sums`.
+    pub fn read_all(&mut self, data: &wgpu::Buffer, sums: &wgpu::Buffer, threads: usize) {
+        let p = ElementParams { len: u((data.size() / 16) as usize), n_heads: u(threads), head_dim: 0, half: 0 };
+        self.dispatch(&self.gpu.kernels.read_all, &p, &[(1, data), (2, sums)], (u(threads / 256), 1));
+    }
+
     /// W @ x for `n` rows of x (n, cols) -> out (n, W.rows()).
     pub fn dense(&mut self, w: &DenseWeights, x: &wgpu::Buffer, n: usize, out: &wgpu::Buffer) {
         let kernels = &self.gpu.kernels;

@@ -1,8 +1,12 @@
 // Dense products for the output head: W (rows, cols) @ x (n, cols) ->
 // out (n, out_stride) at columns row_offset + row, W as F32, as F16 (two
 // halves a word) or as Q8_0 repacked into int8 words (four a word) with
-// one f32 scale per 32 columns. A workgroup computes ROWS rows × TOKENS
-// tokens; its threads split the columns.
+// one f32 scale per 32 columns.
+//
+// A workgroup computes 4 rows × 4 tokens, each thread a share of the
+// columns, in vectors whose lanes are the 4 tokens; rows and tokens past
+// the end read the last one's memory and are not written. The threads'
+// sums meet in workgroup memory behind one barrier.
 
 struct Params {
     rows: u32,
@@ -22,109 +26,117 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u;
-const TOKENS: u32 = 4u;
-const ACCS: u32 = ROWS * TOKENS;
 
-var<workgroup> partial: array<f32, WG * ACCS>;
+var<workgroup> partial: array<array<vec4f, WG>, 4>;
 
-fn finish(acc: array<f32, ACCS>, li: u32, row0: u32, tok0: u32) {
-    for (var a = 0u; a < ACCS; a++) {
-        partial[a * WG + li] = acc[a];
+struct Tile {
+    rows: vec4u,
+    // offsets of the 4 tokens' rows of x
+    toks: vec4u,
+}
+
+fn tile(wg: vec3u) -> Tile {
+    let row0 = wg.x * 4u;
+    let last_row = p.rows - 1u;
+    let tok0 = wg.y * 4u;
+    let last_tok = p.n - 1u;
+    return Tile(
+        vec4u(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row)),
+        vec4u(tok0, min(tok0 + 1u, last_tok), min(tok0 + 2u, last_tok), min(tok0 + 3u, last_tok)) * p.cols,
+    );
+}
+
+// x at column c of the 4 tokens
+fn xs(t: Tile, c: u32) -> vec4f {
+    return vec4f(x[t.toks.x + c], x[t.toks.y + c], x[t.toks.z + c], x[t.toks.w + c]);
+}
+
+fn finish(acc: array<vec4f, 4>, li: u32, wg: vec3u) {
+    for (var r = 0u; r < 4u; r++) {
+        partial[r][li] = acc[r];
     }
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if li < s {
-            for (var a = 0u; a < ACCS; a++) {
-                partial[a * WG + li] += partial[a * WG + li + s];
-            }
+    if li < 4u {
+        var sum = vec4f(0.0);
+        for (var j = 0u; j < WG; j++) {
+            sum += partial[li][j];
         }
-        workgroupBarrier();
-    }
-    if li < ACCS {
-        let row = row0 + li / TOKENS;
-        let tok = tok0 + li % TOKENS;
-        if row < p.rows && tok < p.n {
-            out[tok * p.out_stride + p.row_offset + row] = partial[li * WG];
+        let row = wg.x * 4u + li;
+        for (var t = 0u; t < 4u; t++) {
+            let tok = wg.y * 4u + t;
+            if row < p.rows && tok < p.n {
+                out[tok * p.out_stride + p.row_offset + row] = sum[t];
+            }
         }
     }
 }
 
 @compute @workgroup_size(WG)
 fn dense_f32(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-    let row0 = wg.x * ROWS;
-    let tok0 = wg.y * TOKENS;
-    var acc: array<f32, ACCS>;
+    let t = tile(wg);
+    var acc: array<vec4f, 4>;
     for (var c = li; c < p.cols; c += WG) {
-        for (var r = 0u; r < ROWS; r++) {
-            if row0 + r < p.rows {
-                let wv = bitcast<f32>(w[(row0 + r) * p.cols + c]);
-                for (var t = 0u; t < TOKENS; t++) {
-                    if tok0 + t < p.n {
-                        acc[r * TOKENS + t] += wv * x[(tok0 + t) * p.cols + c];
-                    }
-                }
-            }
-        }
+        let xc = xs(t, c);
+        acc[0] += bitcast<f32>(w[t.rows.x * p.cols + c]) * xc;
+        acc[1] += bitcast<f32>(w[t.rows.y * p.cols + c]) * xc;
+        acc[2] += bitcast<f32>(w[t.rows.z * p.cols + c]) * xc;
+        acc[3] += bitcast<f32>(w[t.rows.w * p.cols + c]) * xc;
     }
-    finish(acc, li, row0, tok0);
+    finish(acc, li, wg);
 }
 
 @compute @workgroup_size(WG)
 fn dense_f16(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-    let row0 = wg.x * ROWS;
-    let tok0 = wg.y * TOKENS;
+    let t = tile(wg);
     let words = p.cols / 2u;
-    var acc: array<f32, ACCS>;
+    var acc: array<vec4f, 4>;
     for (var k = li; k < words; k += WG) {
-        var xs: array<vec2f, TOKENS>;
-        for (var t = 0u; t < TOKENS; t++) {
-            if tok0 + t < p.n {
-                let at = (tok0 + t) * p.cols + 2u * k;
-                xs[t] = vec2f(x[at], x[at + 1u]);
-            }
-        }
-        for (var r = 0u; r < ROWS; r++) {
-            if row0 + r < p.rows {
-                let wv = unpack2x16float(w[(row0 + r) * words + k]);
-                for (var t = 0u; t < TOKENS; t++) {
-                    acc[r * TOKENS + t] += dot(wv, xs[t]);
-                }
-            }
-        }
+        let x0 = xs(t, 2u * k);
+        let x1 = xs(t, 2u * k + 1u);
+        let w0 = unpack2x16float(w[t.rows.x * words + k]);
+        let w1 = unpack2x16float(w[t.rows.y * words + k]);
+        let w2 = unpack2x16float(w[t.rows.z * words + k]);
+        let w3 = unpack2x16float(w[t.rows.w * words + k]);
+        acc[0] += w0.x * x0 + w0.y * x1;
+        acc[1] += w1.x * x0 + w1.y * x1;
+        acc[2] += w2.x * x0 + w2.y * x1;
+        acc[3] += w3.x * x0 + w3.y * x1;
     }
-    finish(acc, li, row0, tok0);
+    finish(acc, li, wg);
+}
+
+// The 4 int8 of a word as floats, times the block's scale.
+fn q8(word: u32, scale: f32) -> vec4f {
+    let v = bitcast<i32>(word);
+    return vec4f(
+        f32(extractBits(v, 0u, 8u)),
+        f32(extractBits(v, 8u, 8u)),
+        f32(extractBits(v, 16u, 8u)),
+        f32(extractBits(v, 24u, 8u)),
+    ) * scale;
 }
 
 @compute @workgroup_size(WG)
 fn dense_q8_0(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-    let row0 = wg.x * ROWS;
-    let tok0 = wg.y * TOKENS;
+    let t = tile(wg);
     let words = p.cols / 4u;
-    var acc: array<f32, ACCS>;
+    let blocks = p.cols / 32u;
+    var acc: array<vec4f, 4>;
     for (var k = li; k < words; k += WG) {
-        var xs: array<vec4f, TOKENS>;
-        for (var t = 0u; t < TOKENS; t++) {
-            if tok0 + t < p.n {
-                let at = (tok0 + t) * p.cols + 4u * k;
-                xs[t] = vec4f(x[at], x[at + 1u], x[at + 2u], x[at + 3u]);
-            }
-        }
-        for (var r = 0u; r < ROWS; r++) {
-            let row = row0 + r;
-            if row < p.rows {
-                let packed = bitcast<i32>(w[row * words + k]);
-                let wv = vec4f(
-                    f32(extractBits(packed, 0u, 8u)),
-                    f32(extractBits(packed, 8u, 8u)),
-                    f32(extractBits(packed, 16u, 8u)),
-                    f32(extractBits(packed, 24u, 8u)),
-                ) * scales[row * (p.cols / 32u) + k / 8u];
-                for (var t = 0u; t < TOKENS; t++) {
-                    acc[r * TOKENS + t] += dot(wv, xs[t]);
-                }
-            }
-        }
+        let c = 4u * k;
+        let x0 = xs(t, c);
+        let x1 = xs(t, c + 1u);
+        let x2 = xs(t, c + 2u);
+        let x3 = xs(t, c + 3u);
+        let b = k / 8u;
+        let w0 = q8(w[t.rows.x * words + k], scales[t.rows.x * blocks + b]);
+        let w1 = q8(w[t.rows.y * words + k], scales[t.rows.y * blocks + b]);
+        let w2 = q8(w[t.rows.z * words + k], scales[t.rows.z * blocks + b]);
+        let w3 = q8(w[t.rows.w * words + k], scales[t.rows.w * blocks + b]);
+        acc[0] += w0.x * x0 + w0.y * x1 + w0.z * x2 + w0.w * x3;
+        acc[1] += w1.x * x0 + w1.y * x1 + w1.z * x2 + w1.w * x3;
+        acc[2] += w2.x * x0 + w2.y * x1 + w2.z * x2 + w2.w * x3;
+        acc[3] += w3.x * x0 + w3.y * x1 + w3.z * x2 + w3.w * x3;
     }
-    finish(acc, li, row0, tok0);
+    finish(acc, li, wg);
 }

@@ -12,8 +12,10 @@
 // row sum of q (from quantize.wgsl) is taken off at the end. Integer sums
 // are exact, as on the CPU.
 //
-// A workgroup computes ROWS rows × TOKENS tokens; its threads split the
-// row's words and add their sums up in workgroup memory at the end.
+// A workgroup computes 4 rows × 4 tokens, each thread a share of the
+// row's words, in vectors whose lanes are the 4 tokens; rows and tokens
+// past the end read the last one's memory and are not written. The
+// threads' sums meet in workgroup memory behind one barrier.
 
 struct Params {
     rows: u32,
@@ -43,12 +45,9 @@ override PACKED_DOT: bool = true;
 override BLOCK_SCALES: bool = false;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u;
-const TOKENS: u32 = 4u;
-const ACCS: u32 = ROWS * TOKENS;
 
-var<workgroup> partial_i: array<i32, WG * ACCS>;
-var<workgroup> partial_f: array<f32, WG * ACCS>;
+var<workgroup> partial_i: array<array<vec4i, WG>, 4>;
+var<workgroup> partial_f: array<array<vec4f, WG>, 4>;
 
 fn dot4(codes4: u32, x4: u32) -> i32 {
     if PACKED_DOT {
@@ -62,74 +61,89 @@ fn dot4(codes4: u32, x4: u32) -> i32 {
     return sum;
 }
 
+// Σ code·q over one word of codes (16 columns) for the 4 tokens: xs[sh]
+// holds each token's activation word for the codes at shift 2·sh.
+fn word_dots(w: u32, x0: vec4u, x1: vec4u, x2: vec4u, x3: vec4u) -> vec4i {
+    let m = 0x03030303u;
+    let c0 = w & m;
+    let c1 = (w >> 2u) & m;
+    let c2 = (w >> 4u) & m;
+    let c3 = (w >> 6u) & m;
+    return vec4i(
+        dot4(c0, x0.x) + dot4(c1, x1.x) + dot4(c2, x2.x) + dot4(c3, x3.x),
+        dot4(c0, x0.y) + dot4(c1, x1.y) + dot4(c2, x2.y) + dot4(c3, x3.y),
+        dot4(c0, x0.z) + dot4(c1, x1.z) + dot4(c2, x2.z) + dot4(c3, x3.z),
+        dot4(c0, x0.w) + dot4(c1, x1.w) + dot4(c2, x2.w) + dot4(c3, x3.w),
+    );
+}
+
 @compute @workgroup_size(WG)
 fn ternary(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
-    let row0 = wg.x * ROWS;
-    let tok0 = wg.y * TOKENS;
-    var acc_i: array<i32, ACCS>;
-    var acc_f: array<f32, ACCS>;
+    let row0 = wg.x * 4u;
+    let last_row = p.rows - 1u;
+    let rows = vec4u(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row));
+    let tok0 = wg.y * 4u;
+    let qw = 4u * p.words;
+    let last_tok = p.n - 1u;
+    let toks = vec4u(tok0, min(tok0 + 1u, last_tok), min(tok0 + 2u, last_tok), min(tok0 + 3u, last_tok)) * qw;
+    var acc_i: array<vec4i, 4>;
+    var acc_f: array<vec4f, 4>;
     for (var k = li; k < p.words; k += WG) {
-        let aw = 32u * (k / 8u) + k % 8u;
-        var x: array<array<u32, 4>, TOKENS>;
-        for (var t = 0u; t < TOKENS; t++) {
-            if tok0 + t < p.n {
-                for (var sh = 0u; sh < 4u; sh++) {
-                    x[t][sh] = q[(tok0 + t) * 4u * p.words + aw + 8u * sh];
-                }
-            }
-        }
-        for (var r = 0u; r < ROWS; r++) {
-            let row = row0 + r;
-            if row >= p.rows {
-                break;
-            }
-            let w = codes[row * p.words + k];
-            for (var t = 0u; t < TOKENS; t++) {
-                var sum = 0i;
-                for (var sh = 0u; sh < 4u; sh++) {
-                    let c = (w >> (2u * sh)) & 0x03030303u;
-                    if BLOCK_SCALES {
-                        // Each block's sum needs its own Σ q.
-                        sum += dot4(c, x[t][sh]) - dot4(0x01010101u, x[t][sh]);
-                    } else {
-                        sum += dot4(c, x[t][sh]);
-                    }
-                }
-                if BLOCK_SCALES {
-                    acc_f[r * TOKENS + t] += f32(sum) * block_scales[row * p.blocks + k / 16u];
-                } else {
-                    acc_i[r * TOKENS + t] += sum;
-                }
-            }
+        let a = 32u * (k / 8u) + k % 8u;
+        let x0 = vec4u(q[toks.x + a], q[toks.y + a], q[toks.z + a], q[toks.w + a]);
+        let x1 = vec4u(q[toks.x + a + 8u], q[toks.y + a + 8u], q[toks.z + a + 8u], q[toks.w + a + 8u]);
+        let x2 = vec4u(q[toks.x + a + 16u], q[toks.y + a + 16u], q[toks.z + a + 16u], q[toks.w + a + 16u]);
+        let x3 = vec4u(q[toks.x + a + 24u], q[toks.y + a + 24u], q[toks.z + a + 24u], q[toks.w + a + 24u]);
+        let w0 = codes[rows.x * p.words + k];
+        let w1 = codes[rows.y * p.words + k];
+        let w2 = codes[rows.z * p.words + k];
+        let w3 = codes[rows.w * p.words + k];
+        if BLOCK_SCALES {
+            // Each block's sum needs its own Σ q: Σ (code - 1)·q.
+            let ones = word_dots(0x55555555u, x0, x1, x2, x3);
+            let b = k / 16u;
+            acc_f[0] += vec4f(word_dots(w0, x0, x1, x2, x3) - ones) * block_scales[rows.x * p.blocks + b];
+            acc_f[1] += vec4f(word_dots(w1, x0, x1, x2, x3) - ones) * block_scales[rows.y * p.blocks + b];
+            acc_f[2] += vec4f(word_dots(w2, x0, x1, x2, x3) - ones) * block_scales[rows.z * p.blocks + b];
+            acc_f[3] += vec4f(word_dots(w3, x0, x1, x2, x3) - ones) * block_scales[rows.w * p.blocks + b];
+        } else {
+            acc_i[0] += word_dots(w0, x0, x1, x2, x3);
+            acc_i[1] += word_dots(w1, x0, x1, x2, x3);
+            acc_i[2] += word_dots(w2, x0, x1, x2, x3);
+            acc_i[3] += word_dots(w3, x0, x1, x2, x3);
         }
     }
-    for (var a = 0u; a < ACCS; a++) {
-        partial_i[a * WG + li] = acc_i[a];
-        partial_f[a * WG + li] = acc_f[a];
+    for (var r = 0u; r < 4u; r++) {
+        if BLOCK_SCALES {
+            partial_f[r][li] = acc_f[r];
+        } else {
+            partial_i[r][li] = acc_i[r];
+        }
     }
     workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if li < w {
-            for (var a = 0u; a < ACCS; a++) {
-                partial_i[a * WG + li] += partial_i[a * WG + li + w];
-                partial_f[a * WG + li] += partial_f[a * WG + li + w];
+    // Thread r adds up row r's sums for the 4 tokens.
+    if li < 4u {
+        let row = row0 + li;
+        var sum_i = vec4i(0);
+        var sum_f = vec4f(0.0);
+        for (var j = 0u; j < WG; j++) {
+            if BLOCK_SCALES {
+                sum_f += partial_f[li][j];
+            } else {
+                sum_i += partial_i[li][j];
             }
         }
-        workgroupBarrier();
-    }
-    if li < ACCS {
-        let r = li / TOKENS;
-        let t = li % TOKENS;
-        let row = row0 + r;
-        let tok = tok0 + t;
-        if row < p.rows && tok < p.n {
-            var y: f32;
-            if BLOCK_SCALES {
-                y = partial_f[li * WG] / s[tok];
-            } else {
-                y = f32(partial_i[li * WG] - qsum[tok]) * p.d / s[tok];
+        for (var t = 0u; t < 4u; t++) {
+            let tok = tok0 + t;
+            if row < p.rows && tok < p.n {
+                var y: f32;
+                if BLOCK_SCALES {
+                    y = sum_f[t] / s[tok];
+                } else {
+                    y = f32(sum_i[t] - qsum[tok]) * p.d / s[tok];
+                }
+                out[tok * p.out_stride + p.row_offset + row] = y;
             }
-            out[tok * p.out_stride + p.row_offset + row] = y;
         }
     }
 }

@@ -94,7 +94,8 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
     let q8_0_head = args.engine.q8_0_head;
     let started = Instant::now();
     let (file, _) = open(path)?;
-    let model = Model::load(&file, &LoadOptions { q8_0_head, ..LoadOptions::default() })
+    let device = args.engine.device;
+    let model = Model::load(&file, &LoadOptions { q8_0_head, device, ..LoadOptions::default() })
         .with_context(|| format!("loading {}", path.display()))?;
     let c = model.config();
     let bytes_per_token = model.summary().bytes_per_token;
@@ -111,9 +112,20 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
         if q8_0_head { ", Q8_0 head" } else { "" },
         started.elapsed().as_secs_f64()
     );
-    say!(args, "kernels          {}", measure::ternary_isa());
+    let device = model.backend().device();
+    say!(args, "device           {device}");
     say!(args, "bytes per token  {:7.1} MB", bytes_per_token as f64 / 1e6);
-    let bw = bandwidth(args, threads);
+    let bw = match model.backend().device_read_bandwidth_gbs(args.bandwidth_mib << 20) {
+        Some(gbs) => {
+            say!(
+                args,
+                "read bandwidth   {gbs:7.2} GB/s  (device, a shader over {} MiB, best of 5)",
+                args.bandwidth_mib
+            );
+            gbs
+        }
+        None => bandwidth(args, threads),
+    };
     let run = measure::time_model(&model, args.prompt_tokens, args.decode_tokens, args.depth, args.reps, |rep, r| {
         eprintln!(
             "  rep {}/{}: prefill {:.2} tok/s, decode {:.2} tok/s",
@@ -139,6 +151,7 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
         "ternary_type": model.summary().ternary_type.name(),
         "q8_0_head": q8_0_head,
         "kernels": measure::ternary_isa(),
+        "device": device,
         "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "decode_tokens": args.decode_tokens,
@@ -452,8 +465,9 @@ fn grammar(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> 
         Some(t) => t,
         None => Tokenizer::from_gguf(&file).context("reading the tokenizer")?,
     };
-    let model = Model::load(&file, &LoadOptions { q8_0_head: args.engine.q8_0_head, ..LoadOptions::default() })
-        .with_context(|| format!("loading {}", path.display()))?;
+    let options =
+        LoadOptions { q8_0_head: args.engine.q8_0_head, device: args.engine.device, ..LoadOptions::default() };
+    let model = Model::load(&file, &options).with_context(|| format!("loading {}", path.display()))?;
     let run = measure::time_model(&model, 16, args.decode_tokens.min(32), 0, 1, |_, _| {});
     let step_ms = 1e3 / run.decode_tok_s;
     say!(args, "decode step      {step_ms:8.2} ms  ({threads} threads, vocabulary {})", tokenizer.vocab_size());

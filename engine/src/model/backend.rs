@@ -51,6 +51,12 @@ pub trait ComputeBackend: Send + Sync {
     /// What computes, for logs and benchmarks (e.g. `cpu avx2`).
     fn device(&self) -> String;
 
+    /// Read bandwidth of the memory its weights live in, in GB/s, when it
+    /// is not the host's (a GPU's, measured over `bytes` by a shader).
+    fn device_read_bandwidth_gbs(&self, _bytes: usize) -> Option<f64> {
+        None
+    }
+
     /// KV blocks of [`crate::kv::BLOCK_TOKENS`] positions its memory holds;
     /// every block id a [`BatchItem`] names is below this.
     fn kv_blocks(&self) -> usize;

@@ -13,6 +13,8 @@ pub enum ModelError {
     Tensor { name: String, reason: String },
     #[error("invalid hyper-parameters: {0}")]
     Config(String),
+    #[error("compute device: {0}")]
+    Device(String),
 }
 
 impl ModelError {

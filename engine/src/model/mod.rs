@@ -4,8 +4,8 @@
 //! 1. [`ModelConfig::from_gguf`] reads the hyper-parameters;
 //!    [`Weights::load`] repacks every tensor into the kernels' layout.
 //! 2. A [`ComputeBackend`] takes the weights and runs the forward pass
-//!    ([`CpuBackend`] over the kernels; a GPU backend implements the same
-//!    trait).
+//!    ([`CpuBackend`] over the kernels; `GpuBackend` over the shaders,
+//!    with the `gpu` feature), chosen by [`Device`].
 //! 3. A [`Model`] pairs the backend with a [`BlockPool`] over its KV
 //!    blocks, which the scheduler shares out; a [`Session`] runs one
 //!    sequence outside the scheduler (tests, benchmarks).
@@ -24,7 +24,10 @@
 mod backend;
 mod config;
 mod cpu;
+mod device;
 mod error;
+#[cfg(feature = "gpu")]
+mod gpu;
 mod weights;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -32,7 +35,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub use backend::{BatchItem, ComputeBackend, Forward, Output};
 pub use config::{Activation, ModelConfig};
 pub use cpu::CpuBackend;
+pub use device::Device;
 pub use error::ModelError;
+#[cfg(feature = "gpu")]
+pub use gpu::GpuBackend;
 pub use weights::{Dense, Layer, LoadOptions, Weights};
 
 use crate::gguf::{GgmlType, GgufFile};
@@ -71,11 +77,11 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a GGUF model onto the CPU backend.
+    /// Loads a GGUF model onto the backend `options.device` asks for.
     pub fn load(g: &GgufFile, options: &LoadOptions) -> Result<Self, ModelError> {
         let weights = Weights::load(g, options)?;
         let summary = WeightsSummary::of(&weights);
-        Ok(Self::on(Box::new(CpuBackend::new(weights, options.kv_memory, options.kv_prefault)), summary))
+        Ok(Self::on(device::backend(weights, options)?, summary))
     }
 
     /// A model on `backend`, whose weights add up to `summary`.

@@ -134,6 +134,8 @@ pub struct LoadOptions {
     pub kv_prefault: bool,
     /// Bytes of KV cache the backend keeps (at least one full context).
     pub kv_memory: usize,
+    /// The compute backend.
+    pub device: crate::model::Device,
 }
 
 impl Weights {
