@@ -87,6 +87,8 @@ macro_rules! contract_conversions {
                     quantization: m.quantization,
                     size_bytes: m.size_bytes,
                     modified_at: m.modified_at,
+                    device: m.device,
+                    device_memory_bytes: m.device_memory_bytes,
                 })
                 .collect()
         }

@@ -21,6 +21,10 @@ pub struct ModelInfo {
     pub quantization: String,
     pub size_bytes: u64,
     pub modified_at: u64,
+    /// What runs it ([`crate::model::ComputeBackend::device`]).
+    pub device: String,
+    /// Bytes it holds in a GPU's memory (0 on the CPU).
+    pub device_memory_bytes: u64,
 }
 
 /// A model with its tokenizer, ready to run.
@@ -90,6 +94,8 @@ impl LoadedModel {
             quantization: model.summary().ternary_type.name(),
             size_bytes: file.file_size(),
             modified_at,
+            device: model.backend().device(),
+            device_memory_bytes: model.backend().device_memory_bytes(),
         };
         Ok(Self::new(info, model, tokenizer))
     }

@@ -58,6 +58,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     config.accept_any_model = args.accept_any_model;
     let model = config.models[0].clone();
     anyhow::ensure!(model.exists(), "model file {} not found (give one with --model)", model.display());
+    config.device.check().map_err(|e| anyhow::anyhow!("--device {}: {e}", config.device))?;
     let engine = Engine::start(config);
 
     let settings = server::Settings {

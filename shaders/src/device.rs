@@ -1,5 +1,6 @@
 //! Opening an adapter and device, and moving bytes to and from it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use bytemuck::Pod;
@@ -39,37 +40,14 @@ pub struct Gpu {
     pub(crate) kernels: Kernels,
     /// Whether the ternary product uses `dot4I8Packed`.
     pub(crate) packed_dot: bool,
+    /// Bytes of every buffer made through [`Gpu::buffer`] and [`Gpu::upload`].
+    allocated: AtomicU64,
 }
 
 impl Gpu {
     /// Opens the best adapter `choice` allows, with the limits it has.
     pub fn open(choice: Choice) -> Result<Self, GpuError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::PRIMARY,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
-            wgpu::DeviceType::DiscreteGpu => 0,
-            wgpu::DeviceType::IntegratedGpu => 1,
-            wgpu::DeviceType::VirtualGpu => 2,
-            wgpu::DeviceType::Other => 3,
-            wgpu::DeviceType::Cpu => 4,
-        };
-        let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
-        let adapter = adapters
-            .into_iter()
-            .filter(|a| choice == Choice::Any || a.get_info().device_type != wgpu::DeviceType::Cpu)
-            .min_by_key(rank)
-            .ok_or_else(|| {
-                GpuError::NoAdapter(if seen.is_empty() {
-                    "no Vulkan, Metal or DX12 adapter was found (on Linux without a GPU, Mesa's lavapipe \
-                     — Debian's mesa-vulkan-drivers — gives a software one)"
-                        .into()
-                } else {
-                    format!("only software adapters were found ({}); ask for one with --device gpu", seen.join("; "))
-                })
-            })?;
+        let adapter = adapter(choice)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -84,7 +62,7 @@ impl Gpu {
         }));
         let kernels = Kernels::build(&device)?;
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        Ok(Self { device, queue, info, max_binding, kernels, packed_dot: true })
+        Ok(Self { device, queue, info, max_binding, kernels, packed_dot: true, allocated: AtomicU64::new(0) })
     }
 
     /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
@@ -119,11 +97,18 @@ impl Gpu {
         self.packed_dot = packed;
     }
 
+    /// Bytes of every storage buffer made so far (freed ones included).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
     /// A zeroed storage buffer of `bytes` (at least 4).
     pub fn buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.max(4).next_multiple_of(4);
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
+            size: bytes,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
@@ -137,6 +122,7 @@ impl Gpu {
             padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
             return self.upload(label, &padded);
         }
+        self.allocated.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: bytes,
@@ -189,6 +175,42 @@ impl Gpu {
         staging.unmap();
         bytes
     }
+}
+
+/// The adapter [`Gpu::open`] would take, described, without opening it.
+pub fn find_adapter(choice: Choice) -> Result<String, GpuError> {
+    adapter(choice).map(|a| describe(&a.get_info()))
+}
+
+/// The best adapter `choice` allows: discrete, then integrated, virtual,
+/// other, and software last.
+fn adapter(choice: Choice) -> Result<wgpu::Adapter, GpuError> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+    adapters
+        .into_iter()
+        .filter(|a| choice == Choice::Any || a.get_info().device_type != wgpu::DeviceType::Cpu)
+        .min_by_key(rank)
+        .ok_or_else(|| {
+            GpuError::NoAdapter(if seen.is_empty() {
+                "no Vulkan, Metal or DX12 adapter was found (on Linux without a GPU, Mesa's lavapipe \
+                 — Debian's mesa-vulkan-drivers — gives a software one)"
+                    .into()
+            } else {
+                format!("only software adapters were found ({}); ask for one with --device gpu", seen.join("; "))
+            })
+        })
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {

@@ -19,7 +19,7 @@ mod weights;
 /// The wgpu this crate builds on, for the buffers its API takes.
 pub use wgpu;
 
-pub use device::{Choice, Gpu, GpuError};
+pub use device::{find_adapter, Choice, Gpu, GpuError};
 pub use kernels::Gate;
 pub use step::{Quantized, ReadId, Reads, Step};
 pub use weights::{Dense, DenseWeights, TernaryWeights};

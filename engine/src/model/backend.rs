@@ -51,6 +51,11 @@ pub trait ComputeBackend: Send + Sync {
     /// What computes, for logs and benchmarks (e.g. `cpu avx2`).
     fn device(&self) -> String;
 
+    /// Bytes of weights and KV memory it holds in a GPU's memory (0 on the CPU).
+    fn device_memory_bytes(&self) -> u64 {
+        0
+    }
+
     /// Read bandwidth of the memory its weights live in, in GB/s, when it
     /// is not the host's (a GPU's, measured over `bytes` by a shader).
     fn device_read_bandwidth_gbs(&self, _bytes: usize) -> Option<f64> {

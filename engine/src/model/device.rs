@@ -43,6 +43,27 @@ impl fmt::Display for Device {
     }
 }
 
+impl Device {
+    /// Whether this device can be had here: for `gpu`, an adapter exists
+    /// (found, not opened). `Err` says why not.
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            Device::Cpu | Device::Auto => Ok(()),
+            Device::Gpu => find_gpu(),
+        }
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn find_gpu() -> Result<(), String> {
+    tern_shaders::find_adapter(tern_shaders::Choice::Any).map(drop).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "gpu"))]
+fn find_gpu() -> Result<(), String> {
+    Err("this build of tern has no GPU backend (the engine's `gpu` feature)".into())
+}
+
 /// `weights` on the backend `options.device` asks for.
 pub(crate) fn backend(weights: Weights, options: &LoadOptions) -> Result<Box<dyn ComputeBackend>, ModelError> {
     let cpu = |weights| Box::new(CpuBackend::new(weights, options.kv_memory, options.kv_prefault));

@@ -124,6 +124,8 @@ impl Bench {
             quantization: "TQ2_0".into(),
             size_bytes: 0,
             modified_at: 0,
+            device: "fake".into(),
+            device_memory_bytes: 0,
         };
         let model = Arc::new(LoadedModel::new(info, Model::on(Box::new(fake), summary), tokenizer()));
         let mailbox = Arc::new(Mailbox::default());

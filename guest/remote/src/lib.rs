@@ -76,6 +76,8 @@ impl Guest for Remote {
                     quantization: m["quantization"].as_str().unwrap_or_default().to_string(),
                     size_bytes: m["size_bytes"].as_u64().unwrap_or(0),
                     modified_at: m["created"].as_u64().unwrap_or(0),
+                    device: m["device"].as_str().unwrap_or("remote").to_string(),
+                    device_memory_bytes: m["device_memory_bytes"].as_u64().unwrap_or(0),
                 })
             })
             .collect()

@@ -58,6 +58,8 @@ pub struct GpuBackend {
     output_norm: wgpu::Buffer,
     head: DenseWeights,
     blocks: usize,
+    /// Bytes of weights and KV memory on the device.
+    resident: u64,
     /// Taken for a whole forward pass: one pass runs at a time.
     scratch: Mutex<Scratch>,
 }
@@ -115,6 +117,7 @@ impl GpuBackend {
         let head = DenseWeights::upload(&gpu, head, c.n_vocab, c.n_embd, "output").map_err(device_error)?;
         drop(output);
         let output_norm = gpu.upload("output_norm", &output_norm);
+        let resident = gpu.allocated_bytes();
         Ok(Self {
             config,
             gpu,
@@ -123,6 +126,7 @@ impl GpuBackend {
             output_norm,
             head,
             blocks,
+            resident,
             scratch: Mutex::new(Scratch::default()),
         })
     }
@@ -237,6 +241,10 @@ impl ComputeBackend for GpuBackend {
 
     fn device(&self) -> String {
         format!("gpu {}", self.gpu.describe())
+    }
+
+    fn device_memory_bytes(&self) -> u64 {
+        self.resident
     }
 
     fn device_read_bandwidth_gbs(&self, bytes: usize) -> Option<f64> {

@@ -258,6 +258,7 @@ fn serve_props(engine: &dyn EngineClient) -> Result<Response, ApiError> {
         },
         "total_slots": total_slots(info, engine),
         "model_path": info.id,
+        "device": info.device,
         "build_info": format!("tern-handler {HANDLER_VERSION}"),
     });
     Ok(Response::json(200, &body))

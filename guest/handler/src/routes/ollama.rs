@@ -436,8 +436,8 @@ fn tags(engine: &dyn EngineClient) -> Response {
     Response::json(200, &json!({ "models": models }))
 }
 
-/// `GET /api/ps`: the loaded models, which are all the served ones, held in
-/// memory rather than on a GPU.
+/// `GET /api/ps`: the loaded models, which are all the served ones, with
+/// the bytes each holds in a GPU's memory (`size_vram`, 0 on the CPU).
 fn ps(engine: &dyn EngineClient) -> Response {
     let models: Vec<Value> = engine
         .list_models()
@@ -445,7 +445,7 @@ fn ps(engine: &dyn EngineClient) -> Response {
         .map(|m| {
             let mut entry = listing(m);
             entry.insert("expires_at".into(), Value::from(rfc3339(NEVER_EXPIRES, 0)));
-            entry.insert("size_vram".into(), Value::from(0));
+            entry.insert("size_vram".into(), Value::from(m.device_memory_bytes));
             entry.insert("context_length".into(), Value::from(m.context_length));
             Value::Object(entry)
         })

@@ -76,6 +76,8 @@ fn model_json(info: &ModelInfo) -> Value {
         "context_length": info.context_length,
         "quantization": info.quantization,
         "parameter_count": info.parameter_count,
+        "device": info.device,
+        "device_memory_bytes": info.device_memory_bytes,
     })
 }
 

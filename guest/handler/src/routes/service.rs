@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::cache::{self, Stats};
-use crate::engine_client::{EngineClient, EngineStatus, Histogram};
+use crate::engine_client::{EngineClient, EngineStatus, Histogram, ModelInfo};
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::page;
@@ -79,12 +79,14 @@ pub const ERRORS: &str = "errors";
 pub fn metrics(req: &Request, engine: &dyn EngineClient) -> Response {
     let store = engine.store();
     let (status, stats, errors) = (engine.status(), cache::stats(store), cache::counter(store, ERRORS));
+    let models = engine.list_models();
     if req.path == "/metrics/prometheus" || wants_text(req.header("accept")) {
         let mut out = exposition(&status);
+        model_families(&mut out, &models);
         guest_families(&mut out, &stats, errors);
         text(out)
     } else {
-        summary(&status, &stats, errors)
+        summary(&status, &stats, errors, &models)
     }
 }
 
@@ -100,7 +102,7 @@ fn wants_text(accept: Option<&str>) -> bool {
 /// The JSON summary. Generation time is the engine's admission-to-end time
 /// summed over finished generations; answers from the cache count as
 /// requests but took no generation time.
-fn summary(s: &EngineStatus, stats: &Stats, errors: u64) -> Response {
+fn summary(s: &EngineStatus, stats: &Stats, errors: u64, models: &[ModelInfo]) -> Response {
     let generation_time_total_ms = s.request_latency.sum * 1000.0;
     let generations = s.request_latency.count.max(s.requests_total);
     let average = if generations > 0 { generation_time_total_ms / generations as f64 } else { 0.0 };
@@ -121,8 +123,34 @@ fn summary(s: &EngineStatus, stats: &Stats, errors: u64) -> Response {
             "rejected_total": s.rejected_total,
             "kv_cache_usage_ratio": kv_ratio(s),
             "cache": stats.json(),
+            "models": models.iter().map(|m| json!({
+                "id": m.id,
+                "device": m.device,
+                "device_memory_bytes": m.device_memory_bytes,
+            })).collect::<Vec<_>>(),
         }),
     )
+}
+
+/// `tern_model_info{model, device} 1` and the bytes each model holds in a
+/// GPU's memory.
+fn model_families(out: &mut String, models: &[ModelInfo]) {
+    out.push_str("# HELP tern_model_info The served models and what runs them\n# TYPE tern_model_info gauge\n");
+    for m in models {
+        let _ = writeln!(out, "tern_model_info{{model=\"{}\",device=\"{}\"}} 1", label(&m.id), label(&m.device));
+    }
+    out.push_str(
+        "# HELP tern_model_device_memory_bytes Bytes of weights and KV memory a model holds in a GPU's memory\n\
+         # TYPE tern_model_device_memory_bytes gauge\n",
+    );
+    for m in models {
+        let _ = writeln!(out, "tern_model_device_memory_bytes{{model=\"{}\"}} {}", label(&m.id), m.device_memory_bytes);
+    }
+}
+
+/// A Prometheus label value: backslashes, quotes and newlines escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn kv_ratio(s: &EngineStatus) -> f64 {

@@ -142,6 +142,8 @@ fn models_lists_openai_fields_and_engine_details() {
             "context_length": 4096,
             "quantization": "TQ2_0",
             "parameter_count": 2_400_000_000u64,
+            "device": "cpu avx2",
+            "device_memory_bytes": 0,
         })
     );
 }

@@ -137,6 +137,8 @@ impl EngineClient for Script {
             quantization: "TQ2_0".into(),
             size_bytes: 1_100_000_000,
             modified_at: 1_700_000_000,
+            device: "cpu avx2".into(),
+            device_memory_bytes: 0,
         }]
     }
 
