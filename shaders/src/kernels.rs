@@ -26,11 +26,14 @@ pub(crate) struct Kernels {
     pub rope: Kernel,
     pub kv_write: Kernel,
     pub attention: Kernel,
-    /// [packed dot][block scales]
-    pub ternary: [[Kernel; 2]; 2],
+    /// [one token][packed dot][block scales]
+    pub ternary: [[[Kernel; 2]; 2]; 2],
     pub dense_f32: Kernel,
     pub dense_f16: Kernel,
     pub dense_q8_0: Kernel,
+    /// One token: the rows in the vector lanes.
+    pub dense_f16_one: Kernel,
+    pub dense_q8_0_one: Kernel,
     pub read_all: Kernel,
 }
 
@@ -66,9 +69,16 @@ impl Kernels {
             let layout = pipeline.get_bind_group_layout(0);
             Kernel { pipeline, layout }
         };
-        let ternary_kernel = |packed: bool, blocks: bool| {
+        let ternary_kernel = |one: bool, packed: bool, blocks: bool| {
             let flag = |b: bool| if b { 1.0 } else { 0.0 };
-            kernel(&ternary, "ternary", &[("PACKED_DOT", flag(packed)), ("BLOCK_SCALES", flag(blocks))])
+            let entry = if one { "ternary_one" } else { "ternary" };
+            kernel(&ternary, entry, &[("PACKED_DOT", flag(packed)), ("BLOCK_SCALES", flag(blocks))])
+        };
+        let ternary_kernels = |one: bool| {
+            [
+                [ternary_kernel(one, false, false), ternary_kernel(one, false, true)],
+                [ternary_kernel(one, true, false), ternary_kernel(one, true, true)],
+            ]
         };
         let kernels = Self {
             quantize: kernel(&quantize, "quantize", &[]),
@@ -79,13 +89,12 @@ impl Kernels {
             rope: kernel(&elementwise, "rope", &[]),
             kv_write: kernel(&attention, "kv_write", &[]),
             attention: kernel(&attention, "attention", &[]),
-            ternary: [
-                [ternary_kernel(false, false), ternary_kernel(false, true)],
-                [ternary_kernel(true, false), ternary_kernel(true, true)],
-            ],
+            ternary: [ternary_kernels(false), ternary_kernels(true)],
             dense_f32: kernel(&dense, "dense_f32", &[]),
             dense_f16: kernel(&dense, "dense_f16", &[]),
             dense_q8_0: kernel(&dense, "dense_q8_0", &[]),
+            dense_f16_one: kernel(&dense, "dense_f16_one", &[]),
+            dense_q8_0_one: kernel(&dense, "dense_q8_0_one", &[]),
             read_all: kernel(&bandwidth, "read_all", &[]),
         };
         match pollster::block_on(scope.pop()) {

@@ -357,7 +357,7 @@ impl<'g> Step<'g> {
         at: usize,
     ) {
         assert_eq!(x.words, w.input_words(), "ternary: activation width vs weights");
-        let k = &self.gpu.kernels.ternary[self.gpu.packed_dot as usize][w.blocks.is_some() as usize];
+        let k = &self.gpu.kernels.ternary[(n == 1) as usize][self.gpu.packed_dot as usize][w.blocks.is_some() as usize];
         for part in &w.parts {
             let p = TernaryParams {
                 rows: u(part.rows.len()),
@@ -384,10 +384,12 @@ impl<'g> Step<'g> {
     /// W @ x for `n` rows of x (n, cols) -> out (n, W.rows()).
     pub fn dense(&mut self, w: &DenseWeights, x: &wgpu::Buffer, n: usize, out: &wgpu::Buffer) {
         let kernels = &self.gpu.kernels;
-        let k = match w.kind {
-            DenseKind::F32 => &kernels.dense_f32,
-            DenseKind::F16 => &kernels.dense_f16,
-            DenseKind::Q8_0 => &kernels.dense_q8_0,
+        let k = match (w.kind, n) {
+            (DenseKind::F32, _) => &kernels.dense_f32,
+            (DenseKind::F16, 1) => &kernels.dense_f16_one,
+            (DenseKind::F16, _) => &kernels.dense_f16,
+            (DenseKind::Q8_0, 1) => &kernels.dense_q8_0_one,
+            (DenseKind::Q8_0, _) => &kernels.dense_q8_0,
         };
         for part in &w.parts {
             let p = DenseParams {

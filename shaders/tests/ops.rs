@@ -131,11 +131,13 @@ fn ternary_with_a_scale_per_block() {
     }
     let m = TernaryMatrix::from_tq2_0(&bytes, rows, cols).unwrap();
     assert!(m.block_scales().is_some());
-    let q: Vec<i8> = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
-    let s: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..90.0)).collect();
-    let mut want = vec![0.0; n * rows];
-    k::ternary_gemm(&m, &q, &s, &mut want);
-    assert_close("ternary, block scales", &gpu_ternary(&gpu, &m, &q, &s), &want, NMSE_FLOAT);
+    for n in [n, 1] {
+        let q: Vec<i8> = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
+        let s: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..90.0)).collect();
+        let mut want = vec![0.0; n * rows];
+        k::ternary_gemm(&m, &q, &s, &mut want);
+        assert_close(&format!("ternary, block scales, {n} tokens"), &gpu_ternary(&gpu, &m, &q, &s), &want, NMSE_FLOAT);
+    }
 }
 
 #[test]
@@ -317,7 +319,7 @@ fn dense_heads_match_the_kernels_and_split_across_bindings() {
     }
     let x = floats(&mut rng, n * cols, 1.0);
     let xb = gpu.upload("x", &x);
-    for split in [false, true] {
+    for (split, n) in [(false, n), (false, 1), (true, n), (true, 1)] {
         if split {
             gpu.limit_binding(10 * cols as u64 * 4);
         }
@@ -331,11 +333,11 @@ fn dense_heads_match_the_kernels_and_split_across_bindings() {
             let got = step.finish().take(id);
             let mut want = vec![0.0; n * rows];
             match dense {
-                Dense::F32(w) => k::matmul_f32(w, rows, cols, &x, &mut want),
-                Dense::F16(w) => k::matmul_f16(w, rows, cols, &x, &mut want),
-                Dense::Q8_0(w) => k::matmul_q8_0(w, rows, cols, &x, &mut want),
+                Dense::F32(w) => k::matmul_f32(w, rows, cols, &x[..n * cols], &mut want),
+                Dense::F16(w) => k::matmul_f16(w, rows, cols, &x[..n * cols], &mut want),
+                Dense::Q8_0(w) => k::matmul_q8_0(w, rows, cols, &x[..n * cols], &mut want),
             }
-            assert_close(&format!("dense {name}, split {split}"), &got, &want, NMSE_SUM);
+            assert_close(&format!("dense {name}, split {split}, {n} tokens"), &got, &want, NMSE_SUM);
         }
     }
 }

@@ -140,3 +140,58 @@ fn dense_q8_0(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index)
     }
     finish(acc, li, wg);
 }
+
+// One token (a decode step): the 4 lanes are the 4 rows instead.
+
+fn finish_one(acc: vec4f, li: u32, wg: vec3u) {
+    partial[0][li] = acc;
+    workgroupBarrier();
+    if li == 0u {
+        var sum = vec4f(0.0);
+        for (var j = 0u; j < WG; j++) {
+            sum += partial[0][j];
+        }
+        for (var r = 0u; r < 4u; r++) {
+            let row = wg.x * 4u + r;
+            if row < p.rows {
+                out[p.row_offset + row] = sum[r];
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn dense_f16_one(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+    let rows = tile(wg).rows;
+    let words = p.cols / 2u;
+    var acc = vec4f(0.0);
+    for (var k = li; k < words; k += WG) {
+        let x = vec2f(x[2u * k], x[2u * k + 1u]);
+        let w0 = unpack2x16float(w[rows.x * words + k]);
+        let w1 = unpack2x16float(w[rows.y * words + k]);
+        let w2 = unpack2x16float(w[rows.z * words + k]);
+        let w3 = unpack2x16float(w[rows.w * words + k]);
+        acc += vec4f(w0.x, w1.x, w2.x, w3.x) * x.x + vec4f(w0.y, w1.y, w2.y, w3.y) * x.y;
+    }
+    finish_one(acc, li, wg);
+}
+
+@compute @workgroup_size(WG)
+fn dense_q8_0_one(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+    let rows = tile(wg).rows;
+    let words = p.cols / 4u;
+    let blocks = p.cols / 32u;
+    var acc = vec4f(0.0);
+    for (var k = li; k < words; k += WG) {
+        let c = 4u * k;
+        let x = vec4f(x[c], x[c + 1u], x[c + 2u], x[c + 3u]);
+        let b = k / 8u;
+        acc += vec4f(
+            dot(q8(w[rows.x * words + k], scales[rows.x * blocks + b]), x),
+            dot(q8(w[rows.y * words + k], scales[rows.y * blocks + b]), x),
+            dot(q8(w[rows.z * words + k], scales[rows.z * blocks + b]), x),
+            dot(q8(w[rows.w * words + k], scales[rows.w * blocks + b]), x),
+        );
+    }
+    finish_one(acc, li, wg);
+}

@@ -147,3 +147,74 @@ fn ternary(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li
         }
     }
 }
+
+// Σ code·q over one word of codes (16 columns) for one token.
+fn word_dot(w: u32, x: vec4u) -> i32 {
+    let m = 0x03030303u;
+    return dot4(w & m, x.x) + dot4((w >> 2u) & m, x.y) + dot4((w >> 4u) & m, x.z) + dot4((w >> 6u) & m, x.w);
+}
+
+var<workgroup> partial_one_i: array<array<i32, WG>, 4>;
+var<workgroup> partial_one_f: array<array<f32, WG>, 4>;
+
+// The same product for one token (a decode step): 4 rows a workgroup, no
+// lanes spent on tokens that are not there.
+@compute @workgroup_size(WG)
+fn ternary_one(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+    let row0 = wg.x * 4u;
+    let last_row = p.rows - 1u;
+    let rows = vec4u(row0, min(row0 + 1u, last_row), min(row0 + 2u, last_row), min(row0 + 3u, last_row));
+    var acc_i = vec4i(0);
+    var acc_f = vec4f(0.0);
+    for (var k = li; k < p.words; k += WG) {
+        let a = 32u * (k / 8u) + k % 8u;
+        let x = vec4u(q[a], q[a + 8u], q[a + 16u], q[a + 24u]);
+        let dots = vec4i(
+            word_dot(codes[rows.x * p.words + k], x),
+            word_dot(codes[rows.y * p.words + k], x),
+            word_dot(codes[rows.z * p.words + k], x),
+            word_dot(codes[rows.w * p.words + k], x),
+        );
+        if BLOCK_SCALES {
+            let b = k / 16u;
+            let scales = vec4f(
+                block_scales[rows.x * p.blocks + b],
+                block_scales[rows.y * p.blocks + b],
+                block_scales[rows.z * p.blocks + b],
+                block_scales[rows.w * p.blocks + b],
+            );
+            acc_f += vec4f(dots - vec4i(word_dot(0x55555555u, x))) * scales;
+        } else {
+            acc_i += dots;
+        }
+    }
+    for (var r = 0u; r < 4u; r++) {
+        if BLOCK_SCALES {
+            partial_one_f[r][li] = acc_f[r];
+        } else {
+            partial_one_i[r][li] = acc_i[r];
+        }
+    }
+    workgroupBarrier();
+    if li < 4u {
+        let row = row0 + li;
+        var sum_i = 0i;
+        var sum_f = 0.0;
+        for (var j = 0u; j < WG; j++) {
+            if BLOCK_SCALES {
+                sum_f += partial_one_f[li][j];
+            } else {
+                sum_i += partial_one_i[li][j];
+            }
+        }
+        if row < p.rows {
+            var y: f32;
+            if BLOCK_SCALES {
+                y = sum_f / s[0];
+            } else {
+                y = f32(sum_i - qsum[0]) * p.d / s[0];
+            }
+            out[p.row_offset + row] = y;
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 use tern_engine::gguf::GgufFile;
-use tern_engine::model::{LoadOptions, Model};
+use tern_engine::model::{Device, LoadOptions, Model};
 use tern_engine::{Engine, EngineConfig, Event, GenerateRequest, Priority, Prompt, SamplingParams};
 
 use crate::measure;
@@ -52,7 +52,9 @@ pub struct Options {
 /// Runs the benchmark `args` asks for and prints its report.
 pub fn run(args: Options) -> anyhow::Result<()> {
     let threads = args.threads;
-    let report = if args.kernels {
+    let report = if args.kernels && args.engine.device != Device::Cpu {
+        crate::bench_gpu::kernels(&args)?
+    } else if args.kernels {
         kernels(&args, threads)
     } else if args.grammar {
         grammar(&args, threads)?
@@ -166,9 +168,9 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
 }
 
 /// 2B-4T's FFN shapes: up/gate (6912 × 2560) and down (2560 × 6912).
-const SHAPES: [(usize, usize); 2] = [(6912, 2560), (2560, 6912)];
+pub(crate) const SHAPES: [(usize, usize); 2] = [(6912, 2560), (2560, 6912)];
 /// 2B-4T's tied output head: vocabulary × hidden size.
-const HEAD: (usize, usize) = (128256, 2560);
+pub(crate) const HEAD: (usize, usize) = (128256, 2560);
 /// Vectors of the batched head product: a 16-stream decode step.
 const HEAD_VECTORS: usize = 16;
 /// Tokens of the per-variant product: one tile, so the scalar reference

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod bench;
+mod bench_gpu;
 pub mod gguf_writer;
 pub mod measure;
 pub mod synth;
