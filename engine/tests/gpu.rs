@@ -131,3 +131,39 @@ fn sixteen_streams_batched_on_the_gpu_give_what_each_gives_alone() {
         s.generated_tokens_total
     );
 }
+
+#[test]
+fn a_shared_prefix_is_reused_from_the_gpus_kv_memory() {
+    let engine = |device| {
+        Engine::load(EngineConfig {
+            models: vec![repo().join("models/tern-tiny.gguf")],
+            device,
+            kv_memory: 64 << 20,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let prefix: Vec<u32> = (0..96).map(|i| (i * 37 + 11) % 2000 + 10).collect();
+    let run = |e: &Engine, suffix: &[u32]| {
+        let mut tokens = prefix.clone();
+        tokens.extend_from_slice(suffix);
+        let req = GenerateRequest {
+            model: "tern-tiny".into(),
+            prompt: Prompt::Tokens(tokens),
+            max_tokens: 12,
+            sampling: SamplingParams { temperature: 0.0, ..Default::default() },
+            seed: Some(1),
+            stop: vec![],
+            timeout: None,
+            priority: Priority::Interactive,
+        };
+        let (text, finished) = e.generate(req).unwrap().collect().unwrap();
+        (text, finished.usage.cached_tokens)
+    };
+    let (gpu, cpu) = (engine(Device::Gpu), engine(Device::Cpu));
+    let (_, cached) = run(&gpu, &[5, 6, 7]);
+    assert_eq!(cached, 0);
+    let (text, cached) = run(&gpu, &[8, 9]);
+    assert!(cached >= 80, "{cached} cached");
+    assert_eq!(text, run(&cpu, &[8, 9]).0, "the reused blocks hold the CPU's keys and values");
+}
