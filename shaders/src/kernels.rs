@@ -17,8 +17,51 @@ pub enum Gate {
     Silu,
 }
 
+/// The ternary product's entry points, by how many tokens it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TernaryShape {
+    /// One token: 4 rows a workgroup.
+    One,
+    /// A few tokens: 4 rows × 4 tokens a workgroup.
+    Few,
+    /// Many tokens: 32 rows × 32 tokens a workgroup, tiled in workgroup memory.
+    Tiled,
+}
+
+impl TernaryShape {
+    const ALL: [TernaryShape; 3] = [TernaryShape::One, TernaryShape::Few, TernaryShape::Tiled];
+    /// Tokens from which the tiled entry point is used.
+    const TILED_FROM: usize = 8;
+
+    pub fn of(tokens: usize) -> Self {
+        match tokens {
+            0 | 1 => TernaryShape::One,
+            n if n < Self::TILED_FROM => TernaryShape::Few,
+            _ => TernaryShape::Tiled,
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            TernaryShape::One => "ternary_one",
+            TernaryShape::Few => "ternary",
+            TernaryShape::Tiled => "ternary_tiled",
+        }
+    }
+
+    /// (rows, tokens) of one workgroup.
+    pub fn tile(self) -> (usize, usize) {
+        match self {
+            TernaryShape::One => (4, 1),
+            TernaryShape::Few => (4, 4),
+            TernaryShape::Tiled => (32, 32),
+        }
+    }
+}
+
 pub(crate) struct Kernels {
     pub quantize: Kernel,
+    pub norm_quantize: Kernel,
     pub rmsnorm: Kernel,
     pub relu2_gate: Kernel,
     pub silu_gate: Kernel,
@@ -26,8 +69,8 @@ pub(crate) struct Kernels {
     pub rope: Kernel,
     pub kv_write: Kernel,
     pub attention: Kernel,
-    /// [one token][packed dot][block scales]
-    pub ternary: [[[Kernel; 2]; 2]; 2],
+    /// [shape][packed dot][block scales], shapes as [`TernaryShape`].
+    pub ternary: [[[Kernel; 2]; 2]; 3],
     pub dense_f32: Kernel,
     pub dense_f16: Kernel,
     pub dense_q8_0: Kernel,
@@ -69,19 +112,20 @@ impl Kernels {
             let layout = pipeline.get_bind_group_layout(0);
             Kernel { pipeline, layout }
         };
-        let ternary_kernel = |one: bool, packed: bool, blocks: bool| {
+        let ternary_kernel = |shape: TernaryShape, packed: bool, blocks: bool| {
             let flag = |b: bool| if b { 1.0 } else { 0.0 };
-            let entry = if one { "ternary_one" } else { "ternary" };
+            let entry = shape.entry();
             kernel(&ternary, entry, &[("PACKED_DOT", flag(packed)), ("BLOCK_SCALES", flag(blocks))])
         };
-        let ternary_kernels = |one: bool| {
+        let ternary_kernels = |shape: TernaryShape| {
             [
-                [ternary_kernel(one, false, false), ternary_kernel(one, false, true)],
-                [ternary_kernel(one, true, false), ternary_kernel(one, true, true)],
+                [ternary_kernel(shape, false, false), ternary_kernel(shape, false, true)],
+                [ternary_kernel(shape, true, false), ternary_kernel(shape, true, true)],
             ]
         };
         let kernels = Self {
             quantize: kernel(&quantize, "quantize", &[]),
+            norm_quantize: kernel(&quantize, "norm_quantize", &[]),
             rmsnorm: kernel(&rmsnorm, "rmsnorm", &[]),
             relu2_gate: kernel(&elementwise, "relu2_gate", &[]),
             silu_gate: kernel(&elementwise, "silu_gate", &[]),
@@ -89,7 +133,7 @@ impl Kernels {
             rope: kernel(&elementwise, "rope", &[]),
             kv_write: kernel(&attention, "kv_write", &[]),
             attention: kernel(&attention, "attention", &[]),
-            ternary: [ternary_kernels(false), ternary_kernels(true)],
+            ternary: TernaryShape::ALL.map(ternary_kernels),
             dense_f32: kernel(&dense, "dense_f32", &[]),
             dense_f16: kernel(&dense, "dense_f16", &[]),
             dense_q8_0: kernel(&dense, "dense_q8_0", &[]),

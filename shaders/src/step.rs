@@ -8,7 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::device::Gpu;
-use crate::kernels::{Gate, Kernel};
+use crate::kernels::{Gate, Kernel, TernaryShape};
 use crate::weights::{DenseKind, DenseWeights, TernaryWeights};
 
 /// Parameter blocks are this far apart (WebGPU's uniform offset alignment).
@@ -75,7 +75,7 @@ struct QuantizeParams {
     cols: u32,
     x_stride: u32,
     q_words: u32,
-    _pad: u32,
+    eps: f32,
 }
 
 #[repr(C)]
@@ -242,9 +242,29 @@ impl<'g> Step<'g> {
 
     /// Each of `rows` rows of x (x_stride floats apart, `cols` used) to int8 in `out`.
     pub fn quantize(&mut self, x: &wgpu::Buffer, x_stride: usize, rows: usize, cols: usize, out: &Quantized) {
-        let p = QuantizeParams { cols: u(cols), x_stride: u(x_stride), q_words: u(out.words), _pad: 0 };
+        let p = QuantizeParams { cols: u(cols), x_stride: u(x_stride), q_words: u(out.words), eps: 0.0 };
         let k = &self.gpu.kernels.quantize;
-        self.dispatch(k, &p, &[(1, x), (2, &out.q), (3, &out.s), (4, &out.sum)], (u(rows), 1));
+        // The norm weight goes unread: x stands in for it.
+        self.dispatch(k, &p, &[(1, x), (2, &out.q), (3, &out.s), (4, &out.sum), (5, x)], (u(rows), 1));
+    }
+
+    /// RMSNorm of each of `rows` rows of x with `weight` (cols,), then its
+    /// int8 quantisation into `out`, in one dispatch: what [`Step::rmsnorm`]
+    /// then [`Step::quantize`] give.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_quantize(
+        &mut self,
+        x: &wgpu::Buffer,
+        x_stride: usize,
+        weight: &wgpu::Buffer,
+        eps: f32,
+        rows: usize,
+        cols: usize,
+        out: &Quantized,
+    ) {
+        let p = QuantizeParams { cols: u(cols), x_stride: u(x_stride), q_words: u(out.words), eps };
+        let k = &self.gpu.kernels.norm_quantize;
+        self.dispatch(k, &p, &[(1, x), (2, &out.q), (3, &out.s), (4, &out.sum), (5, weight)], (u(rows), 1));
     }
 
     /// RMSNorm of `rows` rows of x with `weight` (cols,) into out.
@@ -357,7 +377,9 @@ impl<'g> Step<'g> {
         at: usize,
     ) {
         assert_eq!(x.words, w.input_words(), "ternary: activation width vs weights");
-        let k = &self.gpu.kernels.ternary[(n == 1) as usize][self.gpu.packed_dot as usize][w.blocks.is_some() as usize];
+        let shape = TernaryShape::of(n);
+        let (tile_rows, tile_tokens) = shape.tile();
+        let k = &self.gpu.kernels.ternary[shape as usize][self.gpu.packed_dot as usize][w.blocks.is_some() as usize];
         for part in &w.parts {
             let p = TernaryParams {
                 rows: u(part.rows.len()),
@@ -370,7 +392,8 @@ impl<'g> Step<'g> {
                 _pad: 0,
             };
             let bindings = [(1, &part.data), (2, &x.q), (3, &x.s), (4, &x.sum), (5, &part.scales), (6, out)];
-            self.dispatch(k, &p, &bindings, (u(part.rows.len().div_ceil(4)), u(n.div_ceil(4))));
+            let groups = (u(part.rows.len().div_ceil(tile_rows)), u(n.div_ceil(tile_tokens)));
+            self.dispatch(k, &p, &bindings, groups);
         }
     }
 

@@ -83,7 +83,7 @@ fn ternary_integer_sums_are_exact_with_both_dot_products() {
     let mut gpu = gpu();
     let mut rng = SmallRng::seed_from_u64(1);
     // (rows, cols, tokens): a decode row, tails in every dimension, several groups
-    for (rows, cols, n) in [(8, 128, 1), (37, 300, 5), (64, 2560, 9), (3, 640, 4)] {
+    for (rows, cols, n) in [(8, 128, 1), (37, 300, 5), (64, 2560, 9), (3, 640, 4), (70, 300, 40), (33, 256, 32)] {
         let m = ternary_matrix(&mut rng, rows, cols, 1.0);
         let q: Vec<i8> = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
         let s = vec![1.0; n];
@@ -101,18 +101,28 @@ fn ternary_integer_sums_are_exact_with_both_dot_products() {
 fn ternary_rescales_like_the_kernels_and_splits_across_bindings() {
     let mut gpu = gpu();
     let mut rng = SmallRng::seed_from_u64(2);
-    let (rows, cols, n) = (45, 384, 6);
+    let (rows, cols) = (45, 384);
     let m = ternary_matrix(&mut rng, rows, cols, 0.73);
-    let q: Vec<i8> = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
-    let s: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..90.0)).collect();
-    let mut want = vec![0.0; n * rows];
-    k::ternary_gemm(&m, &q, &s, &mut want);
-    let whole = gpu_ternary(&gpu, &m, &q, &s);
-    assert_close("ternary rescaled", &whole, &want, NMSE_FLOAT);
+    // A few tokens, and enough for the tiled product.
+    let inputs: Vec<(Vec<i8>, Vec<f32>)> = [6, 37]
+        .map(|n| {
+            let q = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
+            (q, (0..n).map(|_| rng.random_range(0.5..90.0)).collect())
+        })
+        .into();
+    let mut whole = Vec::new();
+    for (q, s) in &inputs {
+        let mut want = vec![0.0; s.len() * rows];
+        k::ternary_gemm(&m, q, s, &mut want);
+        whole.push(gpu_ternary(&gpu, &m, q, s));
+        assert_close(&format!("ternary rescaled, {} tokens", s.len()), whole.last().unwrap(), &want, NMSE_FLOAT);
+    }
     // 7 rows a binding: 7 parts, the last one short.
     gpu.limit_binding((7 * m.row_bytes()) as u64);
     assert_eq!(TernaryWeights::upload(&gpu, &m, "w").unwrap().parts(), 7);
-    assert_eq!(gpu_ternary(&gpu, &m, &q, &s), whole, "split into parts");
+    for ((q, s), whole) in inputs.iter().zip(&whole) {
+        assert_eq!(&gpu_ternary(&gpu, &m, q, s), whole, "{} tokens split into parts", s.len());
+    }
 }
 
 #[test]
@@ -131,7 +141,7 @@ fn ternary_with_a_scale_per_block() {
     }
     let m = TernaryMatrix::from_tq2_0(&bytes, rows, cols).unwrap();
     assert!(m.block_scales().is_some());
-    for n in [n, 1] {
+    for n in [n, 1, 35] {
         let q: Vec<i8> = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
         let s: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..90.0)).collect();
         let mut want = vec![0.0; n * rows];
@@ -170,6 +180,38 @@ fn quantize_matches_the_kernels() {
             assert_eq!(sums[r], want.iter().map(|&v| v as i32).sum::<i32>(), "row {r}: sum");
         }
     }
+}
+
+#[test]
+fn norm_then_quantize_in_one_dispatch_matches_the_kernels() {
+    let gpu = gpu();
+    let mut rng = SmallRng::seed_from_u64(9);
+    let (rows, cols, words) = (4, 2560, 640);
+    let x = floats(&mut rng, rows * cols, 3.0);
+    let weight = floats(&mut rng, cols, 2.0);
+    let (xb, wb) = (gpu.upload("x", &x), gpu.upload("w", &weight));
+    let out = Quantized::new(&gpu, rows, words);
+    let mut step = Step::new(&gpu);
+    step.norm_quantize(&xb, cols, &wb, 1e-6, rows, cols, &out);
+    let (qid, sid) = (step.read(&out.q, 0, rows * words), step.read(&out.s, 0, rows));
+    let mut reads = step.finish();
+    let (q, s): (Vec<u32>, Vec<f32>) = (reads.take(qid).iter().map(|v| v.to_bits()).collect(), reads.take(sid));
+    let mut off = 0;
+    for r in 0..rows {
+        let mut normed = vec![0.0; cols];
+        k::rmsnorm(&x[r * cols..(r + 1) * cols], &weight, 1e-6, &mut normed);
+        let mut want = vec![0i8; cols];
+        let want_s = k::quantize_row_i8(&normed, &mut want);
+        assert!((s[r] - want_s).abs() <= want_s * 1e-5, "row {r}: scale {} vs {want_s}", s[r]);
+        for (c, &w) in want.iter().enumerate() {
+            let got = (q[r * words + c / 4] >> (8 * (c % 4))) as u8 as i8;
+            assert!((got as i32 - w as i32).abs() <= 1, "row {r} col {c}: {got} vs {w}");
+            off += usize::from(got != w);
+        }
+    }
+    // The norm's sum runs in another order: a value on a rounding boundary
+    // may go the other way, rarely.
+    assert!(off * 1000 <= rows * cols, "{off} of {} values differ by one", rows * cols);
 }
 
 #[test]

@@ -218,3 +218,75 @@ fn ternary_one(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index
         }
     }
 }
+
+// The product for many tokens (prefill, batched decode), tiled in
+// workgroup memory: a workgroup computes 32 rows × 32 tokens. For each
+// 128-column group of the row, its threads load the tile's codes (32 rows
+// × 8 words) and activations (32 tokens × 32 words) once, then each
+// thread sums 4 rows × 4 tokens from workgroup memory.
+
+const TILE: u32 = 32u;
+var<workgroup> w_tile: array<u32, 256>;
+var<workgroup> x_tile: array<u32, 1024>;
+
+@compute @workgroup_size(WG)
+fn ternary_tiled(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) li: u32) {
+    let row0 = wg.x * TILE;
+    let tok0 = wg.y * TILE;
+    // This thread's rows 4·rg.. and tokens 4·tg.. within the tile.
+    let rg = li / 8u;
+    let tg = li % 8u;
+    let qw = 4u * p.words;
+    var acc_i: array<vec4i, 4>;
+    var acc_f: array<vec4f, 4>;
+    for (var g = 0u; g < p.words / 8u; g++) {
+        for (var j = 0u; j < 4u; j++) {
+            let i = li + WG * j;
+            let row = min(row0 + i / 8u, p.rows - 1u);
+            w_tile[i] = codes[row * p.words + 8u * g + i % 8u];
+        }
+        for (var j = 0u; j < 16u; j++) {
+            let i = li + WG * j;
+            let tok = min(tok0 + i / 32u, p.n - 1u);
+            x_tile[i] = q[tok * qw + 32u * g + i % 32u];
+        }
+        workgroupBarrier();
+        let t = 4u * tg * 32u;
+        for (var k = 0u; k < 8u; k++) {
+            let x0 = vec4u(x_tile[t + k], x_tile[t + 32u + k], x_tile[t + 64u + k], x_tile[t + 96u + k]);
+            let x1 = vec4u(x_tile[t + 8u + k], x_tile[t + 40u + k], x_tile[t + 72u + k], x_tile[t + 104u + k]);
+            let x2 = vec4u(x_tile[t + 16u + k], x_tile[t + 48u + k], x_tile[t + 80u + k], x_tile[t + 112u + k]);
+            let x3 = vec4u(x_tile[t + 24u + k], x_tile[t + 56u + k], x_tile[t + 88u + k], x_tile[t + 120u + k]);
+            var ones = vec4i(0);
+            if BLOCK_SCALES {
+                ones = word_dots(0x55555555u, x0, x1, x2, x3);
+            }
+            for (var r = 0u; r < 4u; r++) {
+                let dots = word_dots(w_tile[(4u * rg + r) * 8u + k], x0, x1, x2, x3);
+                if BLOCK_SCALES {
+                    let row = min(row0 + 4u * rg + r, p.rows - 1u);
+                    // 256 columns a block: two groups.
+                    acc_f[r] += vec4f(dots - ones) * block_scales[row * p.blocks + g / 2u];
+                } else {
+                    acc_i[r] += dots;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let row = row0 + 4u * rg + r;
+        for (var i = 0u; i < 4u; i++) {
+            let tok = tok0 + 4u * tg + i;
+            if row < p.rows && tok < p.n {
+                var y: f32;
+                if BLOCK_SCALES {
+                    y = acc_f[r][i] / s[tok];
+                } else {
+                    y = f32(acc_i[r][i] - qsum[tok]) * p.d / s[tok];
+                }
+                out[tok * p.out_stride + p.row_offset + row] = y;
+            }
+        }
+    }
+}

@@ -8,6 +8,9 @@
 //! block tables, records every layer into one command submission, and
 //! reads back only the logits (or hidden states) its items asked for.
 //!
+//! Each norm that feeds a ternary product runs with its int8 quantisation
+//! in one dispatch.
+//!
 //! Every operation is per row and attention reads only the row's own item,
 //! as on the CPU, so a row gets the same result whatever shares its step.
 //!
@@ -285,8 +288,7 @@ impl ComputeBackend for GpuBackend {
         let mut step = Step::new(gpu);
         for l in &self.layers {
             // Attention: x += Wo · sub_norm(attention(RoPE(Wq n), RoPE(Wk n), Wv n)), n = norm(x).
-            step.rmsnorm(&s.x, d, &l.attn_norm, eps, n, d, &s.xn, d);
-            step.quantize(&s.xn, d, n, d, &s.xq_embd);
+            step.norm_quantize(&s.x, d, &l.attn_norm, eps, n, d, &s.xq_embd);
             step.ternary(&l.wq, &s.xq_embd, n, &s.q, qd, 0);
             step.ternary(&l.wk, &s.xq_embd, n, &s.k, kvd, 0);
             step.ternary(&l.wv, &s.xq_embd, n, &s.v, kvd, 0);
@@ -295,18 +297,15 @@ impl ComputeBackend for GpuBackend {
             step.kv_write(&s.k, &s.v, &s.slots, &l.k_mem, &l.v_mem, n, kvd);
             let heads = (c.n_head, c.n_head_kv, c.head_dim);
             step.attention(&s.q, &s.row_info, &s.tables, &l.k_mem, &l.v_mem, &s.att, n, heads);
-            step.rmsnorm(&s.att, qd, &l.attn_sub_norm, eps, n, qd, &s.xn, qd);
-            step.quantize(&s.xn, qd, n, qd, &s.xq_q);
+            step.norm_quantize(&s.att, qd, &l.attn_sub_norm, eps, n, qd, &s.xq_q);
             step.ternary(&l.wo, &s.xq_q, n, &s.out, d, 0);
             step.add(&s.x, &s.out, n * d);
             // Feed-forward: x += Wdown · sub_norm(act(Wgate n) · (Wup n)), n = norm(x).
-            step.rmsnorm(&s.x, d, &l.ffn_norm, eps, n, d, &s.xn, d);
-            step.quantize(&s.xn, d, n, d, &s.xq_embd);
+            step.norm_quantize(&s.x, d, &l.ffn_norm, eps, n, d, &s.xq_embd);
             step.ternary(&l.w_gate, &s.xq_embd, n, &s.gate, ff, 0);
             step.ternary(&l.w_up, &s.xq_embd, n, &s.up, ff, 0);
             step.gate(gate, &s.gate, &s.up, &s.h, n * ff);
-            step.rmsnorm(&s.h, ff, &l.ffn_sub_norm, eps, n, ff, &s.xn, ff);
-            step.quantize(&s.xn, ff, n, ff, &s.xq_ff);
+            step.norm_quantize(&s.h, ff, &l.ffn_sub_norm, eps, n, ff, &s.xq_ff);
             step.ternary(&l.w_down, &s.xq_ff, n, &s.out, d, 0);
             step.add(&s.x, &s.out, n * d);
         }

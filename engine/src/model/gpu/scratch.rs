@@ -15,8 +15,6 @@ pub(super) struct Scratch {
 
 pub(super) struct Buffers {
     pub x: wgpu::Buffer,
-    /// norms' output, as wide as the widest row
-    pub xn: wgpu::Buffer,
     /// int8 rows for the q/k/v and gate/up products (n_embd wide), the
     /// output projection (q_dim) and the down projection (n_ff)
     pub xq_embd: Quantized,
@@ -63,10 +61,8 @@ impl Scratch {
         self.table_len = grow(table_len, self.table_len);
         let (n, m) = (self.rows, self.head_rows);
         let f = |label: &str, len: usize| gpu.buffer(label, (len * 4) as u64);
-        let wide = c.n_embd.max(c.q_dim()).max(c.n_ff);
         self.bufs = Some(Buffers {
             x: f("x", n * c.n_embd),
-            xn: f("xn", n * wide),
             xq_embd: Quantized::new(gpu, n, words[0]),
             xq_q: Quantized::new(gpu, n, words[1]),
             xq_ff: Quantized::new(gpu, n, words[2]),
