@@ -14,7 +14,7 @@ use tern_engine::gguf::GgufFile;
 use tern_engine::model::{Device, LoadOptions, Model};
 use tern_engine::{Engine, EngineConfig, Event, GenerateRequest, Priority, Prompt, SamplingParams};
 
-use crate::measure;
+use crate::measure::{self, HEAD, SHAPES};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub struct Options {
 pub fn run(args: Options) -> anyhow::Result<()> {
     let threads = args.threads;
     let report = if args.kernels && args.engine.device != Device::Cpu {
-        crate::bench_gpu::kernels(&args)?
+        crate::bench_gpu::kernels(args.engine.device, args.prompt_tokens, args.bandwidth_mib, args.json)?
     } else if args.kernels {
         kernels(&args, threads)
     } else if args.grammar {
@@ -167,10 +167,6 @@ fn model(args: &Options, threads: usize) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// 2B-4T's FFN shapes: up/gate (6912 × 2560) and down (2560 × 6912).
-pub(crate) const SHAPES: [(usize, usize); 2] = [(6912, 2560), (2560, 6912)];
-/// 2B-4T's tied output head: vocabulary × hidden size.
-pub(crate) const HEAD: (usize, usize) = (128256, 2560);
 /// Vectors of the batched head product: a 16-stream decode step.
 const HEAD_VECTORS: usize = 16;
 /// Tokens of the per-variant product: one tile, so the scalar reference

@@ -9,8 +9,7 @@ use serde_json::json;
 use tern_engine::model::Device;
 use tern_shaders::{Choice, Dense, DenseWeights, Gpu, Quantized, Step, TernaryWeights};
 
-use crate::bench::{Options, HEAD, SHAPES};
-use crate::measure;
+use crate::measure::{self, HEAD, SHAPES};
 
 /// Products recorded into one submission while timing.
 const PER_SUBMIT: usize = 16;
@@ -32,14 +31,17 @@ fn time(gpu: &Gpu, min_time: Duration, record: &dyn Fn(&mut Step, usize)) -> f64
     start.elapsed().as_secs_f64() / calls as f64
 }
 
-pub fn kernels(args: &Options) -> anyhow::Result<serde_json::Value> {
-    let choice = if args.engine.device == Device::Gpu { Choice::Any } else { Choice::Hardware };
+/// The report, on `device` (`gpu` or `auto`), with `tokens` tokens in the
+/// batched products and the bandwidth read over `bandwidth_mib` MiB; lines
+/// go to stderr when `json`.
+pub fn kernels(device: Device, tokens: usize, bandwidth_mib: usize, json: bool) -> anyhow::Result<serde_json::Value> {
+    let choice = if device == Device::Gpu { Choice::Any } else { Choice::Hardware };
     let mut gpu = Gpu::open(choice).context("opening the GPU")?;
-    let say = |line: String| if args.json { eprintln!("{line}") } else { println!("{line}") };
+    let say = |line: String| if json { eprintln!("{line}") } else { println!("{line}") };
     say(format!("adapter          {}", gpu.describe()));
-    let bw = gpu.read_bandwidth_gbs((args.bandwidth_mib << 20) as u64, 5);
-    say(format!("read bandwidth   {bw:7.2} GB/s  (a shader over {} MiB, best of 5)", args.bandwidth_mib));
-    let tokens = args.prompt_tokens.max(2);
+    let bw = gpu.read_bandwidth_gbs((bandwidth_mib << 20) as u64, 5);
+    say(format!("read bandwidth   {bw:7.2} GB/s  (a shader over {} MiB, best of 5)", bandwidth_mib));
+    let tokens = tokens.max(2);
     let mut products = Vec::new();
     for (rows, cols) in SHAPES {
         // A few copies, so a product rarely finds its weights in a cache.

@@ -14,6 +14,11 @@ use tern_engine::sampler::{argmax, Rng};
 use tern_kernels::dispatch::TernaryRowsFn;
 use tern_kernels::{pool, TernaryMatrix};
 
+/// 2B-4T's FFN shapes: up/gate (6912 × 2560) and down (2560 × 6912).
+pub const SHAPES: [(usize, usize); 2] = [(6912, 2560), (2560, 6912)];
+/// 2B-4T's tied output head: vocabulary × hidden size.
+pub const HEAD: (usize, usize) = (128256, 2560);
+
 /// The kernel variant this CPU runs ("avx2", ...).
 pub fn ternary_isa() -> &'static str {
     tern_kernels::dispatch::chosen().name
