@@ -8,6 +8,10 @@ use wgpu::util::DeviceExt;
 
 use crate::kernels::Kernels;
 
+/// Tokens from which the ternary product is tiled in workgroup memory, on
+/// a hardware adapter.
+const TILED_FROM: usize = 8;
+
 /// Which adapters [`Gpu::open`] may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {
@@ -40,6 +44,8 @@ pub struct Gpu {
     pub(crate) kernels: Kernels,
     /// Whether the ternary product uses `dot4I8Packed`.
     pub(crate) packed_dot: bool,
+    /// Tokens from which the ternary product is tiled in workgroup memory.
+    pub(crate) tiled_from: usize,
     /// Bytes of every buffer made through [`Gpu::buffer`] and [`Gpu::upload`].
     allocated: AtomicU64,
 }
@@ -62,7 +68,19 @@ impl Gpu {
         }));
         let kernels = Kernels::build(&device)?;
         let max_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
-        Ok(Self { device, queue, info, max_binding, kernels, packed_dot: true, allocated: AtomicU64::new(0) })
+        // On a software driver the tiled product is slower than the 4 × 4
+        // one (BENCHMARKS.md, "GPU"): its barriers are costly there.
+        let tiled_from = if info.device_type == wgpu::DeviceType::Cpu { usize::MAX } else { TILED_FROM };
+        Ok(Self {
+            device,
+            queue,
+            info,
+            max_binding,
+            kernels,
+            packed_dot: true,
+            tiled_from,
+            allocated: AtomicU64::new(0),
+        })
     }
 
     /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
@@ -100,6 +118,13 @@ impl Gpu {
     /// Bytes of every storage buffer made so far (freed ones included).
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Tiles the ternary product in workgroup memory from `tokens` tokens
+    /// (`usize::MAX`: never). By default from 8 tokens, never on software
+    /// adapters.
+    pub fn tile_from(&mut self, tokens: usize) {
+        self.tiled_from = tokens;
     }
 
     /// A zeroed storage buffer of `bytes` (at least 4).

@@ -30,13 +30,12 @@ pub(crate) enum TernaryShape {
 
 impl TernaryShape {
     const ALL: [TernaryShape; 3] = [TernaryShape::One, TernaryShape::Few, TernaryShape::Tiled];
-    /// Tokens from which the tiled entry point is used.
-    const TILED_FROM: usize = 8;
 
-    pub fn of(tokens: usize) -> Self {
+    /// The entry point for `tokens` tokens, the tiled one from `tiled_from`.
+    pub fn of(tokens: usize, tiled_from: usize) -> Self {
         match tokens {
             0 | 1 => TernaryShape::One,
-            n if n < Self::TILED_FROM => TernaryShape::Few,
+            n if n < tiled_from => TernaryShape::Few,
             _ => TernaryShape::Tiled,
         }
     }

@@ -377,7 +377,7 @@ impl<'g> Step<'g> {
         at: usize,
     ) {
         assert_eq!(x.words, w.input_words(), "ternary: activation width vs weights");
-        let shape = TernaryShape::of(n);
+        let shape = TernaryShape::of(n, self.gpu.tiled_from);
         let (tile_rows, tile_tokens) = shape.tile();
         let k = &self.gpu.kernels.ternary[shape as usize][self.gpu.packed_dot as usize][w.blocks.is_some() as usize];
         for part in &w.parts {

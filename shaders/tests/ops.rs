@@ -18,9 +18,12 @@ const NMSE_FLOAT: f64 = 1e-10;
 /// …of products summed in another order over thousands of columns.
 const NMSE_SUM: f64 = 1e-9;
 
+/// The adapter, with the ternary product tiled from 8 tokens (as on a
+/// hardware adapter; software ones never tile by default).
 fn gpu() -> Gpu {
-    let gpu = Gpu::open(Choice::Any).unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
+    let mut gpu = Gpu::open(Choice::Any).unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
     eprintln!("adapter: {}", gpu.describe());
+    gpu.tile_from(8);
     gpu
 }
 
@@ -123,6 +126,19 @@ fn ternary_rescales_like_the_kernels_and_splits_across_bindings() {
     for ((q, s), whole) in inputs.iter().zip(&whole) {
         assert_eq!(&gpu_ternary(&gpu, &m, q, s), whole, "{} tokens split into parts", s.len());
     }
+}
+
+#[test]
+fn the_tiled_and_the_four_by_four_products_agree_bit_for_bit() {
+    let mut gpu = gpu();
+    let mut rng = SmallRng::seed_from_u64(10);
+    let (rows, cols, n) = (70, 640, 40);
+    let m = ternary_matrix(&mut rng, rows, cols, 0.5);
+    let q: Vec<i8> = (0..n * cols).map(|_| rng.random_range(-128..=127)).collect();
+    let s: Vec<f32> = (0..n).map(|_| rng.random_range(0.5..90.0)).collect();
+    let tiled = gpu_ternary(&gpu, &m, &q, &s);
+    gpu.tile_from(usize::MAX);
+    assert_eq!(gpu_ternary(&gpu, &m, &q, &s), tiled);
 }
 
 #[test]
