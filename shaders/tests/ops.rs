@@ -5,8 +5,11 @@
 //! with a forced small binding limit.
 //!
 //! These run on whatever adapter there is, software ones included: in CI,
-//! Mesa's lavapipe (Debian's mesa-vulkan-drivers). With no adapter at all
-//! they fail, saying so.
+//! Mesa's lavapipe (Debian's mesa-vulkan-drivers, which `.ci/run`
+//! installs). With no adapter at all each test prints SKIP and why, and
+//! fails instead when `CI` is set.
+
+use std::io::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -19,12 +22,22 @@ const NMSE_FLOAT: f64 = 1e-10;
 const NMSE_SUM: f64 = 1e-9;
 
 /// The adapter, with the ternary product tiled from 8 tokens (as on a
-/// hardware adapter; software ones never tile by default).
-fn gpu() -> Gpu {
-    let mut gpu = Gpu::open(Choice::Any).unwrap_or_else(|e| panic!("the GPU tests need an adapter: {e}"));
-    eprintln!("adapter: {}", gpu.describe());
-    gpu.tile_from(8);
-    gpu
+/// hardware adapter; software ones never tile by default), or `None` after
+/// a visible SKIP when there is none (a failure under CI).
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(Choice::Any) {
+        Ok(mut gpu) => {
+            eprintln!("adapter: {}", gpu.describe());
+            gpu.tile_from(8);
+            Some(gpu)
+        }
+        Err(e) if std::env::var_os("CI").is_some() => panic!("the GPU tests need an adapter: {e}"),
+        Err(e) => {
+            // Straight to stderr: the harness keeps a passing test's eprintln!.
+            let _ = writeln!(std::io::stderr(), "SKIP: {e}");
+            None
+        }
+    }
 }
 
 fn nmse(got: &[f32], want: &[f32]) -> f64 {
@@ -76,14 +89,14 @@ fn gpu_ternary(gpu: &Gpu, m: &TernaryMatrix, q: &[i8], s: &[f32]) -> Vec<f32> {
 
 #[test]
 fn an_adapter_opens_and_says_what_it_is() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     assert!(!gpu.name().is_empty());
     assert!(gpu.max_binding() >= 128 << 20, "binding limit {}", gpu.max_binding());
 }
 
 #[test]
 fn ternary_integer_sums_are_exact_with_both_dot_products() {
-    let mut gpu = gpu();
+    let Some(mut gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(1);
     // (rows, cols, tokens): a decode row, tails in every dimension, several groups
     for (rows, cols, n) in [(8, 128, 1), (37, 300, 5), (64, 2560, 9), (3, 640, 4), (70, 300, 40), (33, 256, 32)] {
@@ -102,7 +115,7 @@ fn ternary_integer_sums_are_exact_with_both_dot_products() {
 
 #[test]
 fn ternary_rescales_like_the_kernels_and_splits_across_bindings() {
-    let mut gpu = gpu();
+    let Some(mut gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(2);
     let (rows, cols) = (45, 384);
     let m = ternary_matrix(&mut rng, rows, cols, 0.73);
@@ -130,7 +143,7 @@ fn ternary_rescales_like_the_kernels_and_splits_across_bindings() {
 
 #[test]
 fn the_tiled_and_the_four_by_four_products_agree_bit_for_bit() {
-    let mut gpu = gpu();
+    let Some(mut gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(10);
     let (rows, cols, n) = (70, 640, 40);
     let m = ternary_matrix(&mut rng, rows, cols, 0.5);
@@ -143,7 +156,7 @@ fn the_tiled_and_the_four_by_four_products_agree_bit_for_bit() {
 
 #[test]
 fn ternary_with_a_scale_per_block() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(3);
     let (rows, cols, n) = (9, 512, 3);
     // TQ2_0 blocks whose scales differ keep one scale per 256 columns.
@@ -168,7 +181,7 @@ fn ternary_with_a_scale_per_block() {
 
 #[test]
 fn quantize_matches_the_kernels() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(4);
     for (rows, cols, words) in [(1, 2560, 640), (5, 300, 96), (3, 6912, 1728)] {
         let mut x = floats(&mut rng, rows * cols, 3.0);
@@ -200,7 +213,7 @@ fn quantize_matches_the_kernels() {
 
 #[test]
 fn norm_then_quantize_in_one_dispatch_matches_the_kernels() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(9);
     let (rows, cols, words) = (4, 2560, 640);
     let x = floats(&mut rng, rows * cols, 3.0);
@@ -232,7 +245,7 @@ fn norm_then_quantize_in_one_dispatch_matches_the_kernels() {
 
 #[test]
 fn rmsnorm_gates_and_residual_match_the_kernels() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(5);
     let (rows, cols) = (3, 1000);
     let x = floats(&mut rng, rows * cols, 2.0);
@@ -268,7 +281,7 @@ fn rmsnorm_gates_and_residual_match_the_kernels() {
 
 #[test]
 fn rope_matches_the_kernels() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(6);
     let (n_heads, head_dim, rot_dim, theta) = (5, 64, 48, 500_000.0);
     let positions = [0usize, 1, 17, 4095];
@@ -297,7 +310,7 @@ fn rope_matches_the_kernels() {
 
 #[test]
 fn keys_values_and_attention_over_paged_memory_match_the_kernels() {
-    let gpu = gpu();
+    let Some(gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(7);
     let (n_heads, n_kv, head_dim) = (6, 2, 64);
     let kv_dim = n_kv * head_dim;
@@ -365,7 +378,7 @@ fn keys_values_and_attention_over_paged_memory_match_the_kernels() {
 
 #[test]
 fn dense_heads_match_the_kernels_and_split_across_bindings() {
-    let mut gpu = gpu();
+    let Some(mut gpu) = gpu() else { return };
     let mut rng = SmallRng::seed_from_u64(8);
     let (rows, cols, n) = (103, 256, 5);
     let w = floats(&mut rng, rows * cols, 1.0);
