@@ -27,7 +27,11 @@ const NMSE_SUM: f64 = 1e-9;
 fn gpu() -> Option<Gpu> {
     match Gpu::open(Choice::Any) {
         Ok(mut gpu) => {
-            eprintln!("adapter: {}", gpu.describe());
+            // Once, past the harness's capture: which adapter these ran on.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                let _ = writeln!(std::io::stderr(), "GPU tests on {}", gpu.describe());
+            });
             gpu.tile_from(8);
             Some(gpu)
         }
