@@ -1,13 +1,14 @@
 //! What a runtime without tern's host lacks, answered plainly: settings
 //! from the environment (`wasi:config`, key `k` from `TERN_K`), no app
 //! database (`spin:sqlite` and `spin:postgres` refuse to open), so the
-//! handler's app routes say 503 and everything else works, and no usage
-//! figures of the key-value store.
+//! handler's app routes say 503 and everything else works, no usage
+//! figures of the key-value store, and no Socket.IO sessions.
 
 use crate::bindings::exports::spin::postgres::postgres::{
     self as pg, GuestConnection as PgConnection, ParameterValue, RowSet,
 };
 use crate::bindings::exports::spin::sqlite::sqlite::{self, GuestConnection, QueryResult, Value};
+use crate::bindings::exports::tern::llm::sessions;
 use crate::bindings::exports::tern::llm::store_usage::{self, BucketUsage};
 use crate::bindings::exports::wasi::config::store::{self, Error as ConfigError};
 use crate::Adapter;
@@ -69,4 +70,32 @@ impl store_usage::Guest for Adapter {
     fn usage(_identifier: String) -> Option<BucketUsage> {
         None
     }
+}
+
+impl sessions::Guest for Adapter {
+    fn open() -> Option<String> {
+        None
+    }
+
+    fn bind(_id: String, _user: String) -> bool {
+        false
+    }
+
+    fn user(_id: String) -> Option<String> {
+        None
+    }
+
+    fn send(_id: String, _packets: Vec<String>) -> bool {
+        false
+    }
+
+    fn send_to_user(_user: String, _packets: Vec<String>) -> u32 {
+        0
+    }
+
+    fn take(_id: String, _wait_ms: u32, _max: u32) -> Option<sessions::Taken> {
+        None
+    }
+
+    fn close(_id: String) {}
 }

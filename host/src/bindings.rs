@@ -14,6 +14,8 @@ wasmtime::component::bindgen!({
         "wasi:keyvalue/store": async | trappable,
         "wasi:keyvalue/atomics": async | trappable,
         "tern:llm/store-usage": async | trappable,
+        // A poll waits for packets.
+        "tern:llm/sessions": async | trappable,
         "tern:llm/inference.submit-job": async | trappable,
         "tern:llm/inference.job-status": async | trappable,
         "tern:llm/inference.cancel-job": async | trappable,
@@ -32,5 +34,5 @@ wasmtime::component::bindgen!({
 
 pub use spin::postgres::postgres as spin_postgres;
 pub use spin::sqlite::sqlite as spin_sqlite;
-pub use tern::llm::{inference, store_usage};
+pub use tern::llm::{inference, sessions, store_usage};
 pub use wasi::config::store as config_store;

@@ -253,6 +253,10 @@ pub struct AppArgs {
     /// Bearer key sent to `--media-upstream`.
     #[arg(long, env = "TERN_MEDIA_UPSTREAM_KEY", help_heading = "app")]
     pub media_upstream_key: Option<String>,
+    /// Folder of Open WebUI's built web frontend (`scripts/fetch-webui`
+    /// fetches it): served at `/` instead of tern's own chat page.
+    #[arg(long, env = "TERN_WEBUI", help_heading = "app")]
+    pub webui: Option<PathBuf>,
 }
 
 #[derive(Args)]

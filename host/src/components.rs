@@ -167,6 +167,7 @@ fn host_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::bindings::inference::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::store_usage::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::bindings::sessions::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::wasi::keyvalue::store::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::wasi::keyvalue::atomics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::spin_sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;

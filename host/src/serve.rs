@@ -4,6 +4,7 @@
 //! `--shutdown-grace` seconds, then their generations end with an error.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,11 +67,14 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         request_timeout: Duration::from_secs(args.request_timeout),
         max_instances: args.max_instances,
         reuse_instances: args.reuse_instances,
-        guest_env: vec![
+        guest_env: [
             ("TERN_MAX_BATCH".into(), args.max_batch.to_string()),
             ("TERN_CACHE_TTL".into(), args.cache_ttl.to_string()),
             ("TERN_CORS_ORIGINS".into(), args.cors_origins.join(",")),
-        ],
+        ]
+        .into_iter()
+        .chain(webui_env(args.app.webui.as_deref())?)
+        .collect(),
         header_timeout: Duration::from_secs(args.header_timeout),
         body_timeout: Duration::from_secs(args.body_timeout),
         keep_alive: Duration::from_secs(args.keep_alive),
@@ -82,6 +86,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
         compress: args.compress,
         component_file: args.component.clone(),
         trusted_proxies: crate::proxies::TrustedProxies::parse(&args.trusted_proxies)?,
+        webui: args.app.webui.clone(),
     };
     // A guest that computes yields at every epoch tick, but tokio wakes a
     // yielding task again without looking for I/O; look for it every few
@@ -99,7 +104,7 @@ pub fn serve(args: ServeArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> 
     };
     let jobs =
         kv.redis().map(|r| Arc::new(SharedJobs::new(r.clone(), engine.clone(), Duration::from_secs(args.job_ttl))));
-    let shared = Shared { kv, jobs, app };
+    let shared = Shared { kv, jobs, app, sessions: Default::default() };
     let metrics = Arc::new(metrics::HostMetrics::default());
     let wasm_engine = server::instances::wasm_engine(&settings)?;
     let (wasm, source) = match &args.component {
@@ -282,4 +287,26 @@ async fn shutdown_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     }
+}
+
+/// What the handler needs to serve `--webui`'s folder: where it sees it, and
+/// the version the frontend was built as (`open-webui-version`, written by
+/// `scripts/fetch-webui`). A folder without an index page is an error.
+fn webui_env(dir: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(dir) = dir else { return Ok(Vec::new()) };
+    anyhow::ensure!(
+        dir.join("index.html").is_file(),
+        "--webui {}: no index.html there (scripts/fetch-webui fetches Open WebUI's frontend into target/webui)",
+        dir.display()
+    );
+    let version = std::fs::read_to_string(dir.join("open-webui-version")).map(|v| v.trim().to_string());
+    let version = version.unwrap_or_else(|_| {
+        tracing::warn!(dir = %dir.display(), "no open-webui-version file: /api/version answers tern's version, and the frontend may reload");
+        String::new()
+    });
+    tracing::info!(dir = %dir.display(), version, "serving Open WebUI's frontend");
+    Ok(vec![
+        ("TERN_WEBUI".into(), crate::server::settings::WEBUI_GUEST_DIR.into()),
+        ("TERN_WEBUI_VERSION".into(), version),
+    ])
 }

@@ -21,6 +21,7 @@ pub struct Shared {
     pub kv: KeyValue,
     pub jobs: Option<Arc<SharedJobs>>,
     pub app: Arc<App>,
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 pub struct HostState {
@@ -36,6 +37,8 @@ pub struct HostState {
     pub jobs: Option<Arc<SharedJobs>>,
     /// The app layer's database, settings and upstream.
     pub app: Arc<App>,
+    /// Engine.IO sessions (`tern:llm/sessions`).
+    pub sessions: Arc<crate::sessions::Sessions>,
     /// When the current request must be done; past it the guest traps at
     /// its next epoch tick.
     pub deadline: Instant,

@@ -1,14 +1,16 @@
 //! The app layer's [`Platform`] over the host's imports: `spin:sqlite` or
 //! `spin:postgres` (whichever `wasi:config` names as `database`),
-//! `wasi:config/store`, and `wasi:http/outgoing-handler` for the media
-//! upstream. Only a wasm build links it.
+//! `wasi:config/store`, `wasi:http/outgoing-handler` for the media
+//! upstream, and `tern:llm/sessions` for Socket.IO. Only a wasm build links it.
 
 use std::rc::Rc;
 
 use crate::app::media::{Incoming, Outgoing};
+use crate::app::socket::Sessions;
 use crate::app::{db, AppError, Db, Dialect, Platform, Row, Val};
 use crate::bindings::spin::postgres::postgres as pg;
 use crate::bindings::spin::sqlite::sqlite;
+use crate::bindings::tern::llm::sessions;
 use crate::bindings::wasi::config::store as config;
 use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
@@ -43,6 +45,40 @@ impl Platform for HostPlatform {
 
     fn forward(&self, request: Outgoing) -> Result<Incoming, String> {
         send(request)
+    }
+
+    fn sessions(&self) -> &dyn Sessions {
+        self
+    }
+
+    fn share(&self) -> Box<dyn Platform> {
+        Box::new(HostPlatform)
+    }
+}
+
+impl Sessions for HostPlatform {
+    fn open(&self) -> Option<String> {
+        sessions::open()
+    }
+
+    fn bind(&self, id: &str, user: &str) -> bool {
+        sessions::bind(id, user)
+    }
+
+    fn send(&self, id: &str, packets: &[String]) -> bool {
+        sessions::send(id, packets)
+    }
+
+    fn send_to_user(&self, user: &str, packets: &[String]) -> u32 {
+        sessions::send_to_user(user, packets)
+    }
+
+    fn take(&self, id: &str, wait_ms: u32, max: u32) -> Option<(Vec<String>, bool)> {
+        sessions::take(id, wait_ms, max).map(|t| (t.packets, t.ping_due))
+    }
+
+    fn close(&self, id: &str) {
+        sessions::close(id)
     }
 }
 

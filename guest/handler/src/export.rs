@@ -91,7 +91,7 @@ fn send(response: Response, response_out: ResponseOutparam) {
         let _ = headers.append(name, value.as_bytes());
     }
     // 204 and 304 have no body, and must not state a length of one.
-    if let (Body::Full(bytes), false) = (&response.body, matches!(response.status, 204 | 304)) {
+    if let (Body::Full(bytes) | Body::Then(bytes, _), false) = (&response.body, matches!(response.status, 204 | 304)) {
         let _ = headers.append("content-length", bytes.len().to_string().as_bytes());
     }
     let outgoing = OutgoingResponse::new(headers);
@@ -104,8 +104,13 @@ fn send(response: Response, response_out: ResponseOutparam) {
         return;
     };
 
+    let mut then = None;
     let written = match response.body {
         Body::Full(bytes) => write_all(&stream, &bytes),
+        Body::Then(bytes, work) => {
+            then = Some(work);
+            write_all(&stream, &bytes)
+        }
         Body::Stream(mut pieces) => loop {
             let Some(piece) = pieces.next() else {
                 break Ok(());
@@ -121,6 +126,10 @@ fn send(response: Response, response_out: ResponseOutparam) {
     drop(stream);
     if written.is_ok() {
         let _ = OutgoingBody::finish(body, None);
+    }
+    // The response is complete; the work goes on whether or not it arrived.
+    if let Some(work) = then {
+        work();
     }
 }
 

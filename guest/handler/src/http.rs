@@ -75,6 +75,11 @@ pub enum Body {
     /// Pieces produced lazily while the response is written, e.g. one SSE
     /// event each. Dropping the iterator stops the work behind it.
     Stream(Box<dyn Iterator<Item = Vec<u8>>>),
+    /// The whole body, then work that runs once the client has it: the
+    /// instance lives on until the work ends (under the request's
+    /// deadline), as a generation Open WebUI's frontend follows over
+    /// Socket.IO does.
+    Then(Vec<u8>, Box<dyn FnOnce()>),
 }
 
 impl fmt::Debug for Body {
@@ -82,6 +87,7 @@ impl fmt::Debug for Body {
         match self {
             Body::Full(bytes) => f.debug_tuple("Full").field(&String::from_utf8_lossy(bytes)).finish(),
             Body::Stream(_) => f.write_str("Stream(..)"),
+            Body::Then(bytes, _) => f.debug_tuple("Then").field(&String::from_utf8_lossy(bytes)).finish(),
         }
     }
 }
@@ -127,6 +133,23 @@ impl Response {
             ],
             body: Body::Stream(Box::new(events)),
         }
+    }
+
+    /// The same response, with `work` to run once its (whole) body is sent.
+    pub fn then(self, work: impl FnOnce() + 'static) -> Self {
+        let body = match self.body {
+            Body::Full(bytes) | Body::Then(bytes, _) => Body::Then(bytes, Box::new(work)),
+            Body::Stream(pieces) => {
+                let mut work = Some(work);
+                Body::Stream(Box::new(pieces.chain(std::iter::from_fn(move || {
+                    if let Some(work) = work.take() {
+                        work();
+                    }
+                    None
+                }))))
+            }
+        };
+        Response { body, ..self }
     }
 
     /// The same response with one more header.

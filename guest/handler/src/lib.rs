@@ -56,6 +56,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 mod tools;
+mod webui;
 mod wire;
 
 pub use body_limit::{append_body_chunk, body_limit, check_declared_length};

@@ -72,6 +72,11 @@ fn dispatch(
     cors: &CorsPolicy,
 ) -> Result<Response, ApiError> {
     let path = req.path.as_str();
+    // With Open WebUI's frontend, its files come first (`/static/` too).
+    let frontend = crate::webui::Frontend::from_env();
+    if let Some(file) = frontend.as_ref().and_then(|f| f.file(req)) {
+        return Ok(file);
+    }
     if crate::app::claims(path) {
         if req.method == "OPTIONS" {
             return cors.preflight(req, "GET, POST, DELETE");
@@ -126,7 +131,12 @@ fn dispatch(
                 "DELETE" => ("GET, DELETE", Handler::QueueCancel(id)),
                 _ => ("GET, DELETE", Handler::QueueStatus(id)),
             },
-            _ => return Err(ApiError::NotFound { method: req.method.clone(), path: req.path.clone() }),
+            // The frontend's client-side routes (`/auth`, `/c/{id}`) load its index page.
+            _ => {
+                return frontend
+                    .and_then(|f| f.fallback(req))
+                    .ok_or_else(|| ApiError::NotFound { method: req.method.clone(), path: req.path.clone() })
+            }
         },
     };
     if req.method == "OPTIONS" {

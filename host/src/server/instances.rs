@@ -26,7 +26,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{
     Config, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline,
 };
-use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
@@ -118,9 +118,22 @@ impl Instances {
         Self { components, engine, shared, settings, metrics, slots, probe_slots }
     }
 
+    /// The handler's environment, and `--webui`'s folder read-only.
+    fn wasi_ctx(&self) -> WasiCtx {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stderr().envs(&self.settings.guest_env);
+        if let Some(dir) = &self.settings.webui {
+            // Checked at start; if it has gone since, the frontend's paths answer 404.
+            if let Err(e) = wasi.preopened_dir(dir, super::settings::WEBUI_GUEST_DIR, FsPerms::ReadOnly) {
+                tracing::warn!(dir = %dir.display(), error = %e, "the --webui folder cannot be opened");
+            }
+        }
+        wasi.build()
+    }
+
     fn new_store(&self) -> Store<HostState> {
         let state = HostState {
-            wasi: WasiCtx::builder().inherit_stderr().envs(&self.settings.guest_env).build(),
+            wasi: self.wasi_ctx(),
             http: WasiHttpCtx::new(),
             hooks: Outgoing { app: self.shared.app.clone() },
             table: ResourceTable::new(),
@@ -129,6 +142,7 @@ impl Instances {
             store: self.shared.kv.clone(),
             jobs: self.shared.jobs.clone(),
             app: self.shared.app.clone(),
+            sessions: self.shared.sessions.clone(),
             deadline: Instant::now() + self.settings.request_timeout,
             timed_out: false,
             tokens: 0,

@@ -42,4 +42,10 @@ pub struct Settings {
     pub component_file: Option<std::path::PathBuf>,
     /// Whose `X-Forwarded-For` names the client.
     pub trusted_proxies: crate::proxies::TrustedProxies,
+    /// Open WebUI's frontend folder, preopened read-only for the handler at
+    /// [`WEBUI_GUEST_DIR`].
+    pub webui: Option<std::path::PathBuf>,
 }
+
+/// Where the handler sees `--webui`'s folder.
+pub const WEBUI_GUEST_DIR: &str = "/webui";

@@ -58,6 +58,12 @@ impl User {
 /// The user behind the request's credentials, any role.
 pub fn current(ctx: &Ctx<'_>) -> Result<User, AppError> {
     let token = credentials(ctx).ok_or_else(|| AppError::unauthorized(messages::NOT_AUTHENTICATED))?;
+    user_of_token(ctx, &token)
+}
+
+/// The user a sign-in token or `sk-` key names, any role.
+pub fn user_of_token(ctx: &Ctx<'_>, token: &str) -> Result<User, AppError> {
+    let token = token.to_string();
     if token.starts_with("sk-") {
         let row = ctx
             .db
@@ -323,6 +329,7 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
         ("POST", "signout") => signout(ctx),
         ("POST", "update/password") => update_password(ctx),
         ("POST", "update/profile") => update_profile(ctx),
+        ("POST", "update/timezone") => update_timezone(ctx),
         ("POST", "add") => add_user(ctx),
         ("GET", "admin/details") => admin_details(ctx),
         ("GET", "admin/config") => {
@@ -503,6 +510,29 @@ fn update_profile(ctx: &Ctx<'_>) -> Result<Response, AppError> {
         vec![name.clone().into(), image.into(), now().into(), user.id.clone().into()],
     )?;
     ok(json!({"id": user.id, "name": name, "role": user.role, "email": user.email, "profile_image_url": image}))
+}
+
+/// `POST /api/v1/auths/update/timezone {timezone}`: kept in the account's
+/// info, as the frontend sends it at every sign-in.
+fn update_timezone(ctx: &Ctx<'_>) -> Result<Response, AppError> {
+    let user = current(ctx)?;
+    let body = ctx.body()?;
+    let zone = Fields::new(&body).required_string("timezone")?;
+    let valid =
+        !zone.is_empty() && zone.len() <= 64 && zone.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+    if !valid {
+        return Err(AppError::bad_request("'timezone' must be an IANA time zone name such as Europe/Paris."));
+    }
+    let mut info = match user.row.json("info", Value::Null) {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    info.insert("timezone".into(), json!(zone));
+    ctx.db.execute(
+        "UPDATE users SET info = $1 WHERE id = $2",
+        vec![json_text(&Value::Object(info)), user.id.clone().into()],
+    )?;
+    ok(json!({"status": true}))
 }
 
 fn add_user(ctx: &Ctx<'_>) -> Result<Response, AppError> {

@@ -12,7 +12,7 @@
 use serde_json::{json, Map, Value};
 
 use super::auth::{admin, verified, User};
-use super::db::{like_pattern, Row, Val};
+use super::db::{like_pattern, Db, Row, Val};
 use super::{method_not_allowed, now, ok, uuid, AppError, Ctx};
 use crate::http::Response;
 use crate::json::Fields;
@@ -39,6 +39,18 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
         ("POST", "new") => create(ctx, &user),
         ("GET", "pinned") => list(ctx, &user, "archived = 0 AND pinned = 1", None),
         ("GET", "archived") => list(ctx, &user, "archived = 1", None),
+        ("GET", "archived/count") => {
+            let row = ctx.db.row(
+                "SELECT COUNT(*) AS n FROM chats WHERE user_id = $1 AND archived = 1",
+                vec![user.id.clone().into()],
+            )?;
+            ok(json!(row.map_or(0, |r| r.int("n"))))
+        }
+        ("POST", "unarchive/all") => {
+            let sql = "UPDATE chats SET archived = 0, updated_at = $1 WHERE user_id = $2 AND archived = 1";
+            ctx.db.execute(sql, vec![now().into(), user.id.clone().into()])?;
+            ok(json!(true))
+        }
         ("GET", "search") => {
             let text = ctx.req.query_param("text").unwrap_or_default();
             list(ctx, &user, "archived = 0", Some(text))
@@ -64,13 +76,15 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
             )?;
             ok(Value::Array(rows.iter().map(title_json).collect()))
         }
-        (_, "" | "list" | "new" | "pinned" | "archived" | "search" | "all/archived" | "all/tags" | "archive/all") => {
-            Err(method_not_allowed(match rest {
-                "" => "GET, DELETE",
-                "new" | "archive/all" => "POST",
-                _ => "GET",
-            }))
-        }
+        (
+            _,
+            "" | "list" | "new" | "pinned" | "archived" | "archived/count" | "search" | "all/archived" | "all/tags"
+            | "archive/all" | "unarchive/all",
+        ) => Err(method_not_allowed(match rest {
+            "" => "GET, DELETE",
+            "new" | "archive/all" | "unarchive/all" => "POST",
+            _ => "GET",
+        })),
         _ => {
             let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
             match (method, action) {
@@ -186,11 +200,7 @@ fn full_list(ctx: &Ctx<'_>, owner: &str, filter: &str) -> Result<Response, AppEr
 fn create(ctx: &Ctx<'_>, user: &User) -> Result<Response, AppError> {
     let chat = chat_field(ctx)?;
     let id = uuid();
-    let t = now();
-    ctx.db.execute(
-        "INSERT INTO chats (id, user_id, title, chat, meta, created_at, updated_at) VALUES ($1, $2, $3, $4, '{}', $5, $5)",
-        vec![id.clone().into(), user.id.clone().into(), title_of(&chat).into(), Value::Object(chat).to_string().into(), t.into()],
-    )?;
+    insert(&*ctx.db, &user.id, &id, chat)?;
     ok(chat_json(&own(ctx, user, &id)?))
 }
 
@@ -222,24 +232,52 @@ fn merge(mut stored: Map<String, Value>, incoming: Map<String, Value>) -> Map<St
 fn update(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {
     let incoming = chat_field(ctx)?;
     let touches_messages = incoming.contains_key("history") || incoming.contains_key("messages");
-    ctx.db.transaction(|db| {
+    edit(&*ctx.db, &user.id, id, touches_messages, |stored| *stored = merge(std::mem::take(stored), incoming))?;
+    ok(chat_json(&own(ctx, user, id)?))
+}
+
+/// Changes `owner`'s stored chat document `id` in a transaction holding the
+/// row, keeping the title column equal to the document's `title`; `touch`
+/// moves the chat to the top of the list. Another user's chat is missing.
+pub fn edit(
+    db: &dyn Db,
+    owner: &str,
+    id: &str,
+    touch: bool,
+    change: impl FnOnce(&mut Map<String, Value>),
+) -> Result<(), AppError> {
+    db.transaction(|db| {
         let sql = format!("SELECT chat, updated_at FROM chats WHERE id = $1 AND user_id = $2{}", db.for_update());
-        let row = db.row(&sql, vec![id.into(), user.id.clone().into()])?.ok_or_else(AppError::not_found)?;
-        let stored = row.json("chat", json!({})).as_object().cloned().unwrap_or_default();
-        let merged = merge(stored, incoming);
-        let updated_at = if touches_messages { now() } else { row.int("updated_at") };
+        let row = db.row(&sql, vec![id.into(), owner.into()])?.ok_or_else(AppError::not_found)?;
+        let mut chat = row.json("chat", json!({})).as_object().cloned().unwrap_or_default();
+        change(&mut chat);
+        let updated_at = if touch { now() } else { row.int("updated_at") };
         db.execute(
             "UPDATE chats SET chat = $1, title = $2, updated_at = $3 WHERE id = $4 AND user_id = $5",
             vec![
-                Value::Object(merged.clone()).to_string().into(),
-                title_of(&merged).into(),
+                Value::Object(chat.clone()).to_string().into(),
+                title_of(&chat).into(),
                 updated_at.into(),
                 id.into(),
-                user.id.clone().into(),
+                owner.into(),
             ],
         )
-    })?;
-    ok(chat_json(&own(ctx, user, id)?))
+        .map(drop)
+    })
+}
+
+/// Stores a new chat `id` of `owner`.
+pub fn insert(db: &dyn Db, owner: &str, id: &str, chat: Map<String, Value>) -> Result<(), AppError> {
+    db.execute(
+        "INSERT INTO chats (id, user_id, title, chat, meta, created_at, updated_at) VALUES ($1, $2, $3, $4, '{}', $5, $5)",
+        vec![id.into(), owner.into(), title_of(&chat).into(), Value::Object(chat).to_string().into(), now().into()],
+    )
+    .map(drop)
+}
+
+/// Whether `owner` has a chat `id`.
+pub fn exists(db: &dyn Db, owner: &str, id: &str) -> Result<bool, AppError> {
+    Ok(db.row("SELECT id FROM chats WHERE id = $1 AND user_id = $2", vec![id.into(), owner.into()])?.is_some())
 }
 
 fn delete(ctx: &Ctx<'_>, user: &User, id: &str) -> Result<Response, AppError> {

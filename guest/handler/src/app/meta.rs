@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use super::auth::{self, admin_config, current, verified};
 use super::{ok, AppError, Ctx};
 use crate::http::Response;
-use crate::wire::HANDLER_VERSION;
 
 pub fn route(ctx: &mut Ctx<'_>, method: &str, path: &str) -> Result<Response, AppError> {
     if method != "GET" {
@@ -16,9 +15,20 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, path: &str) -> Result<Response, Ap
     }
     match path {
         "/api/config" => config(ctx),
+        // Release notes of the frontend's own project are not tern's to give.
+        "/api/changelog" => ok(json!({})),
+        "/api/v1/models/model/profile/image" => {
+            auth::current(ctx)?;
+            Ok(Response::empty(302).with_header("location", "/static/favicon.png"))
+        }
         "/api/models" | "/api/v1/models" => models(ctx),
+        "/api/usage" => usage(ctx),
         "/api/v1/configs/banners"
+        | "/api/v1/groups/"
         | "/api/v1/folders/"
+        | "/api/v1/folders/shared"
+        | "/api/v1/functions/"
+        | "/api/v1/skills/"
         | "/api/v1/tools/"
         | "/api/v1/tools/list"
         | "/api/v1/prompts/"
@@ -41,7 +51,7 @@ fn config(ctx: &Ctx<'_>) -> Result<Response, AppError> {
     let mut body = json!({
         "status": true,
         "name": "tern",
-        "version": HANDLER_VERSION,
+        "version": crate::webui::reported_version(),
         "default_locale": "",
         "oauth": {"providers": {}},
         "features": {
@@ -104,4 +114,16 @@ fn models(ctx: &Ctx<'_>) -> Result<Response, AppError> {
         })
         .collect();
     ok(json!({ "data": data }))
+}
+
+/// `GET /api/usage` (admins): the models generating now, and the accounts
+/// active in the last three minutes.
+fn usage(ctx: &Ctx<'_>) -> Result<Response, AppError> {
+    auth::admin(ctx)?;
+    let busy = ctx.engine.status().running > 0;
+    let models: Vec<String> =
+        if busy { ctx.engine.list_models().into_iter().map(|m| m.id).collect() } else { Vec::new() };
+    let since = super::now() - 180;
+    let row = ctx.db.row("SELECT COUNT(*) AS n FROM users WHERE last_active_at >= $1", vec![since.into()])?;
+    ok(json!({"model_ids": models, "user_count": row.map_or(0, |r| r.int("n"))}))
 }

@@ -17,11 +17,13 @@
 
 pub mod auth;
 mod chats;
+mod completions;
 pub mod db;
 mod files;
 pub mod media;
 mod meta;
 pub mod multipart;
+pub mod socket;
 mod users;
 
 use serde_json::{json, Map, Value};
@@ -43,6 +45,10 @@ pub trait Platform {
     fn database(&self) -> Result<Box<dyn Db>, AppError>;
     /// Sends a request to the configured media upstream.
     fn forward(&self, request: media::Outgoing) -> Result<media::Incoming, String>;
+    /// Socket.IO's sessions, held by the host.
+    fn sessions(&self) -> &dyn socket::Sessions;
+    /// An owned handle to the same platform, for work after the response.
+    fn share(&self) -> Box<dyn Platform>;
 }
 
 /// A refused or failed app request: a status and Open WebUI's `detail`.
@@ -143,7 +149,18 @@ impl Ctx<'_> {
 
 /// True for the paths the app layer answers.
 pub fn claims(path: &str) -> bool {
-    path.starts_with("/api/v1/") || matches!(path, "/api/config" | "/api/models")
+    path.starts_with("/api/v1/")
+        || path.starts_with("/api/tasks/")
+        || matches!(
+            path,
+            "/api/config"
+                | "/api/models"
+                | "/api/changelog"
+                | "/api/usage"
+                | "/api/chat/completions"
+                | "/api/chat/completed"
+        )
+        || socket::is_path(path)
 }
 
 /// Answers an app path (`None` when `req` is not one) with the database,
@@ -153,6 +170,8 @@ pub fn dispatch(req: &Request, engine: &dyn EngineClient, platform: Option<&dyn 
         return None;
     }
     let answer = match platform {
+        // A poll waits without holding a database connection.
+        Some(platform) if socket::is_path(&req.path) => socket::route(req, engine, platform),
         Some(platform) => platform.database().and_then(|db| {
             let mut ctx = Ctx { req, engine, platform, db };
             route(&mut ctx)
@@ -177,6 +196,9 @@ fn route(ctx: &mut Ctx<'_>) -> Result<Response, AppError> {
     }
     if let Some(rest) = path.strip_prefix("/api/v1/files/").or((path == "/api/v1/files").then_some("")) {
         return files::route(ctx, &method, rest);
+    }
+    if path.starts_with("/api/tasks/") || path.starts_with("/api/chat/") {
+        return completions::route(ctx, &method, &path);
     }
     if let Some(rest) = path.strip_prefix("/api/v1/images/").or(path.strip_prefix("/api/v1/audio/")) {
         let family = if path.starts_with("/api/v1/images/") { "images" } else { "audio" };

@@ -5,6 +5,7 @@
 //! delete them, and only they can change their own account; no admin can
 //! delete themselves.
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::auth::{self, admin, set_password, user_json, verified, USER_COLUMNS};
@@ -34,6 +35,16 @@ pub fn route(ctx: &mut Ctx<'_>, method: &str, rest: &str) -> Result<Response, Ap
             let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
             match (method, action) {
                 ("GET", "") => get(ctx, id),
+                ("GET", "profile/image") => profile_image(ctx, id),
+                // tern has no user groups.
+                ("GET", "groups") => {
+                    let caller = verified(ctx)?;
+                    if caller.id != id && !caller.is_admin() {
+                        return Err(AppError::forbidden());
+                    }
+                    find(ctx, id)?;
+                    ok(json!([]))
+                }
                 ("DELETE", "") => delete(ctx, id),
                 ("POST", "update") => update(ctx, id),
                 (_, "") => Err(method_not_allowed("GET, DELETE")),
@@ -168,4 +179,22 @@ fn update_own_json(ctx: &Ctx<'_>, column: &str, merge: bool) -> Result<Response,
     };
     ctx.db.execute(sql, vec![auth::json_text(&value), now().into(), user.id.into()])?;
     ok(value)
+}
+
+/// `GET /api/v1/users/{id}/profile/image` (any signed-in user, as avatars
+/// show beside shared chats): the account's picture. A `data:` URL set at
+/// sign-up is decoded; anything else redirects (the default `/user.png`).
+fn profile_image(ctx: &Ctx<'_>, id: &str) -> Result<Response, AppError> {
+    auth::current(ctx)?;
+    let url = find(ctx, id)?.text("profile_image_url");
+    if let Some((kind, data)) = url.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")) {
+        let image = matches!(kind, "image/png" | "image/jpeg" | "image/gif" | "image/webp");
+        if let (true, Ok(bytes)) = (image, base64::engine::general_purpose::STANDARD.decode(data)) {
+            return Ok(Response::text(200, kind, bytes)
+                .with_header("cache-control", "private, max-age=60")
+                .with_header("x-content-type-options", "nosniff"));
+        }
+    }
+    let local = url.starts_with('/') && !url.starts_with("//");
+    Ok(Response::empty(302).with_header("location", if local { &url } else { "/user.png" }))
 }

@@ -25,7 +25,7 @@ use crate::json::{self, parse_objects, Fields};
 use crate::params::{ollama_sampling, schema_constraint, OLLAMA_DEFAULTS};
 use crate::stream::{collect, Frames, Framing};
 use crate::tools::{self, Choice, Held, StreamedCall, ToolCall, Tools};
-use crate::wire::{engine_ms, finish_reason, ndjson_line, now_rfc3339, rfc3339, HANDLER_VERSION};
+use crate::wire::{engine_ms, finish_reason, ndjson_line, now_rfc3339, rfc3339};
 
 /// `expires_at` of a model in `/api/ps`: tern never unloads a served model,
 /// so it reports the last second RFC 3339 can spell (9999-12-31T23:59:59Z).
@@ -61,7 +61,7 @@ pub fn handle(route: Route, req: &Request, engine: &dyn EngineClient) -> Respons
         Route::Tags => Ok(tags(engine)),
         Route::Show => show(req, engine),
         Route::Ps => Ok(ps(engine)),
-        Route::Version => Ok(Response::json(200, &json!({"version": HANDLER_VERSION}))),
+        Route::Version => Ok(Response::json(200, &json!({"version": crate::webui::reported_version()}))),
         Route::Embed => embed(req, engine),
         Route::Embeddings => embeddings(req, engine),
     };

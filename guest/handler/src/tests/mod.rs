@@ -14,5 +14,6 @@ mod queue_query;
 mod routing;
 mod script;
 mod seed;
+mod socket;
 mod spin;
 mod tools;

@@ -14,7 +14,7 @@ fn get(path: &str, headers: &[(&str, &str)]) -> Response {
 
 fn text_of(response: &Response) -> &str {
     match &response.body {
-        Body::Full(bytes) => std::str::from_utf8(bytes).expect("UTF-8"),
+        Body::Full(bytes) | Body::Then(bytes, _) => std::str::from_utf8(bytes).expect("UTF-8"),
         Body::Stream(_) => panic!("expected a whole body"),
     }
 }

@@ -299,7 +299,7 @@ pub(crate) fn hello(extra: Value) -> Value {
 
 pub(crate) fn json_of(response: Response) -> Value {
     match response.body {
-        Body::Full(bytes) => serde_json::from_slice(&bytes).expect("body is JSON"),
+        Body::Full(bytes) | Body::Then(bytes, _) => serde_json::from_slice(&bytes).expect("body is JSON"),
         Body::Stream(_) => panic!("expected a whole body"),
     }
 }
@@ -307,7 +307,9 @@ pub(crate) fn json_of(response: Response) -> Value {
 pub(crate) fn frames(response: Response) -> Vec<String> {
     match response.body {
         Body::Stream(events) => events.map(|e| String::from_utf8(e).expect("UTF-8")).collect(),
-        Body::Full(bytes) => panic!("expected a stream, got {}", String::from_utf8_lossy(&bytes)),
+        Body::Full(bytes) | Body::Then(bytes, _) => {
+            panic!("expected a stream, got {}", String::from_utf8_lossy(&bytes))
+        }
     }
 }
 
