@@ -7,6 +7,7 @@ Every route that takes an id is tried with another user's id; every text
 field gets SQL and path strings; every limit gets a request just past it.
 """
 
+import json
 import threading
 import time
 
@@ -269,3 +270,19 @@ def test_hostile_text_in_every_field_is_text(webui, users):
     ]:
         r = webui.http.post("/api/chat/completions", json=body, headers=auth(admin))
         assert 400 <= r.status_code < 500 and "detail" in r.json(), (body, r.status_code, r.text)
+
+
+def test_title_and_tags_come_from_the_model(webui, users):
+    admin = users["admin"]
+    messages = [{"role": "user", "content": "Speak of the king."}, {"role": "assistant", "content": "The king is dead."}]
+    for kind, key in [("title", "title"), ("tags", "tags")]:
+        r = webui.http.post(f"/api/v1/tasks/{kind}/completions", json={"model": "tern-tiny", "messages": messages}, headers=auth(admin))
+        assert r.status_code == 200, r.text
+        answer = json.loads(r.json()["choices"][0]["message"]["content"])
+        assert key in answer, answer
+    assert isinstance(answer["tags"], list)
+    r = webui.http.post("/api/v1/tasks/title/completions", json={"model": "nope", "messages": messages}, headers=auth(admin))
+    assert r.status_code == 404 and "detail" in r.json()
+    r = webui.http.post("/api/v1/tasks/title/completions", json={"model": "tern-tiny", "messages": "x"}, headers=auth(admin))
+    assert r.status_code == 400 and "detail" in r.json()
+    assert httpx.post(webui.base + "/api/v1/tasks/title/completions", json={}).status_code == 401

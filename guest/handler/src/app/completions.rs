@@ -44,6 +44,11 @@ const EMIT_EVERY: Duration = Duration::from_millis(40);
 const TITLE_TOKENS: i64 = 16;
 /// Longest title kept, in characters.
 const TITLE_CHARS: usize = 60;
+/// Tokens the tags' JSON may take.
+const TAGS_TOKENS: i64 = 48;
+/// The instruction the model's tags follow.
+const TAGS_INSTRUCTION: &str = "Give one to three short topic tags for the conversation below, as JSON: \
+     {\"tags\": [\"...\"]}.";
 /// The instruction the model's title follows.
 const TITLE_INSTRUCTION: &str = "Write a short title, three to six words, for a conversation that starts with \
      the message below. Answer with the title alone.";
@@ -385,20 +390,8 @@ impl Answer {
         }
     }
 
-    /// The model's title: its first line, without quotes, capped.
-    fn title(&self, mut stream: Box<dyn GenerationStream>) -> Option<String> {
-        let mut text = String::new();
-        loop {
-            match stream.next_event() {
-                Ok(Event::Text(piece)) => text.push_str(&piece),
-                Ok(Event::Finished(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-        let line = line.trim_matches(|c: char| c == '"' || c == '\'' || c == '*' || c == '#').trim();
-        let title: String = line.chars().take(TITLE_CHARS).collect();
-        (!title.is_empty()).then_some(title)
+    fn title(&self, stream: Box<dyn GenerationStream>) -> Option<String> {
+        title_of(&read_all(stream))
     }
 
     fn save(&self, text: &str, usage: &Value, error: Option<&str>, title: Option<&str>) -> Result<(), AppError> {
@@ -419,4 +412,104 @@ impl Answer {
             }
         })
     }
+}
+
+/// Everything a generation says, to its end (or its first error).
+fn read_all(mut stream: Box<dyn GenerationStream>) -> String {
+    let mut text = String::new();
+    loop {
+        match stream.next_event() {
+            Ok(Event::Text(piece)) => text.push_str(&piece),
+            Ok(Event::Finished(_)) | Err(_) => return text,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A title from what the model wrote: its first line, without quotes or
+/// Markdown marks, capped.
+fn title_of(text: &str) -> Option<String> {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let line = line.trim_matches(|c: char| c == '"' || c == '\'' || c == '*' || c == '#').trim();
+    let title: String = line.chars().take(TITLE_CHARS).collect();
+    (!title.is_empty()).then_some(title)
+}
+
+/// `POST /api/v1/tasks/title/completions` and `…/tags/completions` `{model,
+/// messages}`: a title, or tags (JSON the grammar holds the model to), for
+/// a conversation, answered in OpenAI's shape with the JSON the frontend
+/// reads (`{"title"}`, `{"tags"}`) as the message.
+pub fn task(ctx: &mut Ctx<'_>, method: &str, kind: &str) -> Result<Response, AppError> {
+    if !matches!(kind, "title" | "tags") {
+        return Err(AppError::not_found());
+    }
+    if method != "POST" {
+        return Err(super::method_not_allowed("POST"));
+    }
+    verified(ctx)?;
+    let body = ctx.body()?;
+    let f = Fields::new(&body);
+    let model = f.required_string("model")?.to_string();
+    if !ctx.engine.list_models().iter().any(|m| m.id == model) {
+        return Err(AppError::new(404, format!("Model '{model}' not found.")));
+    }
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Err(AppError::bad_request("'messages' must be a list."));
+    };
+    let said: Vec<String> =
+        messages.iter().filter_map(|m| Some(format!("{}: {}", m["role"].as_str()?, m["content"].as_str()?))).collect();
+    // The end of a long conversation says most about it.
+    let said = said.join("\n");
+    let conversation: String = said.chars().skip(said.chars().count().saturating_sub(4000)).collect();
+    let mut request = Map::new();
+    request.insert("model".into(), json!(model));
+    request.insert("temperature".into(), json!(0));
+    let content = if kind == "title" {
+        request.insert("max_tokens".into(), json!(TITLE_TOKENS));
+        request.insert(
+            "messages".into(),
+            json!([
+                {"role": "system", "content": TITLE_INSTRUCTION},
+                {"role": "user", "content": conversation},
+            ]),
+        );
+        let title = title_of(&generate(ctx, &model, &request)?).unwrap_or_else(|| "New Chat".into());
+        json!({"title": title})
+    } else {
+        request.insert("max_tokens".into(), json!(TAGS_TOKENS));
+        request.insert(
+            "messages".into(),
+            json!([
+                {"role": "system", "content": TAGS_INSTRUCTION},
+                {"role": "user", "content": conversation},
+            ]),
+        );
+        let schema = json!({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+            "required": ["tags"]});
+        request.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": "tags", "schema": schema}}),
+        );
+        // Cut off before its end, the JSON is incomplete: no tags then.
+        let text = generate(ctx, &model, &request)?;
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .filter(|v| v["tags"].is_array())
+            .unwrap_or_else(|| json!({"tags": []}))
+    };
+    ok(json!({
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content.to_string()}}],
+    }))
+}
+
+/// The whole answer to a chat request given as its JSON fields.
+fn generate(ctx: &Ctx<'_>, model: &str, request: &Map<String, Value>) -> Result<String, AppError> {
+    let chat = parse_chat_fields(request, crate::engine_client::Priority::Interactive)?;
+    let stream = ctx
+        .engine
+        .generate(model, &Prompt::Chat(chat.messages), &chat.params)
+        .map_err(|e| AppError::from(crate::error::ApiError::engine(e, "messages")))?;
+    Ok(read_all(stream))
 }

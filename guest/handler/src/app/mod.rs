@@ -197,6 +197,9 @@ fn route(ctx: &mut Ctx<'_>) -> Result<Response, AppError> {
     if let Some(rest) = path.strip_prefix("/api/v1/files/").or((path == "/api/v1/files").then_some("")) {
         return files::route(ctx, &method, rest);
     }
+    if let Some(kind) = path.strip_prefix("/api/v1/tasks/").and_then(|rest| rest.strip_suffix("/completions")) {
+        return completions::task(ctx, &method, kind);
+    }
     if path.starts_with("/api/tasks/") || path.starts_with("/api/chat/") {
         return completions::route(ctx, &method, &path);
     }
