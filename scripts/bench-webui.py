@@ -83,6 +83,12 @@ def measure(browser, base, pid, runs, model):
     times = []
     for i in range(runs + 1):
         page.goto(base + "/")
+        if i == 0:
+            # The release notes an admin sees once.
+            try:
+                page.get_by_role("button", name="Okay, Let's Go!").click(timeout=15_000)
+            except Exception:  # noqa: BLE001 - not always shown
+                pass
         page.locator("#chat-input").wait_for(timeout=120_000)
         page.locator("#chat-input").click()
         page.keyboard.type(f"Speak of the king, {i}.")
