@@ -159,7 +159,7 @@ def flow(webui, browser, page, steps):  # noqa: F811 - the fixture
     me = httpx.get(webui.base + "/api/v1/auths/", headers={"Authorization": f"Bearer {token}"}).json()
     assert me["role"] == "admin", me
     # Answers run to a known length: the bundled model may end a turn at once.
-    set_params(webui, token, {"max_tokens": 160, "ignore_eos": True})
+    set_params(webui, token, {"max_tokens": 300, "ignore_eos": True})
     page.reload()
     page.locator("#chat-input").wait_for()
     dismiss_release_notes(page)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import socketio
 
+from conftest import synth
 from webui import WebuiServer
 
 HOSTILE = [
@@ -103,9 +104,9 @@ class Socket:
         self.client.disconnect()
 
 
-def turn(webui, user, text, answer_id, chat_id=None, parent_id=None, **extra):
+def turn(webui, user, text, answer_id, chat_id=None, parent_id=None, model="tern-tiny", **extra):
     body = {
-        "model": "tern-tiny",
+        "model": model,
         "stream": True,
         "id": answer_id,
         "parent_id": parent_id,
@@ -116,6 +117,14 @@ def turn(webui, user, text, answer_id, chat_id=None, parent_id=None, **extra):
     if chat_id:
         body["chat_id"] = chat_id
     return webui.http.post("/api/chat/completions", json=body, headers=auth(user))
+
+
+def restart(webui, model):
+    """Restarts the server on `model`, with a client that has no
+    connections to the old one."""
+    webui.restart(model=model)
+    webui.http.close()
+    webui.http = httpx.Client(base_url=webui.base, timeout=60)
 
 
 def stored_chat(webui, user, chat_id):
@@ -210,12 +219,16 @@ def test_an_answer_streams_over_the_socket_is_saved_and_titled(webui, users):
         sock.close()
 
 
-def test_stop_cancels_the_answer_and_keeps_its_text(webui, users):
+def test_stop_cancels_the_answer_and_keeps_its_text(webui, users, tmp_path):
     admin = users["admin"]
+    # A random-weight model of 48 layers: the answer is surely still going
+    # when the stop arrives. The accounts stay across the restart.
+    slow = synth(tmp_path, "tern-slow", "--layers", "48", "--context", "4096")
+    restart(webui, slow)
     sock = Socket(webui, admin)
     try:
         params = {"ignore_eos": True, "max_tokens": 100000}
-        r = turn(webui, admin, "Go on and on.", "s1", params=params)
+        r = turn(webui, admin, "Go on and on.", "s1", model="tern-slow", params=params)
         assert r.status_code == 200, r.text
         chat_id, task = r.json()["chat_id"], r.json()["task_ids"][0]
         sock.wait_for("s1", "chat:completion")
@@ -233,6 +246,7 @@ def test_stop_cancels_the_answer_and_keeps_its_text(webui, users):
         assert done["usage"] is None, "stopped before the engine finished"
     finally:
         sock.close()
+        restart(webui, webui.model)
 
 
 def test_another_users_chats_and_tasks_read_as_missing(webui, users):

@@ -33,7 +33,9 @@ class WebuiServer:
     def __init__(self, tmp: pathlib.Path, database_url=None, model=None):
         self.tmp = tmp
         self.args = ["--webui", str(webui_dir()), "--jwt-secret", SECRET, "--data-dir", str(tmp / "data")]
-        self.args += ["--model", str(model)] if model else ([] if BUNDLED.exists() else ["--model", str(FIXTURE)])
+        # The model to serve: given, else the bundled one (the fixture until it exists).
+        self.model = model or (BUNDLED if BUNDLED.exists() else FIXTURE)
+        self.args += ["--model", str(self.model)]
         if database_url:
             self.args += ["--database-url", database_url]
         self.runs = 0
