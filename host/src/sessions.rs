@@ -74,24 +74,16 @@ impl Sessions {
 
     /// Queues on one session; a session whose queue would overflow closes.
     pub fn send(&self, id: &str, packets: Vec<String>) -> bool {
-        self.with(|map| {
-            let Some(session) = map.get_mut(id) else { return false };
-            if session.queue.len() + packets.len() > MAX_QUEUED {
-                let gone = map.remove(id).expect("just found");
-                gone.ready.notify_one();
-                return false;
-            }
-            session.queue.extend(packets);
-            session.ready.notify_one();
-            true
-        })
+        self.with(|map| queue(map, id, &packets))
     }
 
+    /// Queues on every session of `user`, under one lock.
     pub fn send_to_user(&self, user: &str, packets: &[String]) -> u32 {
-        let ids: Vec<String> = self.with(|map| {
-            map.iter().filter(|(_, s)| s.user.as_deref() == Some(user)).map(|(id, _)| id.clone()).collect()
-        });
-        ids.iter().filter(|id| self.send(id, packets.to_vec())).count() as u32
+        self.with(|map| {
+            let ids: Vec<String> =
+                map.iter().filter(|(_, s)| s.user.as_deref() == Some(user)).map(|(id, _)| id.clone()).collect();
+            ids.iter().filter(|id| queue(map, id, packets)).count() as u32
+        })
     }
 
     /// Waits up to `wait` for packets or a due ping, then takes at most
@@ -127,6 +119,20 @@ impl Sessions {
             gone.ready.notify_one();
         }
     }
+}
+
+/// Queues `packets` on session `id`; a session whose queue would overflow
+/// is closed. False when there is no such session (any more).
+fn queue(map: &mut HashMap<String, Session>, id: &str, packets: &[String]) -> bool {
+    let Some(session) = map.get_mut(id) else { return false };
+    if session.queue.len() + packets.len() > MAX_QUEUED {
+        let gone = map.remove(id).expect("just found");
+        gone.ready.notify_one();
+        return false;
+    }
+    session.queue.extend_from_slice(packets);
+    session.ready.notify_one();
+    true
 }
 
 /// 20 URL-safe characters from 120 random bits.

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import synth
 from test_page import ARTIFACTS, browser  # noqa: F401 - a fixture
-from webui import WebuiServer
+from webui import start
 
 PASSWORD = "correct horse battery"
 TIMEOUT_MS = 120_000
@@ -23,13 +23,10 @@ TIMEOUT_MS = 120_000
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def webui(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"webui-{request.param}")
-    url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
-    s = WebuiServer(tmp, database_url=url)
-    s.kind = request.param
+    s = start(request, tmp_path_factory, "webui")
     # A random-weight model of 48 layers, slow enough that an answer is
     # surely still coming when Stop is pressed.
-    s.slow_model = synth(tmp, "tern-slow", "--layers", "48", "--context", "4096")
+    s.slow_model = synth(s.tmp, "tern-slow", "--layers", "48", "--context", "4096")
     yield s
     s.stop()
 

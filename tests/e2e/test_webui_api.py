@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 from conftest import synth
-from webui import WebuiServer
+from webui import start
 
 HOSTILE = [
     "Robert'); DROP TABLE chats;--",
@@ -30,9 +30,7 @@ EVENT_TIMEOUT = 120
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def webui(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"webui-api-{request.param}")
-    url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
-    s = WebuiServer(tmp, database_url=url)
+    s = start(request, tmp_path_factory, "webui-api")
     s.http = httpx.Client(base_url=s.base, timeout=60)
     yield s
     s.http.close()

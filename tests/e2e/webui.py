@@ -67,3 +67,13 @@ class WebuiServer:
 
     def stop(self):
         self.server.stop()
+
+
+def start(request, tmp_path_factory, name):
+    """A `WebuiServer` on the database `request.param` names (`sqlite`, or
+    a fresh database of the session's PostgreSQL)."""
+    tmp = tmp_path_factory.mktemp(f"{name}-{request.param}")
+    url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
+    server = WebuiServer(tmp, database_url=url)
+    server.kind, server.tmp = request.param, tmp
+    return server

@@ -48,15 +48,7 @@ impl Frontend {
         Self::from_env()?;
         std::env::var(VERSION_VAR).ok().filter(|v| !v.is_empty())
     }
-}
 
-/// The version `/api/version` and `/api/config` report: the frontend's
-/// when there is one (it reloads itself on any other), else the handler's.
-pub fn reported_version() -> String {
-    Frontend::version().unwrap_or_else(|| HANDLER_VERSION.to_string())
-}
-
-impl Frontend {
     /// The file `req` names, or the index page for `/` from a browser;
     /// `None` for anything else.
     pub fn file(&self, req: &Request) -> Option<Response> {
@@ -105,6 +97,12 @@ impl Frontend {
                 .with_header("x-content-type-options", "nosniff"),
         )
     }
+}
+
+/// The version `/api/version` and `/api/config` report: the frontend's
+/// when there is one (it reloads itself on any other), else the handler's.
+pub fn reported_version() -> String {
+    Frontend::version().unwrap_or_else(|| HANDLER_VERSION.to_string())
 }
 
 #[derive(Clone, Copy)]

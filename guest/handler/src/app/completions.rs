@@ -30,7 +30,7 @@ use super::auth::{verified, User};
 use super::chats;
 use super::socket::emit_to_user;
 use super::{now, ok, uuid, AppError, Ctx, Platform};
-use crate::engine_client::{Event, GenerationStream, Message, Prompt, Store};
+use crate::engine_client::{Event, GenerationStream, Prompt, Store};
 use crate::http::Response;
 use crate::json::Fields;
 use crate::params::parse_chat_fields;
@@ -138,21 +138,13 @@ fn start(ctx: &mut Ctx<'_>) -> Result<Response, AppError> {
             }
         }
     }
-    let chat = parse_chat_fields(&request, crate::engine_client::Priority::Interactive)?;
-    let stream = ctx
-        .engine
-        .generate(&turn.model, &Prompt::Chat(chat.messages), &chat.params)
-        .map_err(|e| AppError::from(crate::error::ApiError::engine(e, "messages")))?;
-    let title = match (turn.title, turn.chat_id.is_none(), turn.user_message.get("content").and_then(Value::as_str)) {
+    let stream = open(ctx, &turn.model, &request)?;
+    let question = turn.user_message.get("content").and_then(Value::as_str);
+    // A title for a new chat, sampled as the answer is (but greedy and short).
+    let title = match (turn.title, turn.chat_id.is_none(), question) {
         (true, true, Some(text)) => {
-            let mut params = chat.params.clone();
-            params.max_tokens = TITLE_TOKENS as u32;
-            params.temperature = 0.0;
-            let ask = vec![
-                Message { role: "system".into(), content: TITLE_INSTRUCTION.into() },
-                Message { role: "user".into(), content: text.chars().take(2000).collect() },
-            ];
-            ctx.engine.generate(&turn.model, &Prompt::Chat(ask), &params).ok()
+            let text: String = text.chars().take(2000).collect();
+            open(ctx, &turn.model, &instructed(request.clone(), TITLE_INSTRUCTION, TITLE_TOKENS, &text)).ok()
         }
         _ => None,
     };
@@ -178,9 +170,7 @@ fn start(ctx: &mut Ctx<'_>) -> Result<Response, AppError> {
 fn read_turn(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Turn, AppError> {
     let f = Fields::new(body);
     let model = f.required_string("model")?.to_string();
-    if !ctx.engine.list_models().iter().any(|m| m.id == model) {
-        return Err(AppError::new(404, format!("Model '{model}' not found.")));
-    }
+    served(ctx, &model)?;
     let answer_id = f.required_string("id")?.to_string();
     let user_message = match body.get("user_message") {
         Some(Value::Object(m)) => m.clone(),
@@ -450,9 +440,7 @@ pub fn task(ctx: &mut Ctx<'_>, method: &str, kind: &str) -> Result<Response, App
     let body = ctx.body()?;
     let f = Fields::new(&body);
     let model = f.required_string("model")?.to_string();
-    if !ctx.engine.list_models().iter().any(|m| m.id == model) {
-        return Err(AppError::new(404, format!("Model '{model}' not found.")));
-    }
+    served(ctx, &model)?;
     let Some(Value::Array(messages)) = body.get("messages") else {
         return Err(AppError::bad_request("'messages' must be a list."));
     };
@@ -461,37 +449,20 @@ pub fn task(ctx: &mut Ctx<'_>, method: &str, kind: &str) -> Result<Response, App
     // The end of a long conversation says most about it.
     let said = said.join("\n");
     let conversation: String = said.chars().skip(said.chars().count().saturating_sub(4000)).collect();
-    let mut request = Map::new();
-    request.insert("model".into(), json!(model));
-    request.insert("temperature".into(), json!(0));
+    let mut base = Map::new();
+    base.insert("model".into(), json!(model));
     let content = if kind == "title" {
-        request.insert("max_tokens".into(), json!(TITLE_TOKENS));
-        request.insert(
-            "messages".into(),
-            json!([
-                {"role": "system", "content": TITLE_INSTRUCTION},
-                {"role": "user", "content": conversation},
-            ]),
-        );
-        let title = title_of(&generate(ctx, &model, &request)?).unwrap_or_else(|| "New Chat".into());
+        let request = instructed(base, TITLE_INSTRUCTION, TITLE_TOKENS, &conversation);
+        let title = title_of(&read_all(open(ctx, &model, &request)?)).unwrap_or_else(|| "New Chat".into());
         json!({"title": title})
     } else {
-        request.insert("max_tokens".into(), json!(TAGS_TOKENS));
-        request.insert(
-            "messages".into(),
-            json!([
-                {"role": "system", "content": TAGS_INSTRUCTION},
-                {"role": "user", "content": conversation},
-            ]),
-        );
+        let mut request = instructed(base, TAGS_INSTRUCTION, TAGS_TOKENS, &conversation);
         let schema = json!({"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
             "required": ["tags"]});
-        request.insert(
-            "response_format".into(),
-            json!({"type": "json_schema", "json_schema": {"name": "tags", "schema": schema}}),
-        );
+        let format = json!({"type": "json_schema", "json_schema": {"name": "tags", "schema": schema}});
+        request.insert("response_format".into(), format);
         // Cut off before its end, the JSON is incomplete: no tags then.
-        let text = generate(ctx, &model, &request)?;
+        let text = read_all(open(ctx, &model, &request)?);
         serde_json::from_str::<Value>(&text)
             .ok()
             .filter(|v| v["tags"].is_array())
@@ -504,12 +475,31 @@ pub fn task(ctx: &mut Ctx<'_>, method: &str, kind: &str) -> Result<Response, App
     }))
 }
 
-/// The whole answer to a chat request given as its JSON fields.
-fn generate(ctx: &Ctx<'_>, model: &str, request: &Map<String, Value>) -> Result<String, AppError> {
+/// A 404 unless the engine serves `model`.
+fn served(ctx: &Ctx<'_>, model: &str) -> Result<(), AppError> {
+    if ctx.engine.list_models().iter().any(|m| m.id == model) {
+        Ok(())
+    } else {
+        Err(AppError::new(404, format!("Model '{model}' not found.")))
+    }
+}
+
+/// `request` (a chat request's JSON fields) asking, greedily and in at most
+/// `max_tokens`, what `instruction` says of `text`.
+fn instructed(mut request: Map<String, Value>, instruction: &str, max_tokens: i64, text: &str) -> Map<String, Value> {
+    request.insert("temperature".into(), json!(0));
+    request.insert("max_tokens".into(), json!(max_tokens));
+    request.insert(
+        "messages".into(),
+        json!([{"role": "system", "content": instruction}, {"role": "user", "content": text}]),
+    );
+    request
+}
+
+/// Starts the generation a chat request given as its JSON fields asks for.
+fn open(ctx: &Ctx<'_>, model: &str, request: &Map<String, Value>) -> Result<Box<dyn GenerationStream>, AppError> {
     let chat = parse_chat_fields(request, crate::engine_client::Priority::Interactive)?;
-    let stream = ctx
-        .engine
+    ctx.engine
         .generate(model, &Prompt::Chat(chat.messages), &chat.params)
-        .map_err(|e| AppError::from(crate::error::ApiError::engine(e, "messages")))?;
-    Ok(read_all(stream))
+        .map_err(|e| AppError::from(crate::error::ApiError::engine(e, "messages")))
 }
